@@ -1,0 +1,80 @@
+//! The cap check shared by every allocating hook: reserve on the device's ledger, refresh what pools really
+//! hold when the cap seems reached, and answer `CUDA_ERROR_OUT_OF_MEMORY` with a rate-limited line.
+
+use crate::cuda::*;
+use crate::state::{self, Phase};
+use core_lib::charge::Charge;
+use core_lib::ledger::{Refusal, Reservation, MAX_DEVICES};
+use core_lib::log::{monotonic_ns, RateLimit};
+use core_lib::size::HumanBytes;
+use core_lib::vlog;
+
+static REFUSAL_LINES: [RateLimit; MAX_DEVICES] = [const { RateLimit::new() }; MAX_DEVICES];
+
+/// Reserves `charge` on `dev`, or says which error the hook must return instead of calling the driver.
+pub fn reserve(dev: CUdevice, charge: Charge) -> Result<Reservation<'static>, CUresult> {
+    if state::phase() == Phase::Refusing {
+        return Err(state::REFUSED_BY_CONFIG);
+    }
+    // Fail closed: without the device table there is no cap to check against.
+    let ledger = state::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
+    match ledger.reserve(charge) {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            // Pools may have given memory back to the device since we last looked.
+            crate::hooks::pool::refresh(dev);
+            ledger.reserve(charge).map_err(|refusal| {
+                report(dev, refusal);
+                CUDA_ERROR_OUT_OF_MEMORY
+            })
+        }
+    }
+}
+
+/// Reserves an estimate of a context's own memory on `dev`.
+pub fn reserve_context(dev: CUdevice, bytes: u64) -> Result<(), CUresult> {
+    if state::phase() == Phase::Refusing {
+        return Err(state::REFUSED_BY_CONFIG);
+    }
+    let ledger = state::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
+    ledger.reserve_context(bytes).map_err(|refusal| {
+        report(dev, refusal);
+        CUDA_ERROR_OUT_OF_MEMORY
+    })
+}
+
+fn report(dev: CUdevice, refusal: Refusal) {
+    let Some(limit) = REFUSAL_LINES.get(dev as usize) else { return };
+    if let Some(held_back) = limit.allow(monotonic_ns(), 1_000_000_000) {
+        let uuid = state::devices()
+            .and_then(|d| d.uuids.get(dev as usize).cloned())
+            .unwrap_or_default();
+        let more = if held_back > 0 {
+            format!(" ({held_back} more refusals since the last line)")
+        } else {
+            String::new()
+        };
+        vlog!(
+            Warn,
+            "device {dev} ({uuid}): refused {} with {} of the {} cap in use{more}",
+            HumanBytes(refusal.bytes),
+            HumanBytes(refusal.in_use),
+            HumanBytes(refusal.cap)
+        );
+    }
+}
+
+/// Writes `value` through a caller's out-pointer that the driver has just filled successfully.
+pub fn write_out<T>(ptr: *mut T, value: T) {
+    if !ptr.is_null() {
+        // SAFETY: the caller passed this pointer to the driver as an out-parameter for a T, and the driver
+        // accepted it (we only call this after a successful call).
+        unsafe { ptr.write(value) }
+    }
+}
+
+/// Reads a caller's out-pointer after the driver filled it.
+pub fn read_out<T: Copy>(ptr: *const T) -> Option<T> {
+    // SAFETY: as for write_out: an out-parameter the driver just wrote.
+    (!ptr.is_null()).then(|| unsafe { ptr.read() })
+}

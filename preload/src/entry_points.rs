@@ -1,0 +1,175 @@
+//! The one table of wrapped entry points.
+//!
+//! Each line declares one hooked function: its library, its C signature, the hook that implements it, and
+//! every exported ABI variant that shares that signature (`_v2`, `_ptsz`…). From that line the macro makes,
+//! per variant:
+//! - the exported shim `cuMemAllocAsync_ptsz` (what `-lcuda` programs bind to);
+//! - a module of the same name holding `REAL`, the cached pointer to the driver's function;
+//! - an [`Entry`] in [`ENTRIES`], which answers `dlsym` (by name) and `cuGetProcAddress` (by the real
+//!   pointer the driver hands out, so the variant is always the one the driver chose).
+//!
+//! Anything not listed here is never wrapped: `dlsym` and `cuGetProcAddress` return the driver's own
+//! pointer, so launches and copies cost nothing extra.
+
+use crate::cuda::*;
+use crate::hooks;
+use crate::real::Lib;
+use std::ffi::{c_char, c_uint, c_void, CStr};
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// One exported variant of a wrapped entry point.
+pub struct Entry {
+    /// The exported symbol, e.g. `cuMemAlloc_v2`.
+    pub name: &'static CStr,
+    pub lib: Lib,
+    /// Our shim's address (a function, because casting a function to a pointer is not const).
+    pub wrapper: fn() -> *mut c_void,
+    /// The driver's function, once resolved.
+    pub real: &'static AtomicPtr<c_void>,
+}
+
+impl Entry {
+    pub fn real(&self) -> *mut c_void {
+        self.real.load(Ordering::Acquire)
+    }
+}
+
+macro_rules! entry_points {
+    // One exported variant: its REAL slot and its shim.
+    (@shim $lib:ident $variant:ident ($($arg:ident: $ty:ty),*) $ret:ty => $hook:path) => {
+        #[allow(non_snake_case)]
+        pub mod $variant {
+            pub static REAL: std::sync::atomic::AtomicPtr<std::ffi::c_void> =
+                std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+        }
+
+        #[allow(non_snake_case, clippy::missing_safety_doc)]
+        #[cfg_attr(not(test), no_mangle)]
+        pub unsafe extern "C" fn $variant($($arg: $ty),*) -> $ret {
+            type Real = unsafe extern "C" fn($($ty),*) -> $ret;
+            let Some(p) = crate::state::real_pointer(&$variant::REAL, Lib::$lib, stringify!($variant))
+            else {
+                return crate::state::missing(Lib::$lib);
+            };
+            // SAFETY: p was returned by the driver's dlsym for exactly this symbol, whose C prototype is
+            // the signature declared on this line.
+            let real = unsafe { std::mem::transmute::<*mut c_void, Real>(p) };
+            crate::guard::run(
+                stringify!($variant),
+                || $hook(real, $($arg),*),
+                // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
+                || unsafe { real($($arg),*) },
+            )
+        }
+    };
+    ($(
+        $lib:ident fn $params:tt -> $ret:ty => $hook:path, [$($variant:ident),+ $(,)?];
+    )*) => {
+        $($(
+            entry_points!(@shim $lib $variant $params $ret => $hook);
+        )+)*
+
+        /// Every wrapped variant, in declaration order.
+        pub static ENTRIES: &[Entry] = &[
+            $($(
+                Entry {
+                    name: match CStr::from_bytes_with_nul(concat!(stringify!($variant), "\0").as_bytes()) {
+                        Ok(s) => s,
+                        Err(_) => panic!("entry point names have no interior NUL"),
+                    },
+                    lib: Lib::$lib,
+                    wrapper: || $variant as *mut c_void,
+                    real: &$variant::REAL,
+                },
+            )+)*
+        ];
+    };
+}
+
+entry_points! {
+    // Initialisation and entry-point lookup.
+    Cuda fn (flags: c_uint) -> CUresult => hooks::init::cu_init, [cuInit];
+    Cuda fn (symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CUresult
+        => hooks::proc_address::get_proc_address, [cuGetProcAddress];
+    Cuda fn (symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64, status: *mut i32) -> CUresult
+        => hooks::proc_address::get_proc_address_v2, [cuGetProcAddress_v2];
+
+    // Contexts: their own memory counts against the cap.
+    Cuda fn (ctx: *mut CUcontext, dev: CUdevice) -> CUresult
+        => hooks::context::primary_retain, [cuDevicePrimaryCtxRetain];
+    Cuda fn (dev: CUdevice) -> CUresult
+        => hooks::context::primary_release, [cuDevicePrimaryCtxRelease_v2, cuDevicePrimaryCtxRelease];
+    Cuda fn (dev: CUdevice) -> CUresult
+        => hooks::context::primary_reset, [cuDevicePrimaryCtxReset_v2, cuDevicePrimaryCtxReset];
+    Cuda fn (ctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult
+        => hooks::context::ctx_create, [cuCtxCreate_v2, cuCtxCreate];
+    Cuda fn (ctx: *mut CUcontext, params: *mut c_void, nparams: i32, flags: c_uint, dev: CUdevice) -> CUresult
+        => hooks::context::ctx_create_v3, [cuCtxCreate_v3];
+    Cuda fn (ctx: *mut CUcontext, params: *mut c_void, flags: c_uint, dev: CUdevice) -> CUresult
+        => hooks::context::ctx_create_v4, [cuCtxCreate_v4];
+    Cuda fn (ctx: CUcontext) -> CUresult => hooks::context::ctx_destroy, [cuCtxDestroy_v2, cuCtxDestroy];
+
+    // Linear device memory.
+    Cuda fn (dptr: *mut CUdeviceptr, bytes: usize) -> CUresult => hooks::alloc::mem_alloc, [cuMemAlloc_v2];
+    Cuda fn (dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, elem: c_uint) -> CUresult
+        => hooks::alloc::mem_alloc_pitch, [cuMemAllocPitch_v2];
+    Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> CUresult
+        => hooks::alloc::mem_alloc_managed, [cuMemAllocManaged];
+    Cuda fn (dptr: CUdeviceptr) -> CUresult => hooks::alloc::mem_free, [cuMemFree_v2];
+    // The 32-bit ABI of CUDA 3.1 and before cannot be counted safely; it is refused, never let through.
+    Cuda fn (dptr: *mut u32, bytes: c_uint) -> CUresult => hooks::alloc::legacy_alloc, [cuMemAlloc];
+    Cuda fn (dptr: *mut u32, pitch: *mut c_uint, width: c_uint, height: c_uint, elem: c_uint) -> CUresult
+        => hooks::alloc::legacy_alloc_pitch, [cuMemAllocPitch];
+
+    // Stream-ordered allocation and pools.
+    Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult
+        => hooks::pool::alloc_async, [cuMemAllocAsync, cuMemAllocAsync_ptsz];
+    Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult
+        => hooks::pool::alloc_from_pool_async, [cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync_ptsz];
+    Cuda fn (dptr: CUdeviceptr, stream: CUstream) -> CUresult
+        => hooks::pool::free_async, [cuMemFreeAsync, cuMemFreeAsync_ptsz];
+    Cuda fn (pool: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CUresult
+        => hooks::pool::pool_create, [cuMemPoolCreate];
+    Cuda fn (pool: CUmemoryPool) -> CUresult => hooks::pool::pool_destroy, [cuMemPoolDestroy];
+    Cuda fn (pool: CUmemoryPool, keep: usize) -> CUresult => hooks::pool::pool_trim, [cuMemPoolTrimTo];
+
+    // Virtual memory management: physical memory is charged at cuMemCreate and given back when the last
+    // reference and the last mapping are gone.
+    Cuda fn (handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) -> CUresult
+        => hooks::vmm::mem_create, [cuMemCreate];
+    Cuda fn (handle: CUmemGenericAllocationHandle) -> CUresult => hooks::vmm::mem_release, [cuMemRelease];
+    Cuda fn (ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64) -> CUresult
+        => hooks::vmm::mem_map, [cuMemMap];
+    Cuda fn (ptr: CUdeviceptr, size: usize) -> CUresult => hooks::vmm::mem_unmap, [cuMemUnmap];
+    Cuda fn (handle: *mut CUmemGenericAllocationHandle, addr: *mut c_void) -> CUresult
+        => hooks::vmm::retain_handle, [cuMemRetainAllocationHandle];
+
+    // Arrays, at the size the driver reports for them.
+    Cuda fn (array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult
+        => hooks::array::array_create, [cuArrayCreate_v2];
+    Cuda fn (array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult
+        => hooks::array::array3d_create, [cuArray3DCreate_v2];
+    Cuda fn (array: *mut CUmipmappedArray, desc: *const CUDA_ARRAY3D_DESCRIPTOR, levels: c_uint) -> CUresult
+        => hooks::array::mipmapped_create, [cuMipmappedArrayCreate];
+    Cuda fn (array: CUarray) -> CUresult => hooks::array::array_destroy, [cuArrayDestroy];
+    Cuda fn (array: CUmipmappedArray) -> CUresult => hooks::array::mipmapped_destroy, [cuMipmappedArrayDestroy];
+
+    // Memory information shows the cap.
+    Cuda fn (free: *mut usize, total: *mut usize) -> CUresult => hooks::info::mem_get_info, [cuMemGetInfo_v2];
+    Cuda fn (bytes: *mut usize, dev: CUdevice) -> CUresult => hooks::info::device_total_mem, [cuDeviceTotalMem_v2];
+    Nvml fn (device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t
+        => hooks::info::nvml_memory_info, [nvmlDeviceGetMemoryInfo];
+    Nvml fn (device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t
+        => hooks::info::nvml_memory_info_v2, [nvmlDeviceGetMemoryInfo_v2];
+}
+
+/// Our wrapper for a real driver pointer, if that pointer is one of the variants we wrap.
+pub fn wrapper_for_real(real: *mut c_void) -> Option<*mut c_void> {
+    if real.is_null() {
+        return None;
+    }
+    ENTRIES
+        .iter()
+        .find(|e| e.real() == real)
+        .map(|e| (e.wrapper)())
+}

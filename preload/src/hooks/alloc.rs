@@ -1,0 +1,178 @@
+//! Linear device memory: `cuMemAlloc_v2`, `cuMemAllocPitch_v2`, `cuMemAllocManaged`, `cuMemFree_v2`.
+//! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__MEM.html>
+//!
+//! Each allocation is reserved at the driver's real cost ([`Charge::for_request`]) before the driver is
+//! called. A record is removed *before* the real free, so an address the driver reuses at once is never
+//! confused with the old one; if the free fails the record goes back.
+
+use super::{Backing, PtrRecord, PTRS};
+use crate::cuda::*;
+use crate::driver;
+use crate::enforce::{self, read_out};
+use core_lib::charge::Charge;
+use core_lib::vlog;
+use std::ffi::c_uint;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+type Alloc = unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult;
+type AllocPitch = unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult;
+type AllocManaged = unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUresult;
+type Free = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
+
+/// The usual shape of an allocating hook: reserve `charge` on the current device, call the driver, commit
+/// what it really took (`actual`, from the driver's answer) and record the pointer.
+fn charged_alloc(
+    dptr: *mut CUdeviceptr,
+    requested: u64,
+    estimate: Charge,
+    call: impl FnOnce() -> CUresult,
+    actual: impl FnOnce() -> Charge,
+) -> CUresult {
+    if crate::state::refusing() {
+        return crate::state::REFUSED_BY_CONFIG;
+    }
+    // Without a current context the driver refuses on its own; nothing to count.
+    let Some(dev) = driver::current_device() else {
+        return call();
+    };
+    let reservation = match enforce::reserve(dev, estimate) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let r = call();
+    if r == CUDA_SUCCESS {
+        if let Some(ptr) = read_out(dptr) {
+            let charge = reservation.commit_as(actual(), requested);
+            PTRS.insert(
+                ptr,
+                PtrRecord {
+                    dev,
+                    backing: Backing::Own(charge),
+                    requested,
+                },
+            );
+        }
+    }
+    r
+}
+
+pub fn mem_alloc(real: Alloc, dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    if bytes == 0 {
+        // SAFETY: passed on; the driver rejects a zero-byte allocation itself.
+        return unsafe { real(dptr, bytes) };
+    }
+    let charge = Charge::for_request(bytes as u64);
+    charged_alloc(
+        dptr,
+        bytes as u64,
+        charge,
+        // SAFETY: the caller's own call, passed on.
+        || unsafe { real(dptr, bytes) },
+        || charge,
+    )
+}
+
+/// Pitch alignment we assume before the driver tells us the pitch (the H100 reports 512 at most).
+const PITCH_ESTIMATE_ALIGN: u64 = 512;
+
+pub fn mem_alloc_pitch(
+    real: AllocPitch,
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    elem: c_uint,
+) -> CUresult {
+    let rows = height as u64;
+    let estimate = (width as u64).div_ceil(PITCH_ESTIMATE_ALIGN) * PITCH_ESTIMATE_ALIGN * rows;
+    if estimate == 0 {
+        // SAFETY: passed on; the driver rejects an empty allocation itself.
+        return unsafe { real(dptr, pitch, width, height, elem) };
+    }
+    charged_alloc(
+        dptr,
+        width as u64 * rows,
+        Charge::for_request(estimate),
+        // SAFETY: the caller's own call, passed on.
+        || unsafe { real(dptr, pitch, width, height, elem) },
+        || Charge::for_request(read_out(pitch).map_or(estimate, |p| p as u64 * rows)),
+    )
+}
+
+pub fn mem_alloc_managed(
+    real: AllocManaged,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    flags: c_uint,
+) -> CUresult {
+    if bytes == 0 {
+        // SAFETY: passed on; the driver rejects a zero-byte allocation itself.
+        return unsafe { real(dptr, bytes, flags) };
+    }
+    // All of it can become resident on the device, so all of it is charged.
+    let charge = Charge::for_request(bytes as u64);
+    charged_alloc(
+        dptr,
+        bytes as u64,
+        charge,
+        // SAFETY: the caller's own call, passed on.
+        || unsafe { real(dptr, bytes, flags) },
+        || charge,
+    )
+}
+
+/// Gives back what a freed pointer was charged.
+pub fn release(record: PtrRecord) {
+    let Some(ledger) = crate::state::LEDGER.device(record.dev) else { return };
+    match record.backing {
+        Backing::Own(charge) => ledger.release(charge, record.requested),
+        Backing::Pool(pool) => {
+            ledger.release(Charge::Pages(0), record.requested);
+            super::pool::sync(pool);
+        }
+    }
+}
+
+/// Frees through `call`, keeping the record of `ptr` consistent with the driver's answer.
+pub fn charged_free(ptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresult {
+    let record = PTRS.remove(ptr);
+    let r = call();
+    match (record, r == CUDA_SUCCESS) {
+        (Some(rec), true) => release(rec),
+        (Some(rec), false) => {
+            PTRS.insert(ptr, rec);
+        }
+        // A pointer we never saw: the driver's answer is the caller's answer.
+        (None, _) => {}
+    }
+    r
+}
+
+pub fn mem_free(real: Free, ptr: CUdeviceptr) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    charged_free(ptr, || unsafe { real(ptr) })
+}
+
+static LEGACY_WARNED: AtomicBool = AtomicBool::new(false);
+
+fn refuse_legacy(name: &str) -> CUresult {
+    if !LEGACY_WARNED.swap(true, Ordering::Relaxed) {
+        vlog!(Error, "{name} (the 32-bit ABI of CUDA 3.1) is refused under vramcap: it cannot be counted");
+    }
+    CUDA_ERROR_NOT_SUPPORTED
+}
+
+pub fn legacy_alloc(_real: unsafe extern "C" fn(*mut u32, c_uint) -> CUresult, _: *mut u32, _: c_uint) -> CUresult {
+    refuse_legacy("cuMemAlloc")
+}
+
+pub fn legacy_alloc_pitch(
+    _real: unsafe extern "C" fn(*mut u32, *mut c_uint, c_uint, c_uint, c_uint) -> CUresult,
+    _: *mut u32,
+    _: *mut c_uint,
+    _: c_uint,
+    _: c_uint,
+    _: c_uint,
+) -> CUresult {
+    refuse_legacy("cuMemAllocPitch")
+}

@@ -1,0 +1,135 @@
+//! Arrays and mipmapped arrays, charged at the size `cu(Mipmapped)ArrayGetMemoryRequirements` reports.
+//! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__MEM.html>
+//!
+//! Before the array exists we reserve an estimate from its descriptor; once it exists, the driver's figure
+//! replaces the estimate. Sparse and deferred-mapping arrays own no memory until mapped, and are not charged.
+
+use crate::cuda::*;
+use crate::driver;
+use crate::enforce::{self, read_out};
+use crate::state::LEDGER;
+use core_lib::charge::Charge;
+use core_lib::tracker::Tracker;
+use std::ffi::{c_uint, c_void};
+
+const CUDA_ARRAY3D_SPARSE: u32 = 0x40;
+const CUDA_ARRAY3D_DEFERRED_MAPPING: u32 = 0x80;
+
+#[derive(Debug, Clone, Copy)]
+struct ArrayRecord {
+    dev: CUdevice,
+    charge: Charge,
+    requested: u64,
+}
+
+static ARRAYS: Tracker<ArrayRecord> = Tracker::new();
+
+fn estimate(width: usize, height: usize, depth: usize, format: i32, channels: u32) -> u64 {
+    [width, height.max(1), depth.max(1)]
+        .iter()
+        .fold(array_element_bytes(format) * u64::from(channels.max(1)), |acc, &d| {
+            acc.saturating_mul(d as u64)
+        })
+}
+
+fn charged_create(
+    handle: *mut *mut c_void,
+    bytes: u64,
+    mipmapped: bool,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
+    if crate::state::refusing() {
+        return crate::state::REFUSED_BY_CONFIG;
+    }
+    let Some(dev) = driver::current_device() else { return call() };
+    let reservation = match enforce::reserve(dev, Charge::pages(bytes)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let r = call();
+    if r == CUDA_SUCCESS {
+        if let Some(array) = read_out(handle) {
+            let real = driver::array_size(array, dev, mipmapped).unwrap_or(bytes);
+            let charge = reservation.commit_as(Charge::pages(real), real);
+            ARRAYS.insert(array as u64, ArrayRecord { dev, charge, requested: real });
+        }
+    }
+    r
+}
+
+pub fn array_create(
+    real: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR) -> CUresult,
+    array: *mut CUarray,
+    desc: *const CUDA_ARRAY_DESCRIPTOR,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let pass = || unsafe { real(array, desc) };
+    let Some(d) = read_out(desc) else { return pass() };
+    charged_create(array, estimate(d.Width, d.Height, 1, d.Format, d.NumChannels), false, pass)
+}
+
+pub fn array3d_create(
+    real: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult,
+    array: *mut CUarray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let pass = || unsafe { real(array, desc) };
+    let Some(d) = read_out(desc) else { return pass() };
+    if d.Flags & (CUDA_ARRAY3D_SPARSE | CUDA_ARRAY3D_DEFERRED_MAPPING) != 0 {
+        return pass();
+    }
+    charged_create(array, estimate(d.Width, d.Height, d.Depth, d.Format, d.NumChannels), false, pass)
+}
+
+pub fn mipmapped_create(
+    real: unsafe extern "C" fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint) -> CUresult,
+    array: *mut CUmipmappedArray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+    levels: c_uint,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let pass = || unsafe { real(array, desc, levels) };
+    let Some(d) = read_out(desc) else { return pass() };
+    if d.Flags & (CUDA_ARRAY3D_SPARSE | CUDA_ARRAY3D_DEFERRED_MAPPING) != 0 {
+        return pass();
+    }
+    // All levels together take less than twice the first level.
+    let first = estimate(d.Width, d.Height, d.Depth, d.Format, d.NumChannels);
+    charged_create(array, first.saturating_mul(2), true, pass)
+}
+
+fn charged_destroy(array: *mut c_void, call: impl FnOnce() -> CUresult) -> CUresult {
+    let record = ARRAYS.remove(array as u64);
+    let r = call();
+    match (record, r == CUDA_SUCCESS) {
+        (Some(rec), true) => {
+            if let Some(ledger) = LEDGER.device(rec.dev) {
+                ledger.release(rec.charge, rec.requested);
+            }
+        }
+        (Some(rec), false) => {
+            ARRAYS.insert(array as u64, rec);
+        }
+        (None, _) => {}
+    }
+    r
+}
+
+pub fn array_destroy(real: unsafe extern "C" fn(CUarray) -> CUresult, array: CUarray) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    charged_destroy(array, || unsafe { real(array) })
+}
+
+pub fn mipmapped_destroy(
+    real: unsafe extern "C" fn(CUmipmappedArray) -> CUresult,
+    array: CUmipmappedArray,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    charged_destroy(array, || unsafe { real(array) })
+}
+
+/// Forgets the arrays of a device whose last context is gone.
+pub fn forget_device(dev: CUdevice) {
+    ARRAYS.remove_where(|a| a.dev == dev);
+}

@@ -1,0 +1,178 @@
+//! Contexts: their own memory (about 0.5 GiB on an H100) counts against the cap.
+//! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__PRIMARY__CTX.html>
+//!
+//! The first context on a device reserves an estimate (`VRAMCAP_CONTEXT_BYTES`, 512 MiB by default) before
+//! the driver creates it, so a cap too small for a context refuses it with `CUDA_ERROR_OUT_OF_MEMORY`.
+//! The [`crate::overhead`] thread then replaces the estimate with the figure the driver reports for this
+//! process, without any lock shared with other processes. When a device's last context goes, the driver
+//! frees everything on it, and so do we.
+
+use crate::cuda::*;
+use crate::enforce::{self, read_out};
+use crate::state::{self, LEDGER};
+use core_lib::ledger::MAX_DEVICES;
+use parking_lot::Mutex;
+use std::ffi::{c_uint, c_void};
+
+#[derive(Default, Clone, Copy)]
+struct DeviceContexts {
+    primary_refs: u32,
+    created: u32,
+}
+
+static CONTEXTS: Mutex<[DeviceContexts; MAX_DEVICES]> =
+    Mutex::new([DeviceContexts { primary_refs: 0, created: 0 }; MAX_DEVICES]);
+/// Contexts made with cuCtxCreate, and their devices.
+static CREATED: Mutex<Vec<(usize, CUdevice)>> = Mutex::new(Vec::new());
+
+fn slot(dev: CUdevice) -> Option<usize> {
+    usize::try_from(dev).ok().filter(|&d| d < MAX_DEVICES)
+}
+
+/// Charges a context's memory around `call` if it is the device's first, and counts it on success.
+fn create(dev: CUdevice, primary: bool, call: impl FnOnce() -> CUresult) -> CUresult {
+    let Some(i) = slot(dev) else { return call() };
+    if state::phase() == state::Phase::Refusing {
+        return state::REFUSED_BY_CONFIG;
+    }
+    let first = {
+        let c = CONTEXTS.lock()[i];
+        c.primary_refs == 0 && c.created == 0
+    };
+    let estimate = state::config().map_or(0, |c| c.context_estimate);
+    let charged = first && LEDGER.device(dev).is_some_and(|l| l.snapshot().context == 0);
+    if charged {
+        if let Err(code) = enforce::reserve_context(dev, estimate) {
+            return code;
+        }
+    }
+    let r = call();
+    if r == CUDA_SUCCESS {
+        let mut all = CONTEXTS.lock();
+        if primary {
+            all[i].primary_refs += 1;
+        } else {
+            all[i].created += 1;
+        }
+        drop(all);
+        crate::overhead::watch(dev);
+    } else if charged {
+        if let Some(l) = LEDGER.device(dev) {
+            l.set_context(0);
+        }
+    }
+    r
+}
+
+/// Updates the counts after a context went away; forgets the device when none is left.
+fn gone(dev: CUdevice, change: impl FnOnce(&mut DeviceContexts)) {
+    let Some(i) = slot(dev) else { return };
+    let mut all = CONTEXTS.lock();
+    change(&mut all[i]);
+    if all[i].primary_refs == 0 && all[i].created == 0 {
+        drop(all);
+        forget_device(dev);
+    }
+}
+
+/// The driver freed everything on `dev`: drop its records and counts (the cap stays).
+fn forget_device(dev: CUdevice) {
+    super::PTRS.remove_where(|p| p.dev == dev);
+    super::vmm::forget_device(dev);
+    super::array::forget_device(dev);
+    super::pool::forget_device(dev);
+    crate::overhead::unwatch(dev);
+    if let Some(l) = LEDGER.device(dev) {
+        l.reset();
+    }
+}
+
+pub fn primary_retain(
+    real: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult,
+    ctx: *mut CUcontext,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    create(dev, true, || unsafe { real(ctx, dev) })
+}
+
+pub fn primary_release(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = unsafe { real(dev) };
+    if r == CUDA_SUCCESS {
+        gone(dev, |c| c.primary_refs = c.primary_refs.saturating_sub(1));
+    }
+    r
+}
+
+pub fn primary_reset(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = unsafe { real(dev) };
+    if r == CUDA_SUCCESS {
+        gone(dev, |c| c.primary_refs = 0);
+    }
+    r
+}
+
+fn remember(ctx: *mut CUcontext, dev: CUdevice, r: CUresult) -> CUresult {
+    if r == CUDA_SUCCESS {
+        if let Some(c) = read_out(ctx) {
+            CREATED.lock().push((c as usize, dev));
+        }
+    }
+    r
+}
+
+pub fn ctx_create(
+    real: unsafe extern "C" fn(*mut CUcontext, c_uint, CUdevice) -> CUresult,
+    ctx: *mut CUcontext,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = create(dev, false, || unsafe { real(ctx, flags, dev) });
+    remember(ctx, dev, r)
+}
+
+pub fn ctx_create_v3(
+    real: unsafe extern "C" fn(*mut CUcontext, *mut c_void, i32, c_uint, CUdevice) -> CUresult,
+    ctx: *mut CUcontext,
+    params: *mut c_void,
+    nparams: i32,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = create(dev, false, || unsafe { real(ctx, params, nparams, flags, dev) });
+    remember(ctx, dev, r)
+}
+
+pub fn ctx_create_v4(
+    real: unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_uint, CUdevice) -> CUresult,
+    ctx: *mut CUcontext,
+    params: *mut c_void,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = create(dev, false, || unsafe { real(ctx, params, flags, dev) });
+    remember(ctx, dev, r)
+}
+
+pub fn ctx_destroy(real: unsafe extern "C" fn(CUcontext) -> CUresult, ctx: CUcontext) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = unsafe { real(ctx) };
+    if r == CUDA_SUCCESS {
+        let dev = {
+            let mut created = CREATED.lock();
+            created
+                .iter()
+                .position(|(c, _)| *c == ctx as usize)
+                .map(|i| created.swap_remove(i).1)
+        };
+        if let Some(dev) = dev {
+            gone(dev, |c| c.created = c.created.saturating_sub(1));
+        }
+    }
+    r
+}

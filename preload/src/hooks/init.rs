@@ -1,0 +1,20 @@
+//! `cuInit`: refused while the configuration is invalid; afterwards, the caps are applied to the devices.
+//! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__INITIALIZE.html>
+
+use crate::cuda::*;
+use crate::state::{self, Phase};
+use std::ffi::c_uint;
+
+type Real = unsafe extern "C" fn(c_uint) -> CUresult;
+
+pub fn cu_init(real: Real, flags: c_uint) -> CUresult {
+    if state::start() == Phase::Refusing {
+        return state::REFUSED_BY_CONFIG;
+    }
+    // SAFETY: the caller's own call, passed on.
+    let r = unsafe { real(flags) };
+    if r == CUDA_SUCCESS {
+        state::devices();
+    }
+    r
+}

@@ -1,0 +1,153 @@
+//! Virtual memory management: `cuMemCreate`, `cuMemRelease`, `cuMemMap`, `cuMemUnmap`,
+//! `cuMemRetainAllocationHandle`.
+//! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__VA.html>
+//!
+//! Physical memory is taken by `cuMemCreate` (device locations only) and freed by the driver only when the
+//! handle's last reference is released *and* its last mapping is unmapped; CUDA's own samples release the
+//! handle right after mapping it. So each handle we created carries a reference count and a mapping count,
+//! and its charge goes back when both reach zero. Handles imported from other processes were never
+//! charged here and are never tracked. Address reservations cost no device memory and are not counted.
+
+use crate::cuda::*;
+use crate::enforce::{self, read_out};
+use crate::state::LEDGER;
+use core_lib::charge::Charge;
+use core_lib::tracker::Tracker;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+
+#[derive(Debug, Clone, Copy)]
+pub struct HandleRecord {
+    pub dev: CUdevice,
+    charge: Charge,
+    requested: u64,
+    refs: u32,
+    maps: u32,
+}
+
+pub static HANDLES: Tracker<HandleRecord> = Tracker::new();
+/// Mapped ranges of tracked handles: start address -> (length, handle).
+static MAPPINGS: Mutex<BTreeMap<u64, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
+/// Applies `change` to a handle's counts, and gives its charge back once nothing holds it.
+fn adjust(handle: u64, change: impl FnOnce(&mut HandleRecord)) {
+    let dead = HANDLES.update(handle, |h| {
+        change(h);
+        (h.refs == 0 && h.maps == 0).then_some(*h)
+    });
+    if let Some(Some(h)) = dead {
+        HANDLES.remove(handle);
+        if let Some(ledger) = LEDGER.device(h.dev) {
+            ledger.release(h.charge, h.requested);
+        }
+    }
+}
+
+type Create =
+    unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, usize, *const CUmemAllocationProp, u64) -> CUresult;
+
+pub fn mem_create(
+    real: Create,
+    handle: *mut CUmemGenericAllocationHandle,
+    size: usize,
+    prop: *const CUmemAllocationProp,
+    flags: u64,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let pass = || unsafe { real(handle, size, prop, flags) };
+    let Some(props) = read_out(prop) else { return pass() };
+    if props.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE || size == 0 {
+        return pass();
+    }
+    // Charged to the device named in the properties, whichever context is current.
+    let dev = props.location.id;
+    let charge = Charge::pages(size as u64);
+    let reservation = match enforce::reserve(dev, charge) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let r = pass();
+    if r == CUDA_SUCCESS {
+        if let Some(h) = read_out(handle) {
+            let charge = reservation.commit(size as u64);
+            HANDLES.insert(h, HandleRecord { dev, charge, requested: size as u64, refs: 1, maps: 0 });
+        }
+    }
+    r
+}
+
+pub fn mem_release(
+    real: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult,
+    handle: CUmemGenericAllocationHandle,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = unsafe { real(handle) };
+    if r == CUDA_SUCCESS {
+        adjust(handle, |h| h.refs = h.refs.saturating_sub(1));
+    }
+    r
+}
+
+type Map = unsafe extern "C" fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64) -> CUresult;
+
+pub fn mem_map(
+    real: Map,
+    ptr: CUdeviceptr,
+    size: usize,
+    offset: usize,
+    handle: CUmemGenericAllocationHandle,
+    flags: u64,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = unsafe { real(ptr, size, offset, handle, flags) };
+    if r == CUDA_SUCCESS && HANDLES.update(handle, |h| h.maps += 1).is_some() {
+        MAPPINGS.lock().insert(ptr, (size as u64, handle));
+    }
+    r
+}
+
+pub fn mem_unmap(
+    real: unsafe extern "C" fn(CUdeviceptr, usize) -> CUresult,
+    ptr: CUdeviceptr,
+    size: usize,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = unsafe { real(ptr, size) };
+    if r == CUDA_SUCCESS {
+        let end = ptr.saturating_add(size as u64);
+        let unmapped: Vec<(u64, u64)> = {
+            let mut maps = MAPPINGS.lock();
+            let starts: Vec<u64> = maps.range(ptr..end).map(|(&start, _)| start).collect();
+            starts
+                .into_iter()
+                .filter_map(|s| maps.remove(&s).map(|(_, h)| (s, h)))
+                .collect()
+        };
+        for (_, handle) in unmapped {
+            adjust(handle, |h| h.maps = h.maps.saturating_sub(1));
+        }
+    }
+    r
+}
+
+pub fn retain_handle(
+    real: unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, *mut c_void) -> CUresult,
+    handle: *mut CUmemGenericAllocationHandle,
+    addr: *mut c_void,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let r = unsafe { real(handle, addr) };
+    if r == CUDA_SUCCESS {
+        if let Some(h) = read_out(handle) {
+            HANDLES.update(h, |rec| rec.refs += 1);
+        }
+    }
+    r
+}
+
+/// Forgets the handles and mappings of a device whose last context is gone.
+pub fn forget_device(dev: CUdevice) {
+    HANDLES.remove_where(|h| h.dev == dev);
+    MAPPINGS.lock().retain(|_, (_, h)| HANDLES.get(*h).is_some());
+}

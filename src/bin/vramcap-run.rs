@@ -1,0 +1,102 @@
+//! `vramcap-run [--limit SIZE] [--name NAME] [--priority N] -- CMD ARGS…`
+//!
+//! Validates the cap exactly as the library will, puts libvramcap.so in front of `LD_PRELOAD`, sets the
+//! variables and execs the command, so its signals and exit code are the command's own.
+
+use clap::Parser;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use vramcap::config::{self, parse_limit};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vramcap-run",
+    version,
+    about = "Run a command under a hard VRAM cap",
+    after_help = "Example: vramcap-run --limit 10GiB --name chat -- python serve.py"
+)]
+struct Args {
+    /// Cap: 10GiB, 1.5G, 8000MB, 25%, or per device: 0=10GiB,1=20GiB or GPU-<uuid>=10GiB.
+    /// Without it, the command inherits VRAMCAP_LIMIT (unset: counted, not capped).
+    #[arg(long, value_name = "SIZE")]
+    limit: Option<String>,
+    /// Name shown by `vramcap status`.
+    #[arg(long)]
+    name: Option<String>,
+    /// Higher keeps its memory longer when workers compete.
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i32>,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vramcap-run: {message}");
+    ExitCode::from(code)
+}
+
+/// libvramcap.so: `VRAMCAP_LIB`, else beside this executable.
+fn find_library() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("VRAMCAP_LIB") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("VRAMCAP_LIB={:?} is not a file", path))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
+    let path = exe.with_file_name("libvramcap.so");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "libvramcap.so is not beside {} (set VRAMCAP_LIB to its path)",
+            exe.display()
+        ))
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(limit) = &args.limit {
+        if let Err(reason) = parse_limit(limit) {
+            return fail(2, format_args!("--limit {limit:?} is invalid: {reason}"));
+        }
+    } else if let Ok(inherited) = std::env::var(config::ENV_LIMIT) {
+        if let Err(reason) = parse_limit(&inherited) {
+            return fail(2, format_args!("{}={inherited:?} is invalid: {reason}", config::ENV_LIMIT));
+        }
+    }
+    let library = match find_library() {
+        Ok(p) => p,
+        Err(e) => return fail(2, e),
+    };
+    let mut preload = OsString::from(library);
+    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(":");
+        preload.push(existing);
+    }
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    let mut command = Command::new(program);
+    command.args(rest).env("LD_PRELOAD", preload);
+    if let Some(limit) = &args.limit {
+        command.env(config::ENV_LIMIT, limit);
+    }
+    if let Some(name) = &args.name {
+        command.env(config::ENV_NAME, name);
+    }
+    if let Some(priority) = args.priority {
+        command.env(config::ENV_PRIORITY, priority.to_string());
+    }
+    // exec only returns on failure.
+    let error = command.exec();
+    let code = match error.kind() {
+        std::io::ErrorKind::NotFound => 127,
+        _ => 126,
+    };
+    fail(code, format_args!("cannot run {}: {error}", program.to_string_lossy()))
+}

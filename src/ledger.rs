@@ -1,0 +1,496 @@
+//! Per-device byte counts with an atomic reserve-then-commit cap check.
+//!
+//! Every charge is taken with one compare-and-swap that adds the bytes only if the sum stays within the
+//! cap, before the driver is called; the [`Reservation`] is committed when the driver succeeds and given back
+//! (also on unwind) when it fails. Any number of threads can reserve at once and never jointly cross the
+//! cap. Counters saturate at zero: a release can never wrap a counter around.
+//!
+//! Packed allocations (under 2 MiB, see [`crate::charge`]) share chunks: their slots are summed per device
+//! and the device is charged whole chunks for the sum, so the chunk count and the slot sum move together in
+//! one CAS loop.
+
+use crate::charge::{Charge, PAGE};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// How many CUDA ordinals a process may use.
+pub const MAX_DEVICES: usize = 64;
+/// The cap value meaning "count, do not cap".
+pub const UNCAPPED: u64 = u64::MAX;
+
+/// Why an allocation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Bytes the allocation would have added.
+    pub bytes: u64,
+    /// Bytes charged when it was refused.
+    pub in_use: u64,
+    pub cap: u64,
+}
+
+/// One device's counters.
+#[derive(Debug)]
+pub struct DeviceLedger {
+    cap: AtomicU64,
+    /// Everything the driver holds for this process on this device, reservations in flight included.
+    charged: AtomicU64,
+    /// The sizes callers asked for, beside what they cost.
+    requested: AtomicU64,
+    /// The part of `charged` that is the context's own memory.
+    context: AtomicU64,
+    /// Sum of packed slots; `charged` holds whole chunks for it.
+    packed: AtomicU64,
+    peak: AtomicU64,
+    allocations: AtomicU64,
+    refusals: AtomicU64,
+    last_refused_bytes: AtomicU64,
+    last_refused_unix_ms: AtomicU64,
+}
+
+/// A charge taken ahead of a driver call. Dropping it gives the bytes back; [`Reservation::commit`] keeps them.
+#[must_use = "a reservation is given back when dropped"]
+pub struct Reservation<'a> {
+    ledger: &'a DeviceLedger,
+    charge: Charge,
+}
+
+impl Reservation<'_> {
+    /// The driver call succeeded: the bytes stay charged, and `requested` bytes are recorded beside them.
+    pub fn commit(self, requested: u64) -> Charge {
+        let charge = self.charge;
+        self.ledger.requested.fetch_add(requested, Relaxed);
+        self.ledger.allocations.fetch_add(1, Relaxed);
+        self.ledger
+            .peak
+            .fetch_max(self.ledger.charged.load(Relaxed), Relaxed);
+        std::mem::forget(self);
+        charge
+    }
+}
+
+impl Reservation<'_> {
+    /// Commits what the driver really took, which may differ from the estimate reserved: the difference is
+    /// charged without a cap check, since the memory is already taken.
+    pub fn commit_as(self, actual: Charge, requested: u64) -> Charge {
+        if actual == self.charge {
+            return self.commit(requested);
+        }
+        let ledger = self.ledger;
+        let taken = ledger.reserve_uncapped(actual);
+        drop(self);
+        taken.commit(requested)
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.ledger.uncharge(self.charge);
+    }
+}
+
+fn chunks(packed: u64) -> u64 {
+    packed.div_ceil(PAGE).saturating_mul(PAGE)
+}
+
+impl DeviceLedger {
+    pub const fn new() -> DeviceLedger {
+        DeviceLedger {
+            cap: AtomicU64::new(UNCAPPED),
+            charged: AtomicU64::new(0),
+            requested: AtomicU64::new(0),
+            context: AtomicU64::new(0),
+            packed: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            allocations: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+            last_refused_bytes: AtomicU64::new(0),
+            last_refused_unix_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_cap(&self, cap: u64) {
+        self.cap.store(cap, Relaxed);
+    }
+
+    pub fn cap(&self) -> Option<u64> {
+        Some(self.cap.load(Relaxed)).filter(|&c| c != UNCAPPED)
+    }
+
+    /// Adds `bytes` to `charged` if the sum stays within the cap (or always, for memory already taken).
+    fn try_add(&self, bytes: u64, capped: bool) -> Result<(), Refusal> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let cap = if capped { self.cap.load(Relaxed) } else { u64::MAX };
+        self.charged
+            .fetch_update(Relaxed, Relaxed, |cur| {
+                cur.checked_add(bytes).filter(|&next| next <= cap)
+            })
+            .map(|_| ())
+            .map_err(|cur| {
+                self.refusals.fetch_add(1, Relaxed);
+                self.last_refused_bytes.store(bytes, Relaxed);
+                self.last_refused_unix_ms.store(unix_ms(), Relaxed);
+                Refusal {
+                    bytes,
+                    in_use: cur,
+                    cap,
+                }
+            })
+    }
+
+    /// Gives back `bytes` of a charge that was taken with [`DeviceLedger::force`].
+    pub fn give_back(&self, bytes: u64) {
+        self.sub(bytes);
+    }
+
+    /// Reserves the context's memory (an estimate until measured) against the cap.
+    pub fn reserve_context(&self, bytes: u64) -> Result<(), Refusal> {
+        self.try_add(bytes, true)?;
+        self.context.fetch_add(bytes, Relaxed);
+        self.peak.fetch_max(self.charged.load(Relaxed), Relaxed);
+        Ok(())
+    }
+
+    fn sub(&self, bytes: u64) {
+        // The closure always returns Some, so this cannot fail.
+        let _ = self
+            .charged
+            .fetch_update(Relaxed, Relaxed, |cur| Some(cur.saturating_sub(bytes)));
+    }
+
+    /// Reserves `charge` against the cap.
+    pub fn reserve(&self, charge: Charge) -> Result<Reservation<'_>, Refusal> {
+        self.add(charge, true)
+    }
+
+    /// Charges memory the driver has already handed out, cap or not, as a reservation to commit.
+    pub fn reserve_uncapped(&self, charge: Charge) -> Reservation<'_> {
+        match self.add(charge, false) {
+            Ok(r) => r,
+            // Unreachable: without a cap nothing is refused. Charge nothing rather than panic.
+            Err(_) => Reservation { ledger: self, charge: Charge::Pages(0) },
+        }
+    }
+
+    fn add(&self, charge: Charge, capped: bool) -> Result<Reservation<'_>, Refusal> {
+        match charge {
+            Charge::Pages(bytes) => self.try_add(bytes, capped)?,
+            Charge::Packed(slot) => loop {
+                let old = self.packed.load(Relaxed);
+                let new = old.saturating_add(slot);
+                let grow = chunks(new) - chunks(old);
+                self.try_add(grow, capped)
+                    .map_err(|r| Refusal { bytes: slot, ..r })?;
+                if self
+                    .packed
+                    .compare_exchange(old, new, Relaxed, Relaxed)
+                    .is_ok()
+                {
+                    break;
+                }
+                self.sub(grow);
+            },
+        }
+        Ok(Reservation {
+            ledger: self,
+            charge,
+        })
+    }
+
+    /// Charges memory the driver has already handed out (it cannot be refused any more).
+    pub fn force(&self, bytes: u64) {
+        let _ = self
+            .charged
+            .fetch_update(Relaxed, Relaxed, |cur| Some(cur.saturating_add(bytes)));
+        self.peak.fetch_max(self.charged.load(Relaxed), Relaxed);
+    }
+
+    /// Gives back a committed charge whose memory the driver has freed.
+    pub fn release(&self, charge: Charge, requested: u64) {
+        self.uncharge(charge);
+        let _ = self
+            .requested
+            .fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_sub(requested)));
+        let _ = self
+            .allocations
+            .fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_sub(1)));
+    }
+
+    fn uncharge(&self, charge: Charge) {
+        match charge {
+            Charge::Pages(bytes) => self.sub(bytes),
+            Charge::Packed(slot) => {
+                let mut shrink = 0;
+                let _ = self.packed.fetch_update(Relaxed, Relaxed, |old| {
+                    let new = old.saturating_sub(slot);
+                    shrink = chunks(old) - chunks(new);
+                    Some(new)
+                });
+                self.sub(shrink);
+            }
+        }
+    }
+
+    /// Moves the context's share of `charged` to `bytes` (a measurement replacing an estimate).
+    pub fn set_context(&self, bytes: u64) {
+        let old = self.context.swap(bytes, Relaxed);
+        if bytes >= old {
+            self.force(bytes - old);
+        } else {
+            self.sub(old - bytes);
+        }
+    }
+
+    /// Forgets everything (the device's last context is gone, and its memory with it).
+    pub fn reset(&self) {
+        for counter in [
+            &self.charged,
+            &self.requested,
+            &self.context,
+            &self.packed,
+            &self.allocations,
+        ] {
+            counter.store(0, Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> DeviceUsage {
+        DeviceUsage {
+            cap: self.cap(),
+            charged: self.charged.load(Relaxed),
+            requested: self.requested.load(Relaxed),
+            context: self.context.load(Relaxed),
+            peak: self.peak.load(Relaxed),
+            allocations: self.allocations.load(Relaxed),
+            refusals: self.refusals.load(Relaxed),
+            last_refused_bytes: self.last_refused_bytes.load(Relaxed),
+            last_refused_unix_ms: self.last_refused_unix_ms.load(Relaxed),
+        }
+    }
+}
+
+impl Default for DeviceLedger {
+    fn default() -> Self {
+        DeviceLedger::new()
+    }
+}
+
+/// A copy of one device's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceUsage {
+    pub cap: Option<u64>,
+    pub charged: u64,
+    pub requested: u64,
+    pub context: u64,
+    pub peak: u64,
+    pub allocations: u64,
+    pub refusals: u64,
+    pub last_refused_bytes: u64,
+    pub last_refused_unix_ms: u64,
+}
+
+impl DeviceUsage {
+    /// What the process may still take: the cap minus what it holds.
+    pub fn headroom(&self) -> Option<u64> {
+        self.cap.map(|c| c.saturating_sub(self.charged))
+    }
+}
+
+/// All devices of one process.
+pub struct Ledger {
+    devices: [DeviceLedger; MAX_DEVICES],
+}
+
+impl Ledger {
+    pub const fn new() -> Ledger {
+        Ledger {
+            devices: [const { DeviceLedger::new() }; MAX_DEVICES],
+        }
+    }
+
+    /// The device's ledger; `None` for an ordinal outside `0..MAX_DEVICES`.
+    pub fn device(&self, ordinal: i32) -> Option<&DeviceLedger> {
+        usize::try_from(ordinal).ok().and_then(|i| self.devices.get(i))
+    }
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::new()
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn cap_holds_and_refusal_reports() {
+        let l = DeviceLedger::new();
+        l.set_cap(10 * MIB);
+        let a = l.reserve(Charge::Pages(8 * MIB)).unwrap().commit(7 * MIB);
+        let r = l.reserve(Charge::Pages(4 * MIB)).err().unwrap();
+        assert_eq!(r, Refusal { bytes: 4 * MIB, in_use: 8 * MIB, cap: 10 * MIB });
+        assert_eq!(l.snapshot().refusals, 1);
+        l.release(a, 7 * MIB);
+        assert_eq!(l.snapshot().charged, 0);
+        assert_eq!(l.snapshot().peak, 8 * MIB);
+    }
+
+    #[test]
+    fn dropped_reservation_is_given_back() {
+        let l = DeviceLedger::new();
+        l.set_cap(4 * MIB);
+        {
+            let _r = l.reserve(Charge::Pages(4 * MIB)).unwrap();
+            assert_eq!(l.snapshot().charged, 4 * MIB);
+        }
+        assert_eq!(l.snapshot().charged, 0);
+    }
+
+    #[test]
+    fn packed_slots_share_chunks() {
+        let l = DeviceLedger::new();
+        let slots: Vec<_> = (0..33)
+            .map(|_| l.reserve(Charge::Packed(64 << 10)).unwrap().commit(64 << 10))
+            .collect();
+        // 32 slots of 64 KiB fill one chunk; the 33rd opens a second.
+        assert_eq!(l.snapshot().charged, 4 * MIB);
+        for s in &slots[..1] {
+            l.release(*s, 64 << 10);
+        }
+        assert_eq!(l.snapshot().charged, 2 * MIB);
+        for s in &slots[1..] {
+            l.release(*s, 64 << 10);
+        }
+        assert_eq!(l.snapshot().charged, 0);
+    }
+
+    #[test]
+    fn counters_never_underflow() {
+        let l = DeviceLedger::new();
+        l.release(Charge::Pages(4 * MIB), 123);
+        l.release(Charge::Packed(512), 1);
+        let s = l.snapshot();
+        assert_eq!((s.charged, s.requested, s.allocations), (0, 0, 0));
+    }
+
+    #[test]
+    fn context_measurement_replaces_estimate() {
+        let l = DeviceLedger::new();
+        l.set_context(512 * MIB);
+        l.set_context(530 * MIB);
+        assert_eq!(l.snapshot().charged, 530 * MIB);
+        l.set_context(500 * MIB);
+        assert_eq!(l.snapshot().charged, 500 * MIB);
+        assert_eq!(l.snapshot().context, 500 * MIB);
+    }
+
+    /// Many threads racing for one cap never cross it, and everything comes back to zero.
+    #[test]
+    fn threads_never_jointly_cross_the_cap() {
+        let l = Arc::new(DeviceLedger::new());
+        let cap = 16 * MIB;
+        l.set_cap(cap);
+        let start = Arc::new(std::sync::Barrier::new(32));
+        let handles: Vec<_> = (0..32)
+            .map(|t| {
+                let l = Arc::clone(&l);
+                let start = Arc::clone(&start);
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut held = Vec::new();
+                    for i in 0..5_000u64 {
+                        let charge = if (i + t) % 3 == 0 {
+                            Charge::Packed(64 << 10)
+                        } else {
+                            Charge::Pages(2 * MIB * (1 + (i + t) % 3))
+                        };
+                        if let Ok(r) = l.reserve(charge) {
+                            assert!(l.snapshot().charged <= cap);
+                            held.push(r.commit(1));
+                        }
+                        if held.len() > 6 || i % 7 == 0 {
+                            if let Some(c) = held.pop() {
+                                l.release(c, 1);
+                            }
+                        }
+                    }
+                    for c in held {
+                        l.release(c, 1);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let s = l.snapshot();
+        assert!(s.peak <= cap, "peak {} over cap {}", s.peak, cap);
+        assert_eq!((s.charged, s.requested, s.allocations), (0, 0, 0));
+        assert!(s.refusals > 0, "the test must reach the cap");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc(u64),
+        Free(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u64..(12 << 20)).prop_map(Op::Alloc),
+            any::<usize>().prop_map(Op::Free),
+        ]
+    }
+
+    proptest! {
+        /// The ledger agrees with a naive model that recomputes the charge from the live set.
+        #[test]
+        fn matches_naive_model(ops in proptest::collection::vec(op(), 1..200), cap_mib in 1u64..64) {
+            let cap = cap_mib * MIB;
+            let l = DeviceLedger::new();
+            l.set_cap(cap);
+            let mut live: Vec<(Charge, u64)> = Vec::new();
+            let model = |live: &Vec<(Charge, u64)>| {
+                let pages: u64 = live.iter().filter_map(|(c, _)| match c { Charge::Pages(b) => Some(*b), _ => None }).sum();
+                let packed: u64 = live.iter().filter_map(|(c, _)| match c { Charge::Packed(b) => Some(*b), _ => None }).sum();
+                pages + chunks(packed)
+            };
+            for op in ops {
+                match op {
+                    Op::Alloc(bytes) => {
+                        let charge = Charge::for_request(bytes);
+                        let mut next = live.clone();
+                        next.push((charge, bytes));
+                        let fits = model(&next) <= cap;
+                        match l.reserve(charge) {
+                            Ok(r) => { prop_assert!(fits); r.commit(bytes); live = next; }
+                            Err(_) => prop_assert!(!fits),
+                        }
+                    }
+                    Op::Free(i) if !live.is_empty() => {
+                        let (c, b) = live.remove(i % live.len());
+                        l.release(c, b);
+                    }
+                    Op::Free(_) => {}
+                }
+                let s = l.snapshot();
+                prop_assert_eq!(s.charged, model(&live));
+                prop_assert_eq!(s.requested, live.iter().map(|(_, b)| b).sum::<u64>());
+                prop_assert!(s.charged <= cap);
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! vramcap's core: what the preload library and the command-line tools share.
+//!
+//! - [`size`]: human sizes (`1.5GiB`, `25%`);
+//! - [`config`]: the environment contract (`VRAMCAP_LIMIT`, …);
+//! - [`charge`]: what the driver really takes for an allocation;
+//! - [`ledger`]: per-device counts with the atomic reserve-then-commit cap check;
+//! - [`tracker`]: which handle was charged what;
+//! - [`log`]: `vramcap:` lines on stderr.
+//!
+//! Nothing here talks to the driver: the hooks live in the `preload` crate, the binaries in `src/bin`.
+
+pub mod charge;
+pub mod config;
+pub mod ledger;
+pub mod log;
+pub mod size;
+pub mod tracker;

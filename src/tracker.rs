@@ -1,0 +1,107 @@
+//! Maps from a driver handle (device pointer, VMM handle, array) to what we charged for it.
+//!
+//! Sharded by a multiplicative hash of the key so that threads allocating at once rarely meet on one lock;
+//! each shard is a plain `HashMap` behind a `parking_lot` mutex, which needs no initialisation at run time.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+const SHARDS: usize = 64;
+
+/// Keys are addresses and handles: already well spread, so one multiply is enough hashing.
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = (key ^ (key >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type Shard<V> = Mutex<HashMap<u64, V, BuildHasherDefault<AddrHasher>>>;
+
+pub struct Tracker<V> {
+    shards: [Shard<V>; SHARDS],
+}
+
+impl<V: Copy> Tracker<V> {
+    pub const fn new() -> Tracker<V> {
+        Tracker {
+            shards: [const { Mutex::new(HashMap::with_hasher(BuildHasherDefault::new())) }; SHARDS],
+        }
+    }
+
+    fn shard(&self, key: u64) -> &Shard<V> {
+        let mut h = AddrHasher::default();
+        h.write_u64(key);
+        &self.shards[(h.finish() >> 58) as usize % SHARDS]
+    }
+
+    /// Records `key`; returns what it replaced, if anything.
+    pub fn insert(&self, key: u64, value: V) -> Option<V> {
+        self.shard(key).lock().insert(key, value)
+    }
+
+    pub fn remove(&self, key: u64) -> Option<V> {
+        self.shard(key).lock().remove(&key)
+    }
+
+    pub fn get(&self, key: u64) -> Option<V> {
+        self.shard(key).lock().get(&key).copied()
+    }
+
+    /// Changes the record for `key` in place; returns the closure's answer, or `None` if `key` is unknown.
+    pub fn update<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        self.shard(key).lock().get_mut(&key).map(f)
+    }
+
+    /// Removes every record for which `drop` says so.
+    pub fn remove_where(&self, mut drop: impl FnMut(&V) -> bool) {
+        for shard in &self.shards {
+            shard.lock().retain(|_, v| !drop(v));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<V: Copy> Default for Tracker<V> {
+    fn default() -> Self {
+        Tracker::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_remove_update() {
+        let t: Tracker<(i32, u64)> = Tracker::new();
+        for k in 0..1000u64 {
+            assert_eq!(t.insert(k << 21, (0, k)), None);
+        }
+        assert_eq!(t.len(), 1000);
+        assert_eq!(t.update(5 << 21, |v| { v.1 += 1; v.1 }), Some(6));
+        assert_eq!(t.remove(5 << 21), Some((0, 6)));
+        assert_eq!(t.remove(5 << 21), None);
+        t.remove_where(|v| v.1 % 2 == 0);
+        assert_eq!(t.len(), 499);
+        assert!(t.shards.iter().filter(|s| !s.lock().is_empty()).count() > SHARDS / 2);
+    }
+}

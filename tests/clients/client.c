@@ -1,0 +1,431 @@
+/* A CUDA driver-API client that exercises vramcap through each path a program can take to the driver:
+ *   link   calls the exported symbols directly (built with -lcuda);
+ *   dlsym  dlopen("libcuda.so.1") + dlsym, as PyTorch, CuPy and cudarc do;
+ *   gpa    cuGetProcAddress_v2 by base name, version and flags, as the CUDA runtime does.
+ * Usage: client PATH SCENARIO [ARGS]. It prints key=value lines; the Rust tests (and scripts/gpu-e2e.sh)
+ * judge them. It never decides pass/fail itself beyond exiting non-zero when a call it needs fails. */
+#define _GNU_SOURCE
+#include "mini_cuda.h"
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MIB (1ull << 20)
+
+/* Declared for the link path; the fake and the real driver both export them. */
+CUresult cuInit(unsigned);
+CUresult cuDeviceGetCount(int *);
+CUresult cuDevicePrimaryCtxRetain(CUcontext *, CUdevice);
+CUresult cuCtxSetCurrent(CUcontext);
+CUresult cuCtxCreate_v2(CUcontext *, unsigned, CUdevice);
+CUresult cuCtxDestroy_v2(CUcontext);
+CUresult cuMemAlloc_v2(CUdeviceptr *, size_t);
+CUresult cuMemFree_v2(CUdeviceptr);
+CUresult cuMemGetInfo_v2(size_t *, size_t *);
+CUresult cuDeviceTotalMem_v2(size_t *, CUdevice);
+CUresult cuMemAllocPitch_v2(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
+CUresult cuMemAllocManaged(CUdeviceptr *, size_t, unsigned);
+CUresult cuMemAllocAsync(CUdeviceptr *, size_t, CUstream);
+CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+CUresult cuStreamSynchronize(CUstream);
+CUresult cuMemCreate(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+CUresult cuMemRelease(CUmemGenericAllocationHandle);
+CUresult cuMemAddressReserve(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+CUresult cuMemMap(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+CUresult cuMemUnmap(CUdeviceptr, size_t);
+CUresult cuArrayCreate_v2(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
+CUresult cuArrayDestroy(CUarray);
+
+static struct {
+  CUresult (*init)(unsigned);
+  CUresult (*count)(int *);
+  CUresult (*retain)(CUcontext *, CUdevice);
+  CUresult (*set_current)(CUcontext);
+  CUresult (*ctx_create)(CUcontext *, unsigned, CUdevice);
+  CUresult (*ctx_destroy)(CUcontext);
+  CUresult (*alloc)(CUdeviceptr *, size_t);
+  CUresult (*free)(CUdeviceptr);
+  CUresult (*info)(size_t *, size_t *);
+  CUresult (*total)(size_t *, CUdevice);
+  CUresult (*pitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
+  CUresult (*managed)(CUdeviceptr *, size_t, unsigned);
+  CUresult (*alloc_async)(CUdeviceptr *, size_t, CUstream);
+  CUresult (*free_async)(CUdeviceptr, CUstream);
+  CUresult (*sync)(CUstream);
+  CUresult (*create)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+  CUresult (*release)(CUmemGenericAllocationHandle);
+  CUresult (*reserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+  CUresult (*map)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+  CUresult (*unmap)(CUdeviceptr, size_t);
+  CUresult (*array_create)(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
+  CUresult (*array_destroy)(CUarray);
+} cu;
+
+typedef CUresult (*gpa_t)(const char *, void **, int, unsigned long long, int *);
+static void *driver;
+static gpa_t gpa;
+
+static void *need(void *p, const char *what) {
+  if (!p) { printf("missing=%s\n", what); exit(3); }
+  return p;
+}
+
+static void *by_gpa(const char *name, int version, unsigned long long flags) {
+  void *p = NULL;
+  int status = -1;
+  CUresult r = gpa(name, &p, version, flags, &status);
+  if (r || !p) { printf("gpa_failed=%s r=%d status=%d\n", name, r, status); exit(3); }
+  return p;
+}
+
+#define DL(field, sym) cu.field = need(dlsym(driver, sym), sym)
+#define GPA(field, name, ver) cu.field = by_gpa(name, ver, 0)
+
+static void load(const char *path) {
+  driver = need(dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL), "libcuda.so.1");
+  gpa = need(dlsym(driver, "cuGetProcAddress_v2"), "cuGetProcAddress_v2");
+  if (!strcmp(path, "link")) {
+    cu.init = cuInit; cu.count = cuDeviceGetCount; cu.retain = cuDevicePrimaryCtxRetain;
+    cu.set_current = cuCtxSetCurrent; cu.ctx_create = cuCtxCreate_v2; cu.ctx_destroy = cuCtxDestroy_v2;
+    cu.alloc = cuMemAlloc_v2; cu.free = cuMemFree_v2; cu.info = cuMemGetInfo_v2; cu.total = cuDeviceTotalMem_v2;
+    cu.pitch = cuMemAllocPitch_v2; cu.managed = cuMemAllocManaged; cu.alloc_async = cuMemAllocAsync;
+    cu.free_async = cuMemFreeAsync; cu.sync = cuStreamSynchronize; cu.create = cuMemCreate;
+    cu.release = cuMemRelease; cu.reserve = cuMemAddressReserve; cu.map = cuMemMap; cu.unmap = cuMemUnmap;
+    cu.array_create = cuArrayCreate_v2; cu.array_destroy = cuArrayDestroy;
+  } else if (!strcmp(path, "dlsym")) {
+    DL(init, "cuInit"); DL(count, "cuDeviceGetCount"); DL(retain, "cuDevicePrimaryCtxRetain");
+    DL(set_current, "cuCtxSetCurrent"); DL(ctx_create, "cuCtxCreate_v2"); DL(ctx_destroy, "cuCtxDestroy_v2");
+    DL(alloc, "cuMemAlloc_v2"); DL(free, "cuMemFree_v2"); DL(info, "cuMemGetInfo_v2");
+    DL(total, "cuDeviceTotalMem_v2"); DL(pitch, "cuMemAllocPitch_v2"); DL(managed, "cuMemAllocManaged");
+    DL(alloc_async, "cuMemAllocAsync"); DL(free_async, "cuMemFreeAsync"); DL(sync, "cuStreamSynchronize");
+    DL(create, "cuMemCreate"); DL(release, "cuMemRelease"); DL(reserve, "cuMemAddressReserve");
+    DL(map, "cuMemMap"); DL(unmap, "cuMemUnmap"); DL(array_create, "cuArrayCreate_v2");
+    DL(array_destroy, "cuArrayDestroy");
+  } else if (!strcmp(path, "gpa")) {
+    /* cuInit must be resolvable before initialisation, as the runtime does it. */
+    GPA(init, "cuInit", 12000); GPA(count, "cuDeviceGetCount", 12000);
+    GPA(retain, "cuDevicePrimaryCtxRetain", 12000); GPA(set_current, "cuCtxSetCurrent", 12000);
+    GPA(ctx_create, "cuCtxCreate", 11040); GPA(ctx_destroy, "cuCtxDestroy", 12000);
+    GPA(alloc, "cuMemAlloc", 12000); GPA(free, "cuMemFree", 12000); GPA(info, "cuMemGetInfo", 12000);
+    GPA(total, "cuDeviceTotalMem", 12000); GPA(pitch, "cuMemAllocPitch", 12000);
+    GPA(managed, "cuMemAllocManaged", 12000); GPA(alloc_async, "cuMemAllocAsync", 12000);
+    GPA(free_async, "cuMemFreeAsync", 12000); GPA(sync, "cuStreamSynchronize", 12000);
+    GPA(create, "cuMemCreate", 12000); GPA(release, "cuMemRelease", 12000);
+    GPA(reserve, "cuMemAddressReserve", 12000); GPA(map, "cuMemMap", 12000); GPA(unmap, "cuMemUnmap", 12000);
+    GPA(array_create, "cuArrayCreate", 12000); GPA(array_destroy, "cuArrayDestroy", 12000);
+  } else {
+    printf("unknown path %s\n", path);
+    exit(2);
+  }
+}
+
+static CUcontext ctx;
+
+static CUresult start(void) {
+  CUresult r = cu.init(0);
+  printf("init=%d\n", r);
+  if (r) return r;
+  r = cu.retain(&ctx, 0);
+  printf("retain=%d\n", r);
+  if (r) return r;
+  return cu.set_current(ctx);
+}
+
+/* The process's charge as the capped memory-info shows it: total - free. */
+static unsigned long long charged(void) {
+  size_t free = 0, total = 0;
+  cu.info(&free, &total);
+  return total - free;
+}
+
+static void report_info(void) {
+  size_t free = 0, total = 0, dev_total = 0;
+  printf("info=%d\n", cu.info(&free, &total));
+  printf("info_free=%zu\ninfo_total=%zu\n", free, total);
+  cu.total(&dev_total, 0);
+  printf("device_total=%zu\n", dev_total);
+}
+
+static unsigned long long (*device_used)(int);
+static unsigned long long (*fake_calls)(const char *);
+static void *(*fake_symbol)(const char *);
+
+static unsigned long long used_now(void) { return device_used ? device_used(0) : 0; }
+
+/* Fill with 64 MiB allocations until refused. */
+static int scenario_cap(void) {
+  static CUdeviceptr p[4096];
+  int n = 0;
+  CUresult r = CUDA_SUCCESS;
+  unsigned long long calls_before_refusal = 0;
+  while (n < 4096) {
+    if (fake_calls) calls_before_refusal = fake_calls("cuMemAlloc_v2");
+    r = cu.alloc(&p[n], 64 * MIB);
+    if (r) break;
+    n++;
+  }
+  printf("allocated=%d\nrefused_code=%d\n", n, r);
+  if (fake_calls) printf("driver_called_on_refusal=%llu\n", fake_calls("cuMemAlloc_v2") - calls_before_refusal);
+  printf("device_used_at_cap=%llu\n", used_now());
+  report_info();
+  for (int i = 0; i < n; i++) cu.free(p[i]);
+  printf("charged_after_free=%llu\n", charged());
+  /* The process keeps working after a refusal. */
+  CUdeviceptr q;
+  printf("alloc_after=%d\n", cu.alloc(&q, 64 * MIB));
+  cu.free(q);
+  return 0;
+}
+
+static int scenario_rounding(void) {
+  unsigned long long sizes[] = {2 * MIB + 1, 3 * MIB, 10 * MIB + 7, 64 << 10, 1};
+  for (int i = 0; i < 5; i++) {
+    unsigned long long before = charged();
+    CUdeviceptr p;
+    CUresult r = cu.alloc(&p, sizes[i]);
+    printf("size_%llu=%llu r=%d\n", sizes[i], charged() - before, r);
+    cu.free(p);
+  }
+  /* 32 x 64 KiB share one 2 MiB chunk; the 33rd opens another. */
+  CUdeviceptr q[33];
+  unsigned long long before = charged();
+  for (int i = 0; i < 32; i++) cu.alloc(&q[i], 64 << 10);
+  printf("packed_32=%llu\n", charged() - before);
+  cu.alloc(&q[32], 64 << 10);
+  printf("packed_33=%llu\n", charged() - before);
+  for (int i = 0; i < 33; i++) cu.free(q[i]);
+  printf("packed_after_free=%llu\n", charged() - before);
+  return 0;
+}
+
+static int scenario_unknown_free(void) {
+  unsigned long long before = fake_calls ? fake_calls("cuMemFree_v2") : 0;
+  CUresult r = cu.free(0xdead0000ull);
+  printf("unknown_free=%d\n", r);
+  if (fake_calls) printf("driver_free_calls=%llu\n", fake_calls("cuMemFree_v2") - before);
+  return 0;
+}
+
+static unsigned long long cap_bytes;
+static volatile unsigned long long max_seen;
+static volatile int refusals, other_errors;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_barrier_t barrier;
+
+static void *worker(void *arg) {
+  unsigned seed = (unsigned)(size_t)arg;
+  CUdeviceptr held[16];
+  int n = 0;
+  cu.set_current(ctx);
+  pthread_barrier_wait(&barrier);
+  /* Everyone fills up at once, so the threads really compete for the cap, then churns. */
+  for (int i = 0; i < 400; i++) {
+    if (i == 8) pthread_barrier_wait(&barrier);
+    size_t size = ((rand_r(&seed) % 6) + 1) * MIB + (rand_r(&seed) % 3 ? 0 : 12345);
+    CUdeviceptr p;
+    CUresult r = cu.alloc(&p, size);
+    unsigned long long u = used_now();
+    pthread_mutex_lock(&lock);
+    if (u > max_seen) max_seen = u;
+    if (r == CUDA_ERROR_OUT_OF_MEMORY) refusals++;
+    else if (r) other_errors++;
+    pthread_mutex_unlock(&lock);
+    if (!r) held[n++] = p;
+    if (i >= 8 && (n >= 8 || (r && n))) cu.free(held[--n]);
+  }
+  while (n) cu.free(held[--n]);
+  return NULL;
+}
+
+static int scenario_threads(int threads) {
+  pthread_t t[64];
+  pthread_barrier_init(&barrier, NULL, threads);
+  for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, worker, (void *)(size_t)(i + 1));
+  for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+  printf("threads=%d\nmax_device_used=%llu\nrefusals=%d\nother_errors=%d\n", threads, max_seen, refusals, other_errors);
+  printf("charged_after=%llu\ndevice_used_after=%llu\n", charged(), used_now());
+  (void)cap_bytes;
+  return 0;
+}
+
+static int scenario_kinds(void) {
+  unsigned long long base = charged();
+  CUdeviceptr p; size_t pitch = 0;
+  printf("pitch_r=%d\n", cu.pitch(&p, &pitch, 1000, 3000, 4));
+  printf("pitch=%zu\npitch_charge=%llu\n", pitch, charged() - base);
+  cu.free(p);
+  printf("pitch_freed=%llu\n", charged() - base);
+
+  printf("managed_r=%d\n", cu.managed(&p, 5 * MIB, 1));
+  printf("managed_charge=%llu\n", charged() - base);
+  cu.free(p);
+
+  CUdeviceptr a[3];
+  for (int i = 0; i < 3; i++) printf("async_r=%d\n", cu.alloc_async(&a[i], 3 * MIB, NULL));
+  printf("async_charge=%llu\n", charged() - base);
+  for (int i = 0; i < 3; i++) cu.free_async(a[i], NULL);
+  printf("async_after_free=%llu\n", charged() - base);
+  cu.alloc_async(&a[0], 3 * MIB, NULL);
+  printf("async_reuse=%llu\n", charged() - base);
+  cu.free_async(a[0], NULL);
+  cu.sync(NULL);
+  /* After the pool trimmed itself, a refused-looking request refreshes the pool's figure; here a small
+   * allocation triggers the re-read of the pool through the async path. */
+  cu.alloc_async(&a[0], 1 * MIB, NULL);
+  cu.free_async(a[0], NULL);
+  cu.sync(NULL);
+  cu.alloc_async(&a[1], 2 * MIB, NULL);
+  printf("async_after_trim=%llu\n", charged() - base);
+  cu.free_async(a[1], NULL);
+  cu.sync(NULL);
+
+  base = charged();
+  CUmemAllocationProp prop;
+  memset(&prop, 0, sizeof prop);
+  prop.type = 1; prop.location.type = 1; prop.location.id = 0;
+  CUmemGenericAllocationHandle h;
+  printf("create_r=%d\n", cu.create(&h, 8 * MIB, &prop, 0));
+  printf("vmm_charge=%llu\n", charged() - base);
+  CUdeviceptr va;
+  cu.reserve(&va, 8 * MIB, 0, 0, 0);
+  cu.map(va, 8 * MIB, 0, h, 0);
+  cu.release(h);
+  printf("vmm_released_but_mapped=%llu\n", charged() - base);
+  cu.unmap(va, 8 * MIB);
+  printf("vmm_unmapped=%llu\n", charged() - base);
+  prop.location.type = 2; /* host memory is not counted */
+  printf("host_create_r=%d\n", cu.create(&h, 8 * MIB, &prop, 0));
+  printf("host_vmm_charge=%llu\n", charged() - base);
+  cu.release(h);
+
+  CUDA_ARRAY_DESCRIPTOR d = {1000, 1000, 0x20, 4};
+  CUarray arr;
+  printf("array_r=%d\n", cu.array_create(&arr, &d));
+  printf("array_charge=%llu\n", charged() - base);
+  cu.array_destroy(arr);
+  printf("array_destroyed=%llu\n", charged() - base);
+  return 0;
+}
+
+static int scenario_identity(void) {
+  /* Unwrapped entry points come back as the driver's own pointer, on every path. */
+  void *mine = fake_symbol ? fake_symbol("cuLaunchKernel") : NULL;
+  void *via_dlsym = dlsym(driver, "cuLaunchKernel");
+  void *via_gpa = NULL, *via_gpa_ptsz = NULL, *export_table = NULL;
+  int st;
+  gpa("cuLaunchKernel", &via_gpa, 12000, 0, &st);
+  gpa("cuLaunchKernel", &via_gpa_ptsz, 12000, 2, &st);
+  gpa("cuGetExportTable", &export_table, 12000, 0, &st);
+  printf("launch_dlsym_identical=%d\n", via_dlsym && via_dlsym == mine);
+  printf("launch_gpa_identical=%d\n", via_gpa && via_gpa == mine);
+  printf("launch_ptsz_identical=%d\n", via_gpa_ptsz && fake_symbol && via_gpa_ptsz == fake_symbol("cuLaunchKernel_ptsz"));
+  printf("export_table_identical=%d\n", export_table && fake_symbol && export_table == fake_symbol("cuGetExportTable"));
+  /* Wrapped ones come back as ours, on every path, including cuGetProcAddress itself. */
+  void *ours = dlsym(RTLD_DEFAULT, "cuMemAlloc_v2");
+  void *alloc_gpa = NULL, *gpa_self = NULL, *gpa_v1 = NULL;
+  gpa("cuMemAlloc", &alloc_gpa, 12000, 2, &st);
+  printf("alloc_wrapped_dlsym=%d\n", dlsym(driver, "cuMemAlloc_v2") == ours && ours != (fake_symbol ? fake_symbol("cuMemAlloc_v2") : NULL));
+  printf("alloc_wrapped_gpa=%d\n", alloc_gpa == ours);
+  gpa("cuGetProcAddress", &gpa_self, 12000, 0, &st);
+  gpa("cuGetProcAddress", &gpa_v1, 11030, 0, &st);
+  printf("gpa_self_wrapped=%d\n", gpa_self == dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2"));
+  printf("gpa_v1_wrapped=%d\n", gpa_v1 == dlsym(RTLD_DEFAULT, "cuGetProcAddress"));
+  printf("gpa_dlsym_wrapped=%d\n", (void *)gpa == dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2"));
+  return 0;
+}
+
+/* Every line of the real driver's table: our cuGetProcAddress_v2 must answer with the wrapper of exactly
+ * the variant the driver names, with the driver's symbolStatus, and the driver's pointer otherwise. */
+static int scenario_table(const char *file) {
+  FILE *f = fopen(file, "r");
+  if (!f) { printf("no_table=%s\n", file); return 3; }
+  char line[512], name[256], sym[256];
+  int checked = 0, mismatched = 0, wrapped = 0;
+  while (fgets(line, sizeof line, f)) {
+    int ver; unsigned long long fl;
+    if (line[0] == '#' || sscanf(line, "%255s %d %llu -> %255s", name, &ver, &fl, sym) != 4) continue;
+    void *p = (void *)1; int st = -1;
+    CUresult r = gpa(name, &p, ver, fl, &st);
+    int ok;
+    if (!strcmp(sym, "none")) {
+      ok = p == NULL && st == 2;
+    } else {
+      if (!fake_symbol || !fake_symbol(sym)) continue; /* the fake does not implement it */
+      void *expected = dlsym(RTLD_DEFAULT, sym); /* ours if we wrap it, else the driver's */
+      ok = r == 0 && st == 0 && p == expected;
+      if (expected != fake_symbol(sym)) wrapped++;
+    }
+    checked++;
+    if (!ok) { mismatched++; if (mismatched < 10) printf("mismatch: %s", line); }
+  }
+  fclose(f);
+  printf("table_checked=%d\ntable_wrapped=%d\ntable_mismatched=%d\n", checked, wrapped, mismatched);
+  return 0;
+}
+
+static int scenario_nvml(void) {
+  void *nvml = need(dlopen("libnvidia-ml.so.1", RTLD_NOW), "libnvidia-ml.so.1");
+  int (*init)(void) = need(dlsym(nvml, "nvmlInit_v2"), "nvmlInit_v2");
+  int (*handle)(unsigned, void **) = need(dlsym(nvml, "nvmlDeviceGetHandleByIndex_v2"), "handle");
+  int (*meminfo)(void *, nvmlMemory_t *) = need(dlsym(nvml, "nvmlDeviceGetMemoryInfo"), "meminfo");
+  init();
+  void *h;
+  handle(0, &h);
+  CUdeviceptr p;
+  cu.alloc(&p, 100 * MIB);
+  nvmlMemory_t m;
+  printf("nvml_r=%d\n", meminfo(h, &m));
+  printf("nvml_total=%llu\nnvml_used=%llu\nnvml_free=%llu\n", m.total, m.used, m.free);
+  printf("charged=%llu\n", charged());
+  return 0;
+}
+
+static int scenario_ctx(void) {
+  /* A second context on the same device, created and destroyed, leaves the primary's charges alone. */
+  unsigned long long base = charged();
+  CUcontext primary, extra;
+  CUdeviceptr p;
+  cu.alloc(&p, 4 * MIB);
+  printf("ctx_create=%d\n", cu.ctx_create(&extra, 0, 0));
+  printf("ctx_destroy=%d\n", cu.ctx_destroy(extra));
+  cu.retain(&primary, 0);
+  cu.set_current(primary);
+  printf("after_ctx_charge=%llu\n", charged() - base);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc < 3) { fprintf(stderr, "usage: client link|dlsym|gpa SCENARIO [ARG]\n"); return 2; }
+  load(argv[1]);
+  device_used = dlsym(RTLD_DEFAULT, "fakecuda_device_used");
+  fake_calls = dlsym(RTLD_DEFAULT, "fakecuda_calls");
+  fake_symbol = dlsym(RTLD_DEFAULT, "fakecuda_symbol");
+  const char *s = argv[2];
+  if (!strcmp(s, "table")) { cu.init(0); return scenario_table(argc > 3 ? argv[3] : ""); }
+  if (!strcmp(s, "identity")) { cu.init(0); return scenario_identity(); }
+  if (!strcmp(s, "rtld_next")) {
+    int (*probe)(void) = dlsym(RTLD_DEFAULT, "next_getuid_is_libc");
+    printf("rtld_next_ok=%d\n", probe ? probe() : -1);
+    return 0;
+  }
+  CUresult r = start();
+  if (!strcmp(s, "config")) {
+    CUdeviceptr p;
+    printf("alloc_r=%d\ndevice_used=%llu\n", cu.alloc(&p, MIB), used_now());
+    return 0;
+  }
+  if (r) { printf("start_failed=%d\n", r); return 0; }
+  if (!strcmp(s, "cap")) return scenario_cap();
+  if (!strcmp(s, "rounding")) return scenario_rounding();
+  if (!strcmp(s, "unknown_free")) return scenario_unknown_free();
+  if (!strcmp(s, "threads")) return scenario_threads(argc > 3 ? atoi(argv[3]) : 32);
+  if (!strcmp(s, "kinds")) return scenario_kinds();
+  if (!strcmp(s, "nvml")) return scenario_nvml();
+  if (!strcmp(s, "ctx")) return scenario_ctx();
+  if (!strcmp(s, "info")) { report_info(); printf("charged=%llu\n", charged()); return 0; }
+  printf("unknown scenario %s\n", s);
+  return 2;
+}

@@ -1,0 +1,135 @@
+//! Shared set-up for the integration tests: builds libvramcap.so and the fake driver, lays the fake out as
+//! `libcuda.so.1` / `libnvidia-ml.so.1`, compiles the C clients, and runs them under `LD_PRELOAD`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+/// What a context costs in the fake driver, and the estimate the tests give the library for it.
+pub const CONTEXT: u64 = 300 * MIB;
+
+pub struct Env {
+    pub dir: PathBuf,
+    pub preload: PathBuf,
+    pub client: PathBuf,
+    pub nextlib: PathBuf,
+    pub bin: PathBuf,
+    pub table: PathBuf,
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+fn check(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        check(Command::new(cargo).args(["build", "-q", "-p", "vramcap-preload", "-p", "fake-cuda"]));
+        let out = target_dir().join("debug");
+        let dir = target_dir().join("vramcap-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(out.join("libcuda.so"), &link).unwrap();
+        }
+        let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+        let client = dir.join("client");
+        check(
+            Command::new("cc")
+                .args(["-O1", "-Wall", "-o"])
+                .arg(&client)
+                .arg(clients.join("client.c"))
+                .arg("-L")
+                .arg(&dir)
+                .args(["-lcuda", "-ldl", "-lpthread"]),
+        );
+        let nextlib = dir.join("libnext.so");
+        check(
+            Command::new("cc")
+                .args(["-O1", "-shared", "-fPIC", "-o"])
+                .arg(&nextlib)
+                .arg(clients.join("nextlib.c"))
+                .arg("-ldl"),
+        );
+        Env {
+            preload: out.join("libvramcap.so"),
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_vramcap-run")).parent().unwrap().to_path_buf(),
+            table: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-driver/proc-address-table.txt"),
+            client,
+            nextlib,
+            dir,
+        }
+    })
+}
+
+/// What a client printed.
+pub struct Run {
+    pub values: HashMap<String, String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub code: Option<i32>,
+}
+
+impl Run {
+    pub fn get(&self, key: &str) -> u64 {
+        let v = self.values.get(key).unwrap_or_else(|| {
+            panic!("client printed no {key} (exit {:?}):\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+        });
+        v.split_whitespace().next().unwrap().parse().unwrap_or_else(|_| panic!("{key}={v} is not a number"))
+    }
+
+    pub fn int(&self, key: &str) -> i64 {
+        let v = self.values.get(key).unwrap_or_else(|| panic!("client printed no {key}:\n{}", self.stdout));
+        v.split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+/// Runs the client under libvramcap.so with the fake driver. `vars` are added to a clean CUDA environment.
+pub fn client(path: &str, args: &[&str], vars: &[(&str, &str)]) -> Run {
+    client_with_preload(path, args, vars, None)
+}
+
+pub fn client_with_preload(path: &str, args: &[&str], vars: &[(&str, &str)], preload: Option<String>) -> Run {
+    let e = env();
+    let mut cmd = Command::new(&e.client);
+    cmd.arg(path)
+        .args(args)
+        .env("LD_LIBRARY_PATH", &e.dir)
+        .env("LD_PRELOAD", preload.unwrap_or_else(|| e.preload.display().to_string()))
+        .env("VRAMCAP_CONTEXT_BYTES", CONTEXT.to_string())
+        .env("FAKECUDA_CONTEXT_BYTES", CONTEXT.to_string())
+        .env_remove("VRAMCAP_LIMIT")
+        .env_remove("VRAMCAP_LOG")
+        .env_remove("VRAMCAP_REAL_LIBCUDA");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let values = stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Run { values, stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned(), code: out.status.code() }
+}
+
+pub const PATHS: [&str; 3] = ["link", "dlsym", "gpa"];

@@ -1,0 +1,1159 @@
+//! The fake driver's state and its exported entry points.
+
+use parking_lot::Mutex;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_uint, c_void, CStr};
+use std::sync::OnceLock;
+
+type CUresult = i32;
+const OK: CUresult = 0;
+const INVALID_VALUE: CUresult = 1;
+const OUT_OF_MEMORY: CUresult = 2;
+const NOT_INITIALIZED: CUresult = 3;
+const INVALID_DEVICE: CUresult = 101;
+const INVALID_CONTEXT: CUresult = 201;
+const NOT_FOUND: CUresult = 500;
+const NOT_SUPPORTED: CUresult = 801;
+
+const PAGE: u64 = 2 << 20;
+const MIB: u64 = 1 << 20;
+
+fn env_bytes(var: &str, default: u64) -> u64 {
+    let Ok(v) = std::env::var(var) else { return default };
+    let v = v.trim();
+    let (num, mult) = match v.chars().last() {
+        Some('K') => (&v[..v.len() - 1], 1 << 10),
+        Some('M') => (&v[..v.len() - 1], 1 << 20),
+        Some('G') => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    num.parse::<u64>().map(|n| n * mult).unwrap_or(default)
+}
+
+#[derive(Default)]
+struct Device {
+    used: u64,
+    /// Bytes of packed slots (allocations under 2 MiB), held in whole chunks.
+    packed: u64,
+    primary_refs: u32,
+    contexts: u32,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Own { charge: u64, packed: bool },
+    Pool(usize),
+}
+
+#[derive(Clone, Copy)]
+struct Alloc {
+    dev: usize,
+    kind: Kind,
+    size: u64,
+}
+
+struct Pool {
+    dev: usize,
+    reserved: u64,
+    used: u64,
+    threshold: u64,
+}
+
+struct Handle {
+    dev: usize,
+    size: u64,
+    refs: u32,
+    maps: u32,
+}
+
+pub struct Fake {
+    total: u64,
+    context_bytes: u64,
+    initialized: bool,
+    devices: Vec<Device>,
+    allocs: HashMap<u64, Alloc>,
+    next_va: u64,
+    pools: HashMap<usize, Pool>,
+    next_pool: usize,
+    handles: HashMap<u64, Handle>,
+    mappings: HashMap<u64, u64>,
+    next_handle: u64,
+    arrays: HashMap<usize, (usize, u64)>,
+    contexts: HashMap<usize, usize>,
+    calls: HashMap<String, u64>,
+}
+
+static FAKE: OnceLock<Mutex<Fake>> = OnceLock::new();
+
+fn fake() -> parking_lot::MutexGuard<'static, Fake> {
+    FAKE.get_or_init(|| {
+        let n = env_bytes("FAKECUDA_DEVICES", 1).clamp(1, 8) as usize;
+        let mut pools = HashMap::new();
+        for dev in 0..n {
+            pools.insert(default_pool(dev), Pool { dev, reserved: 0, used: 0, threshold: 0 });
+        }
+        Mutex::new(Fake {
+            total: env_bytes("FAKECUDA_MEM", 4 << 30),
+            context_bytes: env_bytes("FAKECUDA_CONTEXT_BYTES", 300 * MIB),
+            initialized: false,
+            devices: (0..n).map(|_| Device::default()).collect(),
+            allocs: HashMap::new(),
+            next_va: 0x7f00_0000_0000,
+            pools,
+            next_pool: 0x5000,
+            handles: HashMap::new(),
+            mappings: HashMap::new(),
+            next_handle: 0x9000,
+            arrays: HashMap::new(),
+            contexts: HashMap::new(),
+            calls: HashMap::new(),
+        })
+    })
+    .lock()
+}
+
+fn default_pool(dev: usize) -> usize {
+    0x4000 + dev
+}
+
+fn primary_ctx(dev: usize) -> usize {
+    0x1000 + dev
+}
+
+thread_local! {
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+fn chunks(packed: u64) -> u64 {
+    packed.div_ceil(PAGE) * PAGE
+}
+
+impl Fake {
+    fn count(&mut self, name: &str) {
+        *self.calls.entry(name.to_string()).or_default() += 1;
+    }
+
+    fn current_dev(&self) -> Option<usize> {
+        self.contexts.get(&CURRENT.with(|c| c.get())).copied()
+    }
+
+    /// Takes `bytes` from the device, or fails with OUT_OF_MEMORY.
+    fn take(&mut self, dev: usize, bytes: u64) -> Result<(), CUresult> {
+        let d = &mut self.devices[dev];
+        if d.used + bytes > self.total {
+            return Err(OUT_OF_MEMORY);
+        }
+        d.used += bytes;
+        Ok(())
+    }
+
+    fn give(&mut self, dev: usize, bytes: u64) {
+        let d = &mut self.devices[dev];
+        d.used = d.used.saturating_sub(bytes);
+    }
+
+    fn va(&mut self, size: u64) -> u64 {
+        let va = self.next_va;
+        self.next_va += size.max(1).div_ceil(PAGE) * PAGE + PAGE;
+        va
+    }
+
+    /// A cuMemAlloc-style allocation with the real driver's rounding.
+    fn alloc(&mut self, dev: usize, size: u64) -> Result<u64, CUresult> {
+        if size == 0 {
+            return Err(INVALID_VALUE);
+        }
+        let (charge, packed) = if size < PAGE {
+            let slot = size.max(512).next_power_of_two();
+            let d = &self.devices[dev];
+            (chunks(d.packed + slot) - chunks(d.packed), Some(slot))
+        } else {
+            (size.div_ceil(PAGE) * PAGE, None)
+        };
+        self.take(dev, charge)?;
+        if let Some(slot) = packed {
+            self.devices[dev].packed += slot;
+        }
+        let va = self.va(size);
+        let kind = Kind::Own { charge: packed.unwrap_or(charge), packed: packed.is_some() };
+        self.allocs.insert(va, Alloc { dev, kind, size });
+        Ok(va)
+    }
+
+    fn free(&mut self, ptr: u64) -> CUresult {
+        let Some(a) = self.allocs.remove(&ptr) else { return INVALID_VALUE };
+        match a.kind {
+            Kind::Own { charge, packed: false } => self.give(a.dev, charge),
+            Kind::Own { charge: slot, packed: true } => {
+                let d = &mut self.devices[a.dev];
+                let before = chunks(d.packed);
+                d.packed -= slot;
+                let shrink = before - chunks(d.packed);
+                self.give(a.dev, shrink);
+            }
+            Kind::Pool(p) => {
+                if let Some(pool) = self.pools.get_mut(&p) {
+                    pool.used = pool.used.saturating_sub(a.size.div_ceil(PAGE) * PAGE);
+                }
+            }
+        }
+        OK
+    }
+
+    fn pool_alloc(&mut self, pool: usize, size: u64) -> Result<u64, CUresult> {
+        let need = size.div_ceil(PAGE) * PAGE;
+        let (dev, grow) = {
+            let p = self.pools.get(&pool).ok_or(INVALID_VALUE)?;
+            (p.dev, need.saturating_sub(p.reserved - p.used))
+        };
+        self.take(dev, grow)?;
+        let p = self.pools.get_mut(&pool).ok_or(INVALID_VALUE)?;
+        p.reserved += grow;
+        p.used += need;
+        let va = self.va(size);
+        self.allocs.insert(va, Alloc { dev, kind: Kind::Pool(pool), size });
+        Ok(va)
+    }
+
+    /// Pools give memory above their release threshold back at synchronisation.
+    fn trim_pools(&mut self, keep: Option<(usize, u64)>) {
+        let mut back = Vec::new();
+        for (id, p) in self.pools.iter_mut() {
+            let floor = match keep {
+                Some((pool, k)) if pool == *id => k,
+                Some(_) => continue,
+                None => p.threshold,
+            };
+            let target = p.used.max(floor);
+            if p.reserved > target {
+                back.push((p.dev, p.reserved - target));
+                p.reserved = target;
+            }
+        }
+        for (dev, bytes) in back {
+            self.give(dev, bytes);
+        }
+    }
+
+    fn release_handle_if_dead(&mut self, h: u64) {
+        if let Some(hd) = self.handles.get(&h) {
+            if hd.refs == 0 && hd.maps == 0 {
+                let (dev, size) = (hd.dev, hd.size);
+                self.handles.remove(&h);
+                self.give(dev, size);
+            }
+        }
+    }
+
+    fn create_context(&mut self, dev: usize) -> Result<(), CUresult> {
+        if self.devices[dev].primary_refs == 0 && self.devices[dev].contexts == 0 {
+            let bytes = self.context_bytes;
+            self.take(dev, bytes)?;
+        }
+        Ok(())
+    }
+
+    fn drop_context(&mut self, dev: usize) {
+        let d = &self.devices[dev];
+        if d.primary_refs == 0 && d.contexts == 0 {
+            // The driver frees everything the device held for this process.
+            self.allocs.retain(|_, a| a.dev != dev);
+            self.devices[dev] = Device::default();
+        }
+    }
+}
+
+/// Runs `f` with the state locked, counting the call and requiring cuInit.
+fn call(name: &str, f: impl FnOnce(&mut Fake) -> CUresult) -> CUresult {
+    let mut s = fake();
+    s.count(name);
+    if !s.initialized {
+        return NOT_INITIALIZED;
+    }
+    f(&mut s)
+}
+
+unsafe fn out<T>(p: *mut T, v: T) -> CUresult {
+    if p.is_null() {
+        return INVALID_VALUE;
+    }
+    unsafe { p.write(v) };
+    OK
+}
+
+fn dev_ok(s: &Fake, dev: i32) -> Option<usize> {
+    usize::try_from(dev).ok().filter(|&d| d < s.devices.len())
+}
+
+// ---- test hooks ----
+
+#[no_mangle]
+pub unsafe extern "C" fn fakecuda_calls(name: *const c_char) -> u64 {
+    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+    fake().calls.get(name.as_ref()).copied().unwrap_or(0)
+}
+
+#[no_mangle]
+pub extern "C" fn fakecuda_device_used(dev: i32) -> u64 {
+    let s = fake();
+    dev_ok(&s, dev).map_or(0, |d| s.devices[d].used)
+}
+
+/// The fake's own export of `name`, bypassing any interposed dlsym.
+#[no_mangle]
+pub unsafe extern "C" fn fakecuda_symbol(name: *const c_char) -> *mut c_void {
+    static SELF: OnceLock<(usize, usize)> = OnceLock::new();
+    let (handle, dlsym) = *SELF.get_or_init(|| {
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        unsafe { libc::dladdr(fakecuda_symbol as *const c_void, &mut info) };
+        let handle = unsafe { libc::dlopen(info.dli_fname, libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+        let dlsym = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, c"dlsym".as_ptr(), c"GLIBC_2.34".as_ptr()) };
+        let dlsym = if dlsym.is_null() {
+            unsafe { libc::dlvsym(libc::RTLD_DEFAULT, c"dlsym".as_ptr(), c"GLIBC_2.2.5".as_ptr()) }
+        } else {
+            dlsym
+        };
+        (handle as usize, dlsym as usize)
+    });
+    let dlsym: unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void =
+        unsafe { std::mem::transmute(dlsym) };
+    unsafe { dlsym(handle as *mut c_void, name) }
+}
+
+// ---- initialisation, devices, contexts ----
+
+#[no_mangle]
+pub extern "C" fn cuInit(_flags: c_uint) -> CUresult {
+    let mut s = fake();
+    s.count("cuInit");
+    s.initialized = true;
+    OK
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDriverGetVersion(v: *mut i32) -> CUresult {
+    unsafe { out(v, 13000) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetCount(n: *mut i32) -> CUresult {
+    call("cuDeviceGetCount", |s| unsafe { out(n, s.devices.len() as i32) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGet(d: *mut i32, ordinal: i32) -> CUresult {
+    call("cuDeviceGet", |s| match dev_ok(s, ordinal) {
+        Some(_) => unsafe { out(d, ordinal) },
+        None => INVALID_DEVICE,
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], dev: i32) -> CUresult {
+    call("cuDeviceGetUuid_v2", |s| match dev_ok(s, dev) {
+        Some(d) => unsafe { out(uuid, fake_uuid(d)) },
+        None => INVALID_DEVICE,
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetUuid(uuid: *mut [u8; 16], dev: i32) -> CUresult {
+    unsafe { cuDeviceGetUuid_v2(uuid, dev) }
+}
+
+/// Device d's UUID: GPU-fa4e0000-0000-0000-0000-0000000000dd.
+fn fake_uuid(d: usize) -> [u8; 16] {
+    let mut u = [0u8; 16];
+    u[0] = 0xfa;
+    u[1] = 0x4e;
+    u[15] = d as u8;
+    u
+}
+
+fn fake_uuid_string(d: usize) -> String {
+    format!("GPU-fa4e0000-0000-0000-0000-0000000000{d:02x}")
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: i32) -> CUresult {
+    call("cuDeviceTotalMem_v2", |s| match dev_ok(s, dev) {
+        Some(_) => unsafe { out(bytes, s.total as usize) },
+        None => INVALID_DEVICE,
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut usize, dev: i32) -> CUresult {
+    call("cuDevicePrimaryCtxRetain", |s| {
+        let Some(d) = dev_ok(s, dev) else { return INVALID_DEVICE };
+        if let Err(e) = s.create_context(d) {
+            return e;
+        }
+        s.devices[d].primary_refs += 1;
+        s.contexts.insert(primary_ctx(d), d);
+        unsafe { out(ctx, primary_ctx(d)) }
+    })
+}
+
+fn primary_release(name: &str, dev: i32, reset: bool) -> CUresult {
+    call(name, |s| {
+        let Some(d) = dev_ok(s, dev) else { return INVALID_DEVICE };
+        let refs = &mut s.devices[d].primary_refs;
+        if *refs == 0 && !reset {
+            return INVALID_CONTEXT;
+        }
+        *refs = if reset { 0 } else { *refs - 1 };
+        s.drop_context(d);
+        OK
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: i32) -> CUresult {
+    primary_release("cuDevicePrimaryCtxRelease_v2", dev, false)
+}
+
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxRelease(dev: i32) -> CUresult {
+    primary_release("cuDevicePrimaryCtxRelease", dev, false)
+}
+
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxReset_v2(dev: i32) -> CUresult {
+    primary_release("cuDevicePrimaryCtxReset_v2", dev, true)
+}
+
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxReset(dev: i32) -> CUresult {
+    primary_release("cuDevicePrimaryCtxReset", dev, true)
+}
+
+fn ctx_create(name: &str, ctx: *mut usize, dev: i32) -> CUresult {
+    call(name, |s| {
+        let Some(d) = dev_ok(s, dev) else { return INVALID_DEVICE };
+        if let Err(e) = s.create_context(d) {
+            return e;
+        }
+        s.devices[d].contexts += 1;
+        let handle = 0x2000 + s.contexts.len() * 16 + d;
+        s.contexts.insert(handle, d);
+        CURRENT.with(|c| c.set(handle));
+        unsafe { out(ctx, handle) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate_v2(ctx: *mut usize, _flags: c_uint, dev: i32) -> CUresult {
+    ctx_create("cuCtxCreate_v2", ctx, dev)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate(ctx: *mut usize, _flags: c_uint, dev: i32) -> CUresult {
+    ctx_create("cuCtxCreate", ctx, dev)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate_v3(ctx: *mut usize, _p: *mut c_void, _n: i32, _f: c_uint, dev: i32) -> CUresult {
+    ctx_create("cuCtxCreate_v3", ctx, dev)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate_v4(ctx: *mut usize, _p: *mut c_void, _f: c_uint, dev: i32) -> CUresult {
+    ctx_create("cuCtxCreate_v4", ctx, dev)
+}
+
+fn ctx_destroy(name: &str, ctx: usize) -> CUresult {
+    call(name, |s| {
+        if ctx < 0x2000 {
+            return INVALID_CONTEXT;
+        }
+        let Some(d) = s.contexts.remove(&ctx) else { return INVALID_CONTEXT };
+        s.devices[d].contexts = s.devices[d].contexts.saturating_sub(1);
+        s.drop_context(d);
+        CURRENT.with(|c| {
+            if c.get() == ctx {
+                c.set(0)
+            }
+        });
+        OK
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxDestroy_v2(ctx: usize) -> CUresult {
+    ctx_destroy("cuCtxDestroy_v2", ctx)
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxDestroy(ctx: usize) -> CUresult {
+    ctx_destroy("cuCtxDestroy", ctx)
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxSetCurrent(ctx: usize) -> CUresult {
+    call("cuCtxSetCurrent", |s| {
+        if ctx != 0 && !s.contexts.contains_key(&ctx) {
+            return INVALID_CONTEXT;
+        }
+        CURRENT.with(|c| c.set(ctx));
+        OK
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut usize) -> CUresult {
+    unsafe { out(ctx, CURRENT.with(|c| c.get())) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut i32) -> CUresult {
+    call("cuCtxGetDevice", |s| match s.current_dev() {
+        Some(d) => unsafe { out(dev, d as i32) },
+        None => INVALID_CONTEXT,
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetDevice(_stream: *mut c_void, dev: *mut i32) -> CUresult {
+    unsafe { cuCtxGetDevice(dev) }
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxSynchronize() -> CUresult {
+    call("cuCtxSynchronize", |s| {
+        s.trim_pools(None);
+        OK
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamSynchronize(_stream: *mut c_void) -> CUresult {
+    call("cuStreamSynchronize", |s| {
+        s.trim_pools(None);
+        OK
+    })
+}
+
+// ---- linear memory ----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    call("cuMemGetInfo_v2", |s| {
+        let Some(d) = s.current_dev() else { return INVALID_CONTEXT };
+        unsafe {
+            out(free, (s.total - s.devices[d].used) as usize);
+            out(total, s.total as usize)
+        }
+    })
+}
+
+fn alloc_current(name: &str, dptr: *mut u64, size: u64) -> CUresult {
+    call(name, |s| {
+        if dptr.is_null() {
+            return INVALID_VALUE;
+        }
+        let Some(d) = s.current_dev() else { return INVALID_CONTEXT };
+        match s.alloc(d, size) {
+            Ok(va) => unsafe { out(dptr, va) },
+            Err(e) => e,
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut u64, size: usize) -> CUresult {
+    alloc_current("cuMemAlloc_v2", dptr, size as u64)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAlloc(_dptr: *mut u32, _size: c_uint) -> CUresult {
+    fake().count("cuMemAlloc");
+    NOT_SUPPORTED
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocPitch(_d: *mut u32, _p: *mut c_uint, _w: c_uint, _h: c_uint, _e: c_uint) -> CUresult {
+    fake().count("cuMemAllocPitch");
+    NOT_SUPPORTED
+}
+
+/// Pitch alignment of the fake device.
+const PITCH: u64 = 512;
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocPitch_v2(
+    dptr: *mut u64,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    _elem: c_uint,
+) -> CUresult {
+    let p = (width as u64).div_ceil(PITCH) * PITCH;
+    let r = alloc_current("cuMemAllocPitch_v2", dptr, p * height as u64);
+    if r == OK {
+        unsafe { out(pitch, p as usize) };
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut u64, size: usize, _flags: c_uint) -> CUresult {
+    alloc_current("cuMemAllocManaged", dptr, size as u64)
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemFree_v2(ptr: u64) -> CUresult {
+    call("cuMemFree_v2", |s| s.free(ptr))
+}
+
+// ---- stream-ordered allocation ----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetMemPool(pool: *mut usize, dev: i32) -> CUresult {
+    call("cuDeviceGetMemPool", |s| match dev_ok(s, dev) {
+        Some(d) => unsafe { out(pool, default_pool(d)) },
+        None => INVALID_DEVICE,
+    })
+}
+
+fn alloc_async(name: &str, dptr: *mut u64, size: usize, pool: Option<usize>) -> CUresult {
+    call(name, |s| {
+        let pool = match pool {
+            Some(p) => p,
+            None => match s.current_dev() {
+                Some(d) => default_pool(d),
+                None => return INVALID_CONTEXT,
+            },
+        };
+        if size == 0 || dptr.is_null() {
+            return INVALID_VALUE;
+        }
+        match s.pool_alloc(pool, size as u64) {
+            Ok(va) => unsafe { out(dptr, va) },
+            Err(e) => e,
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut u64, size: usize, _s: *mut c_void) -> CUresult {
+    alloc_async("cuMemAllocAsync", dptr, size, None)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(dptr: *mut u64, size: usize, _s: *mut c_void) -> CUresult {
+    alloc_async("cuMemAllocAsync_ptsz", dptr, size, None)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(dptr: *mut u64, size: usize, pool: usize, _s: *mut c_void) -> CUresult {
+    alloc_async("cuMemAllocFromPoolAsync", dptr, size, Some(pool))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut u64, size: usize, pool: usize, _s: *mut c_void) -> CUresult {
+    alloc_async("cuMemAllocFromPoolAsync_ptsz", dptr, size, Some(pool))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemFreeAsync(ptr: u64, _s: *mut c_void) -> CUresult {
+    call("cuMemFreeAsync", |s| s.free(ptr))
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemFreeAsync_ptsz(ptr: u64, _s: *mut c_void) -> CUresult {
+    call("cuMemFreeAsync_ptsz", |s| s.free(ptr))
+}
+
+#[repr(C)]
+pub struct PoolProps {
+    alloc_type: i32,
+    handle_types: i32,
+    location_type: i32,
+    location_id: i32,
+    rest: [u8; 72],
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut usize, props: *const PoolProps) -> CUresult {
+    call("cuMemPoolCreate", |s| {
+        let Some(props) = (unsafe { props.as_ref() }) else { return INVALID_VALUE };
+        let Some(dev) = dev_ok(s, props.location_id) else { return INVALID_DEVICE };
+        let id = s.next_pool;
+        s.next_pool += 1;
+        s.pools.insert(id, Pool { dev, reserved: 0, used: 0, threshold: 0 });
+        unsafe { out(pool, id) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemPoolDestroy(pool: usize) -> CUresult {
+    call("cuMemPoolDestroy", |s| match s.pools.remove(&pool) {
+        Some(p) => {
+            s.give(p.dev, p.reserved);
+            OK
+        }
+        None => INVALID_VALUE,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemPoolTrimTo(pool: usize, keep: usize) -> CUresult {
+    call("cuMemPoolTrimTo", |s| {
+        s.trim_pools(Some((pool, keep as u64)));
+        OK
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolGetAttribute(pool: usize, attr: i32, value: *mut u64) -> CUresult {
+    call("cuMemPoolGetAttribute", |s| {
+        let Some(p) = s.pools.get(&pool) else { return INVALID_VALUE };
+        let v = match attr {
+            4 => p.threshold,
+            5 => p.reserved,
+            7 => p.used,
+            _ => return INVALID_VALUE,
+        };
+        unsafe { out(value, v) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemPoolSetAttribute(pool: usize, attr: i32, value: *const u64) -> CUresult {
+    call("cuMemPoolSetAttribute", |s| {
+        let (Some(p), Some(v)) = (s.pools.get_mut(&pool), unsafe { value.as_ref() }) else {
+            return INVALID_VALUE;
+        };
+        if attr != 4 {
+            return INVALID_VALUE;
+        }
+        p.threshold = *v;
+        OK
+    })
+}
+
+// ---- virtual memory management ----
+
+#[repr(C)]
+pub struct AllocationProp {
+    type_: i32,
+    handle_types: i32,
+    location_type: i32,
+    location_id: i32,
+    rest: [u8; 16],
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetAllocationGranularity(g: *mut usize, _p: *const AllocationProp, _o: i32) -> CUresult {
+    unsafe { out(g, PAGE as usize) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemCreate(handle: *mut u64, size: usize, prop: *const AllocationProp, _f: u64) -> CUresult {
+    call("cuMemCreate", |s| {
+        let Some(prop) = (unsafe { prop.as_ref() }) else { return INVALID_VALUE };
+        if size == 0 || size as u64 % PAGE != 0 {
+            return INVALID_VALUE;
+        }
+        let dev = if prop.location_type == 1 {
+            match dev_ok(s, prop.location_id) {
+                Some(d) => Some(d),
+                None => return INVALID_DEVICE,
+            }
+        } else {
+            None
+        };
+        if let Some(d) = dev {
+            if let Err(e) = s.take(d, size as u64) {
+                return e;
+            }
+        }
+        let h = s.next_handle;
+        s.next_handle += 1;
+        // Host handles hold no device memory: record them on an impossible device with size 0.
+        let (dev, size) = dev.map_or((0, 0), |d| (d, size as u64));
+        s.handles.insert(h, Handle { dev, size, refs: 1, maps: 0 });
+        unsafe { out(handle, h) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemRelease(handle: u64) -> CUresult {
+    call("cuMemRelease", |s| {
+        let Some(h) = s.handles.get_mut(&handle) else { return INVALID_VALUE };
+        h.refs = h.refs.saturating_sub(1);
+        s.release_handle_if_dead(handle);
+        OK
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAddressReserve(ptr: *mut u64, size: usize, _a: usize, _addr: u64, _f: u64) -> CUresult {
+    call("cuMemAddressReserve", |s| {
+        let va = s.va(size as u64);
+        unsafe { out(ptr, va) }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemAddressFree(_ptr: u64, _size: usize) -> CUresult {
+    call("cuMemAddressFree", |_| OK)
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemMap(ptr: u64, _size: usize, _offset: usize, handle: u64, _f: u64) -> CUresult {
+    call("cuMemMap", |s| {
+        let Some(h) = s.handles.get_mut(&handle) else { return INVALID_VALUE };
+        h.maps += 1;
+        s.mappings.insert(ptr, handle);
+        OK
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemUnmap(ptr: u64, size: usize) -> CUresult {
+    call("cuMemUnmap", |s| {
+        let gone: Vec<u64> = s.mappings.keys().copied().filter(|&p| p >= ptr && p < ptr + size as u64).collect();
+        if gone.is_empty() {
+            return INVALID_VALUE;
+        }
+        for p in gone {
+            if let Some(h) = s.mappings.remove(&p) {
+                if let Some(hd) = s.handles.get_mut(&h) {
+                    hd.maps = hd.maps.saturating_sub(1);
+                }
+                s.release_handle_if_dead(h);
+            }
+        }
+        OK
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemRetainAllocationHandle(handle: *mut u64, addr: *mut c_void) -> CUresult {
+    call("cuMemRetainAllocationHandle", |s| {
+        let Some(&h) = s.mappings.get(&(addr as u64)) else { return INVALID_VALUE };
+        if let Some(hd) = s.handles.get_mut(&h) {
+            hd.refs += 1;
+        }
+        unsafe { out(handle, h) }
+    })
+}
+
+// ---- arrays ----
+
+#[repr(C)]
+pub struct Array3D {
+    width: usize,
+    height: usize,
+    depth: usize,
+    format: i32,
+    channels: u32,
+    flags: u32,
+}
+
+#[repr(C)]
+pub struct Array2D {
+    width: usize,
+    height: usize,
+    format: i32,
+    channels: u32,
+}
+
+/// The fake's real array size: rows padded to 512 bytes, whole pages.
+fn array_bytes(w: usize, h: usize, d: usize, format: i32, ch: u32) -> u64 {
+    let elem: u64 = match format {
+        1 | 8 => 1,
+        2 | 9 | 0x10 => 2,
+        _ => 4,
+    };
+    let row = (w as u64 * elem * ch.max(1) as u64).div_ceil(PITCH) * PITCH;
+    (row * h.max(1) as u64 * d.max(1) as u64).div_ceil(PAGE) * PAGE
+}
+
+fn array_create(name: &str, out_handle: *mut usize, bytes: u64) -> CUresult {
+    call(name, |s| {
+        let Some(d) = s.current_dev() else { return INVALID_CONTEXT };
+        if let Err(e) = s.take(d, bytes) {
+            return e;
+        }
+        let h = 0xa000 + s.arrays.len() * 64 + s.next_handle as usize;
+        s.next_handle += 1;
+        s.arrays.insert(h, (d, bytes));
+        unsafe { out(out_handle, h) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArrayCreate_v2(array: *mut usize, desc: *const Array2D) -> CUresult {
+    let Some(d) = (unsafe { desc.as_ref() }) else { return INVALID_VALUE };
+    array_create("cuArrayCreate_v2", array, array_bytes(d.width, d.height, 1, d.format, d.channels))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArray3DCreate_v2(array: *mut usize, desc: *const Array3D) -> CUresult {
+    let Some(d) = (unsafe { desc.as_ref() }) else { return INVALID_VALUE };
+    array_create("cuArray3DCreate_v2", array, array_bytes(d.width, d.height, d.depth, d.format, d.channels))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMipmappedArrayCreate(array: *mut usize, desc: *const Array3D, levels: c_uint) -> CUresult {
+    let Some(d) = (unsafe { desc.as_ref() }) else { return INVALID_VALUE };
+    let mut total = 0;
+    let (mut w, mut h, mut dp) = (d.width, d.height, d.depth);
+    for _ in 0..levels.max(1) {
+        total += array_bytes(w, h, dp, d.format, d.channels);
+        w = (w / 2).max(1);
+        h = (h / 2).max(1);
+        dp = (dp / 2).max(1);
+    }
+    array_create("cuMipmappedArrayCreate", array, total)
+}
+
+fn array_destroy(name: &str, array: usize) -> CUresult {
+    call(name, |s| match s.arrays.remove(&array) {
+        Some((d, bytes)) => {
+            s.give(d, bytes);
+            OK
+        }
+        None => INVALID_VALUE,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuArrayDestroy(array: usize) -> CUresult {
+    array_destroy("cuArrayDestroy", array)
+}
+
+#[no_mangle]
+pub extern "C" fn cuMipmappedArrayDestroy(array: usize) -> CUresult {
+    array_destroy("cuMipmappedArrayDestroy", array)
+}
+
+#[repr(C)]
+pub struct ArrayRequirements {
+    size: usize,
+    alignment: usize,
+    reserved: [u32; 4],
+}
+
+fn requirements(name: &str, req: *mut ArrayRequirements, array: usize) -> CUresult {
+    call(name, |s| match s.arrays.get(&array) {
+        Some(&(_, bytes)) => unsafe {
+            out(req, ArrayRequirements { size: bytes as usize, alignment: PAGE as usize, reserved: [0; 4] })
+        },
+        None => INVALID_VALUE,
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuArrayGetMemoryRequirements(req: *mut ArrayRequirements, array: usize, _dev: i32) -> CUresult {
+    requirements("cuArrayGetMemoryRequirements", req, array)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMipmappedArrayGetMemoryRequirements(req: *mut ArrayRequirements, array: usize, _dev: i32) -> CUresult {
+    requirements("cuMipmappedArrayGetMemoryRequirements", req, array)
+}
+
+// ---- things vramcap must pass through untouched ----
+
+#[no_mangle]
+pub extern "C" fn cuLaunchKernel(
+    _f: *mut c_void, _gx: c_uint, _gy: c_uint, _gz: c_uint, _bx: c_uint, _by: c_uint, _bz: c_uint,
+    _shared: c_uint, _stream: *mut c_void, _params: *mut *mut c_void, _extra: *mut *mut c_void,
+) -> CUresult {
+    fake().count("cuLaunchKernel");
+    OK
+}
+
+#[no_mangle]
+pub extern "C" fn cuLaunchKernel_ptsz(
+    _f: *mut c_void, _gx: c_uint, _gy: c_uint, _gz: c_uint, _bx: c_uint, _by: c_uint, _bz: c_uint,
+    _shared: c_uint, _stream: *mut c_void, _params: *mut *mut c_void, _extra: *mut *mut c_void,
+) -> CUresult {
+    fake().count("cuLaunchKernel_ptsz");
+    OK
+}
+
+static EXPORT_TABLE: [usize; 4] = [32, 0xfeed, 0xbeef, 0];
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetExportTable(table: *mut *const c_void, _id: *const c_void) -> CUresult {
+    fake().count("cuGetExportTable");
+    unsafe { out(table, EXPORT_TABLE.as_ptr().cast()) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorName(code: CUresult, name: *mut *const c_char) -> CUresult {
+    let s: &'static CStr = match code {
+        0 => c"CUDA_SUCCESS",
+        1 => c"CUDA_ERROR_INVALID_VALUE",
+        2 => c"CUDA_ERROR_OUT_OF_MEMORY",
+        3 => c"CUDA_ERROR_NOT_INITIALIZED",
+        _ => c"CUDA_ERROR_UNKNOWN",
+    };
+    unsafe { out(name, s.as_ptr()) }
+}
+
+// ---- entry-point lookup ----
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetProcAddress_v2(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: i32,
+    flags: u64,
+    status: *mut i32,
+) -> CUresult {
+    fake().count("cuGetProcAddress_v2");
+    if symbol.is_null() || pfn.is_null() {
+        return INVALID_VALUE;
+    }
+    let name = unsafe { CStr::from_ptr(symbol) }.to_string_lossy().into_owned();
+    let set_status = |v: i32| {
+        if !status.is_null() {
+            unsafe { status.write(v) };
+        }
+    };
+    unsafe { pfn.write(std::ptr::null_mut()) };
+    let exported = match crate::table::lookup(&name, version, flags) {
+        crate::table::Answer::Symbol(sym) => sym,
+        crate::table::Answer::VersionNotSufficient => {
+            set_status(2);
+            return OK;
+        }
+        crate::table::Answer::NotInTable => name,
+    };
+    let Ok(c) = std::ffi::CString::new(exported) else { return INVALID_VALUE };
+    let p = unsafe { fakecuda_symbol(c.as_ptr()) };
+    if p.is_null() {
+        set_status(1);
+        return NOT_FOUND;
+    }
+    unsafe { pfn.write(p) };
+    set_status(0);
+    OK
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CUresult {
+    unsafe { cuGetProcAddress_v2(symbol, pfn, version, flags, std::ptr::null_mut()) }
+}
+
+// ---- NVML ----
+
+type NvmlReturn = i32;
+
+#[no_mangle]
+pub extern "C" fn nvmlInit_v2() -> NvmlReturn {
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn nvmlShutdown() -> NvmlReturn {
+    0
+}
+
+fn nvml_dev(handle: usize) -> Option<usize> {
+    handle.checked_sub(0x6000).filter(|&d| d < fake().devices.len())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetCount_v2(n: *mut u32) -> NvmlReturn {
+    unsafe { out(n, fake().devices.len() as u32) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: u32, h: *mut usize) -> NvmlReturn {
+    if (i as usize) < fake().devices.len() {
+        unsafe { out(h, 0x6000 + i as usize) }
+    } else {
+        2
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, h: *mut usize) -> NvmlReturn {
+    let uuid = unsafe { CStr::from_ptr(uuid) }.to_string_lossy().to_ascii_lowercase();
+    let n = fake().devices.len();
+    match (0..n).find(|&d| fake_uuid_string(d) == uuid) {
+        Some(d) => unsafe { out(h, 0x6000 + d) },
+        None => 6,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetUUID(h: usize, buf: *mut c_char, len: u32) -> NvmlReturn {
+    let Some(d) = nvml_dev(h) else { return 2 };
+    let s = fake_uuid_string(d);
+    if s.len() + 1 > len as usize {
+        return 7;
+    }
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr().cast(), buf, s.len());
+        buf.add(s.len()).write(0);
+    }
+    0
+}
+
+#[repr(C)]
+pub struct NvmlMemory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+#[repr(C)]
+pub struct NvmlMemoryV2 {
+    version: u32,
+    total: u64,
+    reserved: u64,
+    free: u64,
+    used: u64,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(h: usize, m: *mut NvmlMemory) -> NvmlReturn {
+    let Some(d) = nvml_dev(h) else { return 2 };
+    let s = fake();
+    let used = s.devices[d].used;
+    unsafe { out(m, NvmlMemory { total: s.total, free: s.total - used, used }) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(h: usize, m: *mut NvmlMemoryV2) -> NvmlReturn {
+    let Some(d) = nvml_dev(h) else { return 2 };
+    let s = fake();
+    let used = s.devices[d].used;
+    let version = unsafe { m.as_ref() }.map_or(0, |m| m.version);
+    unsafe { out(m, NvmlMemoryV2 { version, total: s.total, reserved: 0, free: s.total - used, used }) }
+}
+
+#[repr(C)]
+pub struct NvmlProcess {
+    pid: u32,
+    used: u64,
+    gpu_instance: u32,
+    compute_instance: u32,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(h: usize, count: *mut u32, list: *mut NvmlProcess) -> NvmlReturn {
+    let Some(d) = nvml_dev(h) else { return 2 };
+    let s = fake();
+    let used = s.devices[d].used;
+    let n = u32::from(used > 0);
+    let room = unsafe { *count };
+    unsafe { *count = n };
+    if n > room {
+        return 7;
+    }
+    if n == 1 {
+        let pid = std::process::id();
+        unsafe { list.write(NvmlProcess { pid, used, gpu_instance: 0, compute_instance: 0 }) };
+    }
+    0
+}

@@ -1,0 +1,206 @@
+//! The interposer against the fake driver, through each of the three paths to the driver: exported
+//! symbols (`link`), `dlsym` on libcuda (`dlsym`), and `cuGetProcAddress_v2` (`gpa`).
+
+mod common;
+use common::*;
+
+#[test]
+fn cap_holds_on_every_path() {
+    for path in PATHS {
+        let r = client(path, &["cap"], &[("VRAMCAP_LIMIT", "1GiB")]);
+        // 1 GiB cap, 300 MiB context: eleven 64 MiB allocations fit (1004 MiB), the twelfth does not.
+        assert_eq!(r.get("allocated"), 11, "{path}: {}", r.stdout);
+        assert_eq!(r.int("refused_code"), 2, "{path}: refusal must be CUDA_ERROR_OUT_OF_MEMORY");
+        assert_eq!(r.get("driver_called_on_refusal"), 0, "{path}: the driver must not see a refused call");
+        assert!(r.get("device_used_at_cap") <= GIB, "{path}: device holds more than the cap");
+        assert_eq!(r.get("info_total"), GIB, "{path}: cuMemGetInfo total is the cap");
+        assert_eq!(r.get("info_free"), GIB - CONTEXT - 11 * 64 * MIB, "{path}: free is what the cap leaves");
+        assert_eq!(r.get("device_total"), GIB, "{path}: cuDeviceTotalMem is the cap");
+        assert_eq!(r.get("charged_after_free"), CONTEXT, "{path}: only the context stays charged");
+        assert_eq!(r.int("alloc_after"), 0, "{path}: the process keeps working after a refusal");
+        assert!(r.stderr.contains("vramcap: device 0 (GPU-fa4e0000-0000-0000-0000-000000000000): refused 64.00 MiB"),
+            "{path}: refusal line: {}", r.stderr);
+    }
+}
+
+#[test]
+fn refusal_lines_are_rate_limited() {
+    let r = client("link", &["threads", "8"], &[("VRAMCAP_LIMIT", "400MiB")]);
+    assert!(r.get("refusals") > 5, "{}", r.stdout);
+    let lines = r.stderr.lines().filter(|l| l.contains("refused")).count();
+    assert!(lines >= 1 && lines <= 3, "one line a second at most, got {lines}:\n{}", r.stderr);
+}
+
+#[test]
+fn charges_the_drivers_rounding() {
+    for path in PATHS {
+        let r = client(path, &["rounding"], &[("VRAMCAP_LIMIT", "2GiB")]);
+        assert_eq!(r.get(&format!("size_{}", 2 * MIB + 1)), 4 * MIB, "{path}");
+        assert_eq!(r.get(&format!("size_{}", 3 * MIB)), 4 * MIB, "{path}");
+        assert_eq!(r.get(&format!("size_{}", 10 * MIB + 7)), 12 * MIB, "{path}");
+        assert_eq!(r.get("size_65536"), 2 * MIB, "{path}: a lone small allocation takes a chunk");
+        assert_eq!(r.get("packed_32"), 2 * MIB, "{path}");
+        assert_eq!(r.get("packed_33"), 4 * MIB, "{path}");
+        assert_eq!(r.get("packed_after_free"), 0, "{path}");
+    }
+}
+
+#[test]
+fn unknown_pointer_free_reaches_the_driver() {
+    for path in PATHS {
+        let r = client(path, &["unknown_free"], &[("VRAMCAP_LIMIT", "1GiB")]);
+        assert_eq!(r.int("unknown_free"), 1, "{path}: the driver's own answer (invalid value)");
+        assert_eq!(r.get("driver_free_calls"), 1, "{path}");
+    }
+}
+
+#[test]
+fn threads_never_cross_the_cap() {
+    for path in PATHS {
+        let r = client(path, &["threads", "32"], &[("VRAMCAP_LIMIT", "512MiB")]);
+        assert!(r.get("max_device_used") <= 512 * MIB, "{path}: {}", r.stdout);
+        assert!(r.get("refusals") > 0, "{path}: the test must reach the cap");
+        assert_eq!(r.get("other_errors"), 0, "{path}");
+        assert_eq!(r.get("charged_after"), CONTEXT, "{path}");
+        assert_eq!(r.get("device_used_after"), CONTEXT, "{path}");
+    }
+}
+
+#[test]
+fn every_kind_of_device_memory_is_charged() {
+    for path in PATHS {
+        let r = client(path, &["kinds"], &[("VRAMCAP_LIMIT", "2GiB")]);
+        assert_eq!(r.get("pitch"), 1024, "{path}");
+        assert_eq!(r.get("pitch_charge"), 4 * MIB, "{path}: 1024 x 3000 bytes take two pages");
+        assert_eq!(r.get("pitch_freed"), 0, "{path}");
+        assert_eq!(r.get("managed_charge"), 6 * MIB, "{path}");
+        assert_eq!(r.get("async_charge"), 12 * MIB, "{path}: three 3 MiB allocations from the pool");
+        assert_eq!(r.get("async_after_free"), 12 * MIB, "{path}: freed into the pool, still reserved");
+        assert_eq!(r.get("async_reuse"), 12 * MIB, "{path}: reuse of the pool's reserve costs nothing");
+        assert_eq!(r.get("async_after_trim"), 2 * MIB, "{path}: the pool trimmed itself at the sync");
+        assert_eq!(r.get("vmm_charge"), 8 * MIB, "{path}");
+        assert_eq!(r.get("vmm_released_but_mapped"), 8 * MIB, "{path}: still mapped, still held");
+        assert_eq!(r.get("vmm_unmapped"), 0, "{path}");
+        assert_eq!(r.int("host_create_r"), 0, "{path}");
+        assert_eq!(r.get("host_vmm_charge"), 0, "{path}: host memory is not counted");
+        assert_eq!(r.get("array_charge"), 16 * MIB, "{path}");
+        assert_eq!(r.get("array_destroyed"), 0, "{path}");
+    }
+}
+
+#[test]
+fn vmm_and_async_respect_the_cap() {
+    // 300 MiB of context and 2 MiB to spare: every path is refused like cuMemAlloc.
+    for path in PATHS {
+        let r = client(path, &["kinds"], &[("VRAMCAP_LIMIT", "302MiB")]);
+        for key in ["pitch_r", "managed_r", "async_r", "create_r", "array_r"] {
+            assert_eq!(r.int(key), 2, "{path}: {key}: {}", r.stdout);
+        }
+        assert_eq!(r.int("host_create_r"), 0, "{path}: host memory is not capped");
+    }
+}
+
+#[test]
+fn unset_limit_counts_without_capping() {
+    let r = client("link", &["info"], &[]);
+    assert_eq!(r.get("info_total"), 4 * GIB, "the driver's truth");
+    assert_eq!(r.get("device_total"), 4 * GIB);
+}
+
+#[test]
+fn percent_and_per_device_limits() {
+    let r = client("link", &["info"], &[("VRAMCAP_LIMIT", "25%")]);
+    assert_eq!(r.get("info_total"), GIB);
+    let r = client("dlsym", &["info"], &[("VRAMCAP_LIMIT", "GPU-fa4e0000-0000-0000-0000-000000000000=1.5GiB")]);
+    assert_eq!(r.get("info_total"), 3 * GIB / 2);
+    let r = client("gpa", &["info"], &[("VRAMCAP_LIMIT", "1=1GiB,0=768MiB")]);
+    assert_eq!(r.get("info_total"), 768 * MIB);
+    assert!(r.stderr.contains("names device Ordinal(1), which this process does not see"), "{}", r.stderr);
+}
+
+#[test]
+fn cap_too_small_for_a_context_refuses_it() {
+    let r = client("link", &["info"], &[("VRAMCAP_LIMIT", "100MiB")]);
+    assert_eq!(r.int("retain"), 2, "{}", r.stdout);
+    assert_eq!(r.get("start_failed"), 2);
+}
+
+#[test]
+fn malformed_values_fail_closed_with_one_clear_error() {
+    let cases = [
+        ("VRAMCAP_LIMIT", "12 parsecs", "unknown unit"),
+        ("VRAMCAP_LIMIT", "-5G", "not a number"),
+        ("VRAMCAP_LIMIT", "", "empty size"),
+        ("VRAMCAP_LIMIT", "0=1G,0=2G", "named twice"),
+        ("VRAMCAP_LIMIT", "0", "zero"),
+        ("VRAMCAP_LIMIT", "150%", "between 0% and 100%"),
+        ("VRAMCAP_LOG", "loud", "expected off, error, warn, info or debug"),
+        ("VRAMCAP_CONTEXT_BYTES", "lots", "not a number"),
+    ];
+    for path in PATHS {
+        for (var, value, reason) in cases {
+            let r = client(path, &["config"], &[(var, value)]);
+            assert_eq!(r.int("init"), 1, "{path} {var}={value}: cuInit must fail: {}", r.stdout);
+            assert_ne!(r.int("alloc_r"), 0, "{path} {var}={value}: no memory may be taken");
+            assert_eq!(r.get("device_used"), 0, "{path} {var}={value}");
+            let errors: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("vramcap:")).collect();
+            assert_eq!(errors.len(), 1, "{path} {var}={value}: exactly one error line: {}", r.stderr);
+            assert!(errors[0].contains(&format!("{var}={value:?}")), "{path}: names variable and value: {}", errors[0]);
+            assert!(errors[0].contains(reason), "{path}: says why: {}", errors[0]);
+        }
+    }
+}
+
+#[test]
+fn unwrapped_entry_points_are_the_drivers_own() {
+    for path in PATHS {
+        let r = client(path, &["identity"], &[("VRAMCAP_LIMIT", "1GiB")]);
+        for key in [
+            "launch_dlsym_identical",
+            "launch_gpa_identical",
+            "launch_ptsz_identical",
+            "export_table_identical",
+            "alloc_wrapped_dlsym",
+            "alloc_wrapped_gpa",
+            "gpa_self_wrapped",
+            "gpa_v1_wrapped",
+            "gpa_dlsym_wrapped",
+        ] {
+            assert_eq!(r.get(key), 1, "{path}: {key}\n{}", r.stdout);
+        }
+    }
+}
+
+#[test]
+fn proc_address_answers_match_the_real_drivers_table() {
+    let table = env().table.display().to_string();
+    let r = client("dlsym", &["table", &table], &[("VRAMCAP_LIMIT", "1GiB")]);
+    assert_eq!(r.get("table_mismatched"), 0, "{}", r.stdout);
+    assert!(r.get("table_checked") > 400, "{}", r.stdout);
+    assert!(r.get("table_wrapped") > 100, "{}", r.stdout);
+}
+
+#[test]
+fn rtld_next_from_another_preloaded_library_still_finds_the_next_definition() {
+    let e = env();
+    let preload = format!("{}:{}", e.preload.display(), e.nextlib.display());
+    let r = client_with_preload("link", &["rtld_next"], &[], Some(preload));
+    assert_eq!(r.get("rtld_next_ok"), 1, "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn nvml_memory_info_shows_the_cap() {
+    let r = client("dlsym", &["nvml"], &[("VRAMCAP_LIMIT", "1GiB")]);
+    assert_eq!(r.int("nvml_r"), 0);
+    assert_eq!(r.get("nvml_total"), GIB);
+    assert_eq!(r.get("nvml_used"), r.get("charged"));
+    assert_eq!(r.get("nvml_free"), GIB - r.get("charged"));
+}
+
+#[test]
+fn a_second_context_leaves_the_primarys_charges_alone() {
+    let r = client("link", &["ctx"], &[("VRAMCAP_LIMIT", "1GiB")]);
+    assert_eq!(r.int("ctx_create"), 0);
+    assert_eq!(r.int("ctx_destroy"), 0);
+    assert_eq!(r.get("after_ctx_charge"), 4 * MIB, "{}", r.stdout);
+}
