@@ -204,3 +204,31 @@ fn a_second_context_leaves_the_primarys_charges_alone() {
     assert_eq!(r.int("ctx_destroy"), 0);
     assert_eq!(r.get("after_ctx_charge"), 4 * MIB, "{}", r.stdout);
 }
+
+#[test]
+fn a_pool_that_grows_past_the_cap_is_rolled_back() {
+    // The fake's pools grow in 64 MiB steps, more than the 32 MiB vramcap assumes at first: the first
+    // allocation fits the reservation but not the growth, so it is undone and refused; the second is
+    // refused up front with the learned step.
+    let vars = [("VRAMCAP_LIMIT", "348MiB"), ("FAKECUDA_POOL_STEP", "64M")];
+    for path in PATHS {
+        let r = client(path, &["async_cap"], &vars);
+        assert_eq!(r.int("first_r"), 2, "{path}: {}{}", r.stdout, r.stderr);
+        assert_eq!(r.get("used_after_first"), CONTEXT, "{path}: the pool was trimmed back");
+        assert_eq!(r.int("second_r"), 2, "{path}");
+        assert_eq!(r.get("used_after_second"), CONTEXT, "{path}");
+        assert_eq!(r.get("charged"), CONTEXT, "{path}");
+    }
+}
+
+#[test]
+fn context_estimate_is_replaced_by_the_drivers_figure() {
+    // The library guesses 100 MiB for a context that really costs 300 MiB; NVML's per-process figure
+    // corrects it, and the cap then holds on what the driver really holds.
+    let vars = [("VRAMCAP_CONTEXT_BYTES", "100MiB"), ("VRAMCAP_LIMIT", "1GiB")];
+    let r = client("link", &["converge"], &vars);
+    assert_eq!(r.get("charged_later"), CONTEXT + 64 * MIB, "{}", r.stdout);
+    let r = client("dlsym", &["cap"], &vars);
+    assert!(r.get("device_used_at_cap") <= GIB, "{}", r.stdout);
+    assert_eq!(r.get("allocated"), 11, "{}", r.stdout);
+}

@@ -18,6 +18,13 @@ pub fn reserve(dev: CUdevice, charge: Charge) -> Result<Reservation<'static>, CU
     }
     // Fail closed: without the device table there is no cap to check against.
     let ledger = state::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
+    // Near the cap, what the driver holds outside our counts must be current (see `overhead`).
+    let usage = ledger.snapshot();
+    if let Some(headroom) = usage.headroom() {
+        if headroom < bytes_of(charge).saturating_add(crate::overhead::NEAR_CAP) {
+            crate::overhead::measure_if_stale(dev);
+        }
+    }
     match ledger.reserve(charge) {
         Ok(r) => Ok(r),
         Err(_) => {
@@ -28,6 +35,24 @@ pub fn reserve(dev: CUdevice, charge: Charge) -> Result<Reservation<'static>, CU
                 CUDA_ERROR_OUT_OF_MEMORY
             })
         }
+    }
+}
+
+/// Refuses an allocation of `bytes` on `dev` after the fact (the driver's answer was undone).
+pub fn refuse(dev: CUdevice, bytes: u64) -> CUresult {
+    if let Some(ledger) = state::LEDGER.device(dev) {
+        let usage = ledger.snapshot();
+        report(
+            dev,
+            Refusal { bytes, in_use: usage.charged, cap: usage.cap.unwrap_or(u64::MAX) },
+        );
+    }
+    CUDA_ERROR_OUT_OF_MEMORY
+}
+
+fn bytes_of(charge: Charge) -> u64 {
+    match charge {
+        Charge::Pages(b) | Charge::Packed(b) => b,
     }
 }
 

@@ -1,33 +1,83 @@
 //! Measures what a context and everything else outside our counted allocations really costs, from the
-//! per-process figure the driver reports through NVML (the same figure nvidia-smi shows), so that figure
-//! stays under the cap.
+//! per-process figure the driver reports through NVML (the figure nvidia-smi shows), so that figure stays
+//! under the cap.
 //!
-//! A background thread, started with the first context, reads this process's `usedGpuMemory` on each
-//! watched device every 200 ms and sets the ledger's context share to what that figure holds beyond our
-//! counted allocations: the context itself, module images, and whatever packing the charge model could
-//! not see. Reading per process needs no lock shared with other processes, so start-up is never
-//! serialised. A reading is used only if our own count did not move while NVML was asked. Where NVML is
-//! absent or does not list our PID (another PID namespace), the estimate charged at context creation stays.
+//! A reading sets the ledger's context share to what NVML's `usedGpuMemory` for this PID holds beyond our
+//! counted allocations: the context itself, module images, library workspaces, and whatever packing the
+//! charge model could not see. Readings come from two places:
+//! - a background thread, started with the first context, every 200 ms;
+//! - the cap check itself, synchronously, when an allocation would leave less than [`NEAR_CAP`] of
+//!   headroom (at most once per [`FRESH`]), because a framework can load hundreds of MiB of kernels
+//!   between two background readings.
+//!
+//! Reading per process needs no lock shared with other processes, so start-up is never serialised. Where
+//! NVML is absent or does not list our PID (another PID namespace), the estimate charged at context
+//! creation stays, and a line at `info` level says so.
+//!
+//! A reading is used only if no allocating or freeing driver call of this process was in flight while
+//! NVML was asked (every such hook holds an [`InFlight`] guard around its bookkeeping and driver call):
+//! otherwise the driver and our count could disagree for a moment, and the difference would be mistaken
+//! for context memory. Pools are re-read first, since they trim themselves at points we do not see.
 
+use crate::cuda::nvmlProcessInfo_t;
 use crate::real;
 use crate::state::{self, LEDGER};
-use core_lib::ledger::MAX_DEVICES;
+use core_lib::ledger::{DeviceUsage, MAX_DEVICES};
+use core_lib::log::monotonic_ns;
 use core_lib::vlog;
+use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CString};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+/// Below this much headroom, the cap check reads NVML before it lets an allocation through.
+pub const NEAR_CAP: u64 = 512 << 20;
+/// How old a reading may be and still count as fresh for the cap check.
+const FRESH: u64 = 20_000_000;
+const PERIOD: Duration = Duration::from_millis(200);
+
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static FINISHED: AtomicU64 = AtomicU64::new(0);
+
+/// Marks an allocating or freeing driver call (with its bookkeeping) as in flight while it lives.
+pub struct InFlight(());
+
+pub fn in_flight() -> InFlight {
+    STARTED.fetch_add(1, Ordering::SeqCst);
+    InFlight(())
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        FINISHED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// (started, finished) if exactly `own` operations are in flight (the caller's own, not yet at the driver).
+fn quiet_point(own: u64) -> Option<(u64, u64)> {
+    let finished = FINISHED.load(Ordering::SeqCst);
+    let started = STARTED.load(Ordering::SeqCst);
+    (started.wrapping_sub(finished) == own).then_some((started, finished))
+}
+
 static WATCHED: [AtomicBool; MAX_DEVICES] = [const { AtomicBool::new(false) }; MAX_DEVICES];
+static LAST_READING_NS: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
 /// The PID whose thread is running; a forked child starts its own.
 static THREAD_PID: AtomicI32 = AtomicI32::new(0);
 
-const PERIOD: Duration = Duration::from_millis(200);
+#[derive(Clone, Copy, Default)]
+struct Readings {
+    /// NVML's handle for the device, once found.
+    handle: usize,
+}
+
+static READINGS: Mutex<[Readings; MAX_DEVICES]> = Mutex::new([Readings { handle: 0 }; MAX_DEVICES]);
 
 pub fn watch(dev: i32) {
     let Some(flag) = usize::try_from(dev).ok().and_then(|d| WATCHED.get(d)) else { return };
     flag.store(true, Ordering::Relaxed);
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = std::process::id() as i32;
     if THREAD_PID.swap(pid, Ordering::AcqRel) != pid {
         let spawned = std::thread::Builder::new()
             .name("vramcap-overhead".into())
@@ -42,15 +92,33 @@ pub fn unwatch(dev: i32) {
     if let Some(flag) = usize::try_from(dev).ok().and_then(|d| WATCHED.get(d)) {
         flag.store(false, Ordering::Relaxed);
     }
+    if let Ok(d) = usize::try_from(dev) {
+        if let Some(r) = READINGS.lock().get_mut(d) {
+            *r = Readings::default();
+        }
+    }
 }
 
 type Init = unsafe extern "C" fn() -> i32;
 type HandleByUuid = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> i32;
-type Processes = unsafe extern "C" fn(*mut c_void, *mut u32, *mut crate::cuda::nvmlProcessInfo_t) -> i32;
+type Processes = unsafe extern "C" fn(*mut c_void, *mut u32, *mut nvmlProcessInfo_t) -> i32;
 
 struct Nvml {
     by_uuid: HandleByUuid,
     processes: Processes,
+}
+
+/// NVML, initialised once for the process; `None` where it is not installed.
+fn nvml() -> Option<&'static Nvml> {
+    static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
+    NVML.get_or_init(|| {
+        let loaded = load();
+        if loaded.is_none() {
+            vlog!(Info, "NVML is not available: context memory stays at the estimate");
+        }
+        loaded
+    })
+    .as_ref()
 }
 
 fn load() -> Option<Nvml> {
@@ -80,19 +148,19 @@ fn load() -> Option<Nvml> {
 }
 
 impl Nvml {
-    fn device(&self, uuid: &str) -> Option<*mut c_void> {
+    fn device(&self, uuid: &str) -> Option<usize> {
         let uuid = CString::new(uuid).ok()?;
         let mut handle = std::ptr::null_mut();
         // SAFETY: NUL-terminated UUID in, one handle out.
-        (unsafe { (self.by_uuid)(uuid.as_ptr(), &mut handle) } == 0).then_some(handle)
+        (unsafe { (self.by_uuid)(uuid.as_ptr(), &mut handle) } == 0).then_some(handle as usize)
     }
 
     /// This process's usedGpuMemory on `device`, if NVML lists it.
-    fn used_by(&self, device: *mut c_void, pid: u32) -> Option<u64> {
-        let mut list = vec![crate::cuda::nvmlProcessInfo_t::default(); 256];
+    fn used_by(&self, device: usize, pid: u32) -> Option<u64> {
+        let mut list = [nvmlProcessInfo_t::default(); 128];
         let mut count = list.len() as u32;
         // SAFETY: `list` holds `count` entries for NVML to fill; count is updated to the number written.
-        if unsafe { (self.processes)(device, &mut count, list.as_mut_ptr()) } != 0 {
+        if unsafe { (self.processes)(device as *mut c_void, &mut count, list.as_mut_ptr()) } != 0 {
             return None;
         }
         list.iter()
@@ -102,58 +170,66 @@ impl Nvml {
     }
 }
 
-/// Raises the context figure at once, but lowers it only to the largest of three readings: a reading taken
-/// while an allocation is reserved here but not yet made in the driver comes out too low, and must not
-/// open room under the cap that the driver is about to fill.
-fn apply(ledger: &core_lib::ledger::DeviceLedger, measured: u64, history: &[u64; 3], readings: u64) {
-    let current = ledger.snapshot().context;
-    if measured >= current {
-        ledger.set_context(measured);
-    } else if readings >= 3 {
-        ledger.set_context(history.iter().copied().max().unwrap_or(current).min(current));
+fn counted(u: DeviceUsage) -> u64 {
+    u.charged.saturating_sub(u.context)
+}
+
+/// Takes one reading for `dev` and applies it. `own` is how many in-flight operations are the caller's
+/// own. Returns whether NVML answered for this process.
+pub fn measure(dev: i32, own: u64) -> bool {
+    let (Ok(i), Some(ledger)) = (usize::try_from(dev), LEDGER.device(dev)) else { return false };
+    if !WATCHED[i].load(Ordering::Relaxed) {
+        return false;
+    }
+    let Some(nvml) = nvml() else { return false };
+
+    let mut readings = READINGS.lock();
+    let r = &mut readings[i];
+    if r.handle == 0 {
+        let Some(uuid) = state::devices().and_then(|d| d.uuids.get(i).cloned()) else { return false };
+        r.handle = nvml.device(&uuid).unwrap_or(0);
+    }
+    if r.handle == 0 {
+        return false;
+    }
+    crate::hooks::pool::refresh(dev);
+    let Some(quiet) = quiet_point(own) else { return true };
+    let before = counted(ledger.snapshot());
+    let used = nvml.used_by(r.handle, std::process::id());
+    let after = counted(ledger.snapshot());
+    LAST_READING_NS[i].store(monotonic_ns(), Ordering::Relaxed);
+    let Some(used) = used else { return false };
+    if before != after || quiet_point(own) != Some(quiet) || !WATCHED[i].load(Ordering::Relaxed) {
+        return true;
+    }
+    let measured = used.saturating_sub(before);
+    vlog!(Debug, "device {dev}: NVML shows {used} bytes for this process, {before} counted: {measured} beside");
+    ledger.set_context(measured);
+    true
+}
+
+/// Called by the cap check (inside one in-flight operation, the caller's) before an allocation that
+/// leaves less than [`NEAR_CAP`] of headroom.
+pub fn measure_if_stale(dev: i32) {
+    let Some(last) = usize::try_from(dev).ok().and_then(|d| LAST_READING_NS.get(d)) else { return };
+    if monotonic_ns().saturating_sub(last.load(Ordering::Relaxed)) > FRESH {
+        measure(dev, 1);
     }
 }
 
 fn run(pid: i32) {
-    let Some(nvml) = load() else {
-        vlog!(Info, "NVML is not available: context memory stays at the estimate");
-        return;
-    };
-    let mut handles: Vec<Option<*mut c_void>> = vec![None; MAX_DEVICES];
-    let mut recent: Vec<[u64; 3]> = vec![[0; 3]; MAX_DEVICES];
-    let mut readings = vec![0u64; MAX_DEVICES];
-    let mut missed = 0u32;
-    // SAFETY: getpid has no preconditions.
-    while unsafe { libc::getpid() } == pid {
+    let mut misses = 0u32;
+    while std::process::id() as i32 == pid {
         for dev in 0..MAX_DEVICES {
-            if !WATCHED[dev].load(Ordering::Relaxed) {
-                continue;
-            }
-            let Some(uuid) = state::devices().and_then(|d| d.uuids.get(dev).cloned()) else { continue };
-            if handles[dev].is_none() {
-                handles[dev] = nvml.device(&uuid);
-            }
-            let (Some(handle), Some(ledger)) = (handles[dev], LEDGER.device(dev as i32)) else { continue };
-            let counted = |u: core_lib::ledger::DeviceUsage| u.charged.saturating_sub(u.context);
-            let before = counted(ledger.snapshot());
-            let used = nvml.used_by(handle, pid as u32);
-            let after = counted(ledger.snapshot());
-            match used {
-                Some(used) if before == after && WATCHED[dev].load(Ordering::Relaxed) => {
-                    let measured = used.saturating_sub(before);
-                    let history = &mut recent[dev];
-                    history[(readings[dev] % 3) as usize] = measured;
-                    readings[dev] += 1;
-                    apply(ledger, measured, history, readings[dev]);
-                }
-                Some(_) => {}
-                None => {
-                    missed += 1;
-                    if missed == 25 {
-                        vlog!(Info, "NVML does not list PID {pid}; context memory stays at the estimate");
-                    }
+            if WATCHED[dev].load(Ordering::Relaxed) && !measure(dev as i32, 0) {
+                misses += 1;
+                if misses == 25 && nvml().is_some() {
+                    vlog!(Info, "NVML does not list PID {pid}; context memory stays at the estimate");
                 }
             }
+        }
+        if nvml().is_none() {
+            return;
         }
         std::thread::sleep(PERIOD);
     }

@@ -28,6 +28,7 @@ fn charged_alloc(
     call: impl FnOnce() -> CUresult,
     actual: impl FnOnce() -> Charge,
 ) -> CUresult {
+    let _op = crate::overhead::in_flight();
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
@@ -135,6 +136,7 @@ pub fn release(record: PtrRecord) {
 
 /// Frees through `call`, keeping the record of `ptr` consistent with the driver's answer.
 pub fn charged_free(ptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresult {
+    let _op = crate::overhead::in_flight();
     let record = PTRS.remove(ptr);
     let r = call();
     match (record, r == CUDA_SUCCESS) {

@@ -38,6 +38,7 @@ fn charged_create(
     mipmapped: bool,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
+    let _op = crate::overhead::in_flight();
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
@@ -100,6 +101,7 @@ pub fn mipmapped_create(
 }
 
 fn charged_destroy(array: *mut c_void, call: impl FnOnce() -> CUresult) -> CUresult {
+    let _op = crate::overhead::in_flight();
     let record = ARRAYS.remove(array as u64);
     let r = call();
     match (record, r == CUDA_SUCCESS) {

@@ -31,6 +31,7 @@ fn slot(dev: CUdevice) -> Option<usize> {
 
 /// Charges a context's memory around `call` if it is the device's first, and counts it on success.
 fn create(dev: CUdevice, primary: bool, call: impl FnOnce() -> CUresult) -> CUresult {
+    let _op = crate::overhead::in_flight();
     let Some(i) = slot(dev) else { return call() };
     if state::phase() == state::Phase::Refusing {
         return state::REFUSED_BY_CONFIG;
@@ -97,6 +98,7 @@ pub fn primary_retain(
 }
 
 pub fn primary_release(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
+    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(dev) };
     if r == CUDA_SUCCESS {
@@ -106,6 +108,7 @@ pub fn primary_release(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CU
 }
 
 pub fn primary_reset(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
+    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(dev) };
     if r == CUDA_SUCCESS {
@@ -160,6 +163,7 @@ pub fn ctx_create_v4(
 }
 
 pub fn ctx_destroy(real: unsafe extern "C" fn(CUcontext) -> CUresult, ctx: CUcontext) -> CUresult {
+    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(ctx) };
     if r == CUDA_SUCCESS {

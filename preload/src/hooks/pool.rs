@@ -5,8 +5,10 @@
 //! Memory freed into a pool stays reserved by the pool (PyTorch sets the release threshold to the maximum),
 //! so the device really holds the pool's *reserved* bytes, not the live allocations. We therefore charge
 //! each pool at `CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT`, read from the driver around every call on it, and
-//! reserve ahead of an allocation only what the pool's free reserve cannot cover. One lock covers a pool's
-//! read-reserve-allocate-read sequence, so two threads cannot both count on the same free reserve.
+//! reserve ahead of an allocation what the pool's free reserve cannot cover, in the pool's growth steps.
+//! One lock covers a pool's read-reserve-allocate-read sequence, so two threads cannot both count on the
+//! same free reserve. Should a pool still grow past the cap, the allocation is undone (freed, the stream
+//! synchronised, the pool trimmed back) and refused, so the cap holds even then.
 
 use super::{Backing, PtrRecord, PTRS};
 use crate::cuda::*;
@@ -15,6 +17,12 @@ use crate::enforce::{self, read_out};
 use crate::state::LEDGER;
 use core_lib::charge::{round_up_pages, Charge};
 use parking_lot::Mutex;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How much a pool grows at a time. On an H100 with driver 580 a pool grew by 32 MiB for 1 MiB, by 64 MiB
+/// for 33 MiB and by 128 MiB for 130 MiB: whole 32 MiB steps. Raised if a pool is seen to grow by more.
+static POOL_STEP: AtomicU64 = AtomicU64::new(32 << 20);
 
 #[derive(Debug, Clone, Copy)]
 struct PoolCharge {
@@ -84,12 +92,17 @@ fn pooled_alloc(
     pool: CUmemoryPool,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
+    let _op = crate::overhead::in_flight();
     let mut pools = POOLS.lock();
     resync_device(&mut pools, dev);
     let entry = find(&mut pools, pool as usize, dev);
     resync(entry);
     let (reserved, used) = driver::pool_usage(pool).unwrap_or((entry.charged, entry.charged));
-    let need = round_up_pages(bytes as u64).saturating_sub(reserved.saturating_sub(used));
+    let step = POOL_STEP.load(Ordering::Relaxed);
+    let need = round_up_pages(bytes as u64)
+        .saturating_sub(reserved.saturating_sub(used))
+        .div_ceil(step)
+        .saturating_mul(step);
     let reservation = match enforce::reserve(dev, Charge::Pages(need)) {
         Ok(r) => r,
         Err(code) => return code,
@@ -97,6 +110,21 @@ fn pooled_alloc(
     let r = call();
     if r != CUDA_SUCCESS {
         return r;
+    }
+    let grew = driver::pool_usage(pool).map_or(0, |(now, _)| now.saturating_sub(reserved));
+    if grew > need {
+        POOL_STEP.fetch_max(grew, Ordering::Relaxed);
+        if let (Some(ledger), Some(ptr)) = (LEDGER.device(dev), read_out(dptr)) {
+            let over = ledger.cap().is_some_and(|cap| {
+                ledger.snapshot().charged.saturating_sub(need).saturating_add(grew) > cap
+            });
+            if over {
+                undo(ptr, pool, reserved);
+                resync(entry);
+                drop(reservation);
+                return enforce::refuse(dev, grew);
+            }
+        }
     }
     // The pool's real growth replaces the reservation: charge what the pool reserves now, then give the
     // reservation back (in that order, so the count never dips below the truth), and record the
@@ -117,6 +145,29 @@ fn pooled_alloc(
         );
     }
     r
+}
+
+type FreeAsyncFn = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
+type TrimFn = unsafe extern "C" fn(CUmemoryPool, usize) -> CUresult;
+type SyncFn = unsafe extern "C" fn(CUstream) -> CUresult;
+
+/// Gives back an allocation that made its pool grow past the cap: free it, wait for the free on the
+/// legacy stream, and trim the pool to what it reserved before.
+fn undo(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_before: u64) {
+    use crate::entry_points::{cuMemFreeAsync, cuMemPoolTrimTo};
+    let free = cuMemFreeAsync::REAL.load(Ordering::Acquire);
+    let trim = cuMemPoolTrimTo::REAL.load(Ordering::Acquire);
+    let sync = crate::state::driver_fn(c"cuStreamSynchronize");
+    if free.is_null() || trim.is_null() || sync.is_null() {
+        return;
+    }
+    // SAFETY: each pointer is the driver's function of that name with the matching prototype; ptr was
+    // just allocated by the caller's call and is freed exactly once, on the legacy stream, then waited for.
+    unsafe {
+        std::mem::transmute::<*mut c_void, FreeAsyncFn>(free)(ptr, std::ptr::null_mut());
+        std::mem::transmute::<*mut c_void, SyncFn>(sync)(std::ptr::null_mut());
+        std::mem::transmute::<*mut c_void, TrimFn>(trim)(pool, reserved_before as usize);
+    }
 }
 
 type AllocAsync = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
@@ -173,6 +224,7 @@ pub fn pool_create(real: PoolCreate, pool: *mut CUmemoryPool, props: *const CUme
 }
 
 pub fn pool_destroy(real: unsafe extern "C" fn(CUmemoryPool) -> CUresult, pool: CUmemoryPool) -> CUresult {
+    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(pool) };
     if r == CUDA_SUCCESS {
@@ -192,6 +244,7 @@ pub fn pool_trim(
     pool: CUmemoryPool,
     keep: usize,
 ) -> CUresult {
+    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(pool, keep) };
     if r == CUDA_SUCCESS {

@@ -54,6 +54,7 @@ pub fn mem_create(
     prop: *const CUmemAllocationProp,
     flags: u64,
 ) -> CUresult {
+    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(handle, size, prop, flags) };
     let Some(props) = read_out(prop) else { return pass() };
@@ -81,6 +82,7 @@ pub fn mem_release(
     real: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult,
     handle: CUmemGenericAllocationHandle,
 ) -> CUresult {
+    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(handle) };
     if r == CUDA_SUCCESS {
@@ -112,6 +114,7 @@ pub fn mem_unmap(
     ptr: CUdeviceptr,
     size: usize,
 ) -> CUresult {
+    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(ptr, size) };
     if r == CUDA_SUCCESS {

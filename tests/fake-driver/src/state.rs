@@ -69,6 +69,8 @@ struct Handle {
 
 pub struct Fake {
     total: u64,
+    /// How much a pool grows at a time (`FAKECUDA_POOL_STEP`, default one page).
+    pool_step: u64,
     context_bytes: u64,
     initialized: bool,
     devices: Vec<Device>,
@@ -95,6 +97,7 @@ fn fake() -> parking_lot::MutexGuard<'static, Fake> {
         }
         Mutex::new(Fake {
             total: env_bytes("FAKECUDA_MEM", 4 << 30),
+            pool_step: env_bytes("FAKECUDA_POOL_STEP", PAGE).max(PAGE),
             context_bytes: env_bytes("FAKECUDA_CONTEXT_BYTES", 300 * MIB),
             initialized: false,
             devices: (0..n).map(|_| Device::default()).collect(),
@@ -205,7 +208,7 @@ impl Fake {
         let need = size.div_ceil(PAGE) * PAGE;
         let (dev, grow) = {
             let p = self.pools.get(&pool).ok_or(INVALID_VALUE)?;
-            (p.dev, need.saturating_sub(p.reserved - p.used))
+            (p.dev, need.saturating_sub(p.reserved - p.used).div_ceil(self.pool_step) * self.pool_step)
         };
         self.take(dev, grow)?;
         let p = self.pools.get_mut(&pool).ok_or(INVALID_VALUE)?;
@@ -1079,7 +1082,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: u32, h: *mut usize) ->
 pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, h: *mut usize) -> NvmlReturn {
     let uuid = unsafe { CStr::from_ptr(uuid) }.to_string_lossy().to_ascii_lowercase();
     let n = fake().devices.len();
-    match (0..n).find(|&d| fake_uuid_string(d) == uuid) {
+    match (0..n).find(|&d| fake_uuid_string(d).eq_ignore_ascii_case(&uuid)) {
         Some(d) => unsafe { out(h, 0x6000 + d) },
         None => 6,
     }
