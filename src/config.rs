@@ -13,6 +13,7 @@ pub const ENV_LOG: &str = "VRAMCAP_LOG";
 pub const ENV_NAME: &str = "VRAMCAP_NAME";
 pub const ENV_PRIORITY: &str = "VRAMCAP_PRIORITY";
 pub const ENV_CONTEXT_BYTES: &str = "VRAMCAP_CONTEXT_BYTES";
+pub const ENV_NVML: &str = "VRAMCAP_NVML";
 
 /// What a CUDA context costs before it is measured: an H100 with driver 580 took 527 MiB for a bare context
 /// (`shared/measurements/h100-driver-footprint.txt`). Charged at context creation, then replaced by the
@@ -70,6 +71,8 @@ pub struct Config {
     pub real_libcuda: Option<String>,
     pub log: Level,
     pub context_estimate: u64,
+    /// Measure context memory through NVML (`VRAMCAP_NVML=off` keeps the estimate instead).
+    pub nvml: bool,
     pub name: Option<String>,
     pub priority: i32,
 }
@@ -94,13 +97,21 @@ impl Config {
         let log = match lookup(ENV_LOG) {
             None => Level::Warn,
             Some(v) => Level::parse(&v).ok_or_else(|| {
-                invalid(ENV_LOG, &v, "expected off, error, warn, info or debug".into())
+                invalid(
+                    ENV_LOG,
+                    &v,
+                    "expected off, error, warn, info or debug".into(),
+                )
             })?,
         };
         let real_libcuda = match lookup(ENV_REAL_LIBCUDA) {
             None => None,
             Some(v) if v.trim().is_empty() || v.contains('\0') => {
-                return Err(invalid(ENV_REAL_LIBCUDA, &v, "expected a library path".into()))
+                return Err(invalid(
+                    ENV_REAL_LIBCUDA,
+                    &v,
+                    "expected a library path".into(),
+                ))
             }
             Some(v) => Some(v),
         };
@@ -109,10 +120,19 @@ impl Config {
             Some(v) => match parse_size(&v) {
                 Ok(Size::Bytes(b)) => b,
                 Ok(Size::Percent(_)) => {
-                    return Err(invalid(ENV_CONTEXT_BYTES, &v, "expected a size in bytes".into()))
+                    return Err(invalid(
+                        ENV_CONTEXT_BYTES,
+                        &v,
+                        "expected a size in bytes".into(),
+                    ))
                 }
                 Err(e) => return Err(invalid(ENV_CONTEXT_BYTES, &v, e.to_string())),
             },
+        };
+        let nvml = match lookup(ENV_NVML).as_deref().map(str::trim) {
+            None | Some("on") | Some("1") => true,
+            Some("off") | Some("0") => false,
+            Some(v) => return Err(invalid(ENV_NVML, v, "expected on or off".into())),
         };
         let priority = match lookup(ENV_PRIORITY) {
             None => 0,
@@ -126,6 +146,7 @@ impl Config {
             real_libcuda,
             log,
             context_estimate,
+            nvml,
             name: lookup(ENV_NAME).filter(|n| !n.is_empty()),
             priority,
         })
@@ -173,7 +194,9 @@ fn parse_device_key(key: &str) -> Result<DeviceKey, String> {
     let groups: Vec<&str> = hex.split('-').collect();
     let shape_ok = groups.len() == 5
         && groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-        && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
     if shape_ok {
         Ok(DeviceKey::Uuid(lower))
     } else {
@@ -203,7 +226,12 @@ mod tests {
     const UUID: &str = "GPU-0a1b2c3d-0000-1111-2222-333344445555";
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |var| pairs.iter().find(|(k, _)| *k == var).map(|(_, v)| v.to_string())
+        move |var| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -222,7 +250,10 @@ mod tests {
 
     #[test]
     fn per_device_by_ordinal_and_uuid() {
-        let spec = format!("0=10GiB, {}=25%", UUID.to_ascii_uppercase().replace("GPU", "GPU"));
+        let spec = format!(
+            "0=10GiB, {}=25%",
+            UUID.to_ascii_uppercase().replace("GPU-", "gpu-")
+        );
         let limit = parse_limit(&spec).unwrap();
         assert_eq!(limit.for_device(0, "GPU-x"), Some(Size::Bytes(10 << 30)));
         assert_eq!(limit.for_device(1, UUID), Some(Size::Percent(25.0)));
@@ -245,8 +276,12 @@ mod tests {
 
     #[test]
     fn bad_lists() {
-        assert!(parse_limit("0=1G,0=2G").unwrap_err().contains("named twice"));
-        assert!(parse_limit("0=1G,,1=2G").unwrap_err().contains("empty entry"));
+        assert!(parse_limit("0=1G,0=2G")
+            .unwrap_err()
+            .contains("named twice"));
+        assert!(parse_limit("0=1G,,1=2G")
+            .unwrap_err()
+            .contains("empty entry"));
         assert!(parse_limit("gpu0=1G").unwrap_err().contains("neither"));
         assert!(parse_limit("0=").is_err());
         assert!(parse_limit("GPU-1234=1G").is_err());

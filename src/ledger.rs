@@ -10,6 +10,7 @@
 //! one CAS loop.
 
 use crate::charge::{Charge, PAGE};
+use crate::striped::{Padded, StripedCounter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// How many CUDA ordinals a process may use.
@@ -32,15 +33,16 @@ pub struct Refusal {
 pub struct DeviceLedger {
     cap: AtomicU64,
     /// Everything the driver holds for this process on this device, reservations in flight included.
-    charged: AtomicU64,
+    /// The one counter every allocation must update atomically, so it has a cache line to itself.
+    charged: Padded<AtomicU64>,
     /// The sizes callers asked for, beside what they cost.
-    requested: AtomicU64,
+    requested: StripedCounter,
     /// The part of `charged` that is the context's own memory.
     context: AtomicU64,
     /// Sum of packed slots; `charged` holds whole chunks for it.
-    packed: AtomicU64,
-    peak: AtomicU64,
-    allocations: AtomicU64,
+    packed: Padded<AtomicU64>,
+    peak: Padded<AtomicU64>,
+    allocations: StripedCounter,
     refusals: AtomicU64,
     last_refused_bytes: AtomicU64,
     last_refused_unix_ms: AtomicU64,
@@ -57,11 +59,8 @@ impl Reservation<'_> {
     /// The driver call succeeded: the bytes stay charged, and `requested` bytes are recorded beside them.
     pub fn commit(self, requested: u64) -> Charge {
         let charge = self.charge;
-        self.ledger.requested.fetch_add(requested, Relaxed);
-        self.ledger.allocations.fetch_add(1, Relaxed);
-        self.ledger
-            .peak
-            .fetch_max(self.ledger.charged.load(Relaxed), Relaxed);
+        self.ledger.requested.add(requested);
+        self.ledger.allocations.add(1);
         std::mem::forget(self);
         charge
     }
@@ -95,12 +94,12 @@ impl DeviceLedger {
     pub const fn new() -> DeviceLedger {
         DeviceLedger {
             cap: AtomicU64::new(UNCAPPED),
-            charged: AtomicU64::new(0),
-            requested: AtomicU64::new(0),
+            charged: Padded(AtomicU64::new(0)),
+            requested: StripedCounter::new(),
             context: AtomicU64::new(0),
-            packed: AtomicU64::new(0),
-            peak: AtomicU64::new(0),
-            allocations: AtomicU64::new(0),
+            packed: Padded(AtomicU64::new(0)),
+            peak: Padded(AtomicU64::new(0)),
+            allocations: StripedCounter::new(),
             refusals: AtomicU64::new(0),
             last_refused_bytes: AtomicU64::new(0),
             last_refused_unix_ms: AtomicU64::new(0),
@@ -111,21 +110,32 @@ impl DeviceLedger {
         self.cap.store(cap, Relaxed);
     }
 
+    /// What the cap leaves, from two plain loads (no statistics summed): for checks on the hot path.
+    pub fn headroom(&self) -> Option<u64> {
+        self.cap()
+            .map(|c| c.saturating_sub(self.charged.load(Relaxed)))
+    }
+
     pub fn cap(&self) -> Option<u64> {
         Some(self.cap.load(Relaxed)).filter(|&c| c != UNCAPPED)
     }
 
-    /// Adds `bytes` to `charged` if the sum stays within the cap (or always, for memory already taken).
+    /// Adds `bytes` to `charged` if the sum stays within the cap (or always, for memory already taken),
+    /// in one compare-and-swap loop: the counter itself never shows more than the cap.
     fn try_add(&self, bytes: u64, capped: bool) -> Result<(), Refusal> {
         if bytes == 0 {
             return Ok(());
         }
-        let cap = if capped { self.cap.load(Relaxed) } else { u64::MAX };
+        let cap = if capped {
+            self.cap.load(Relaxed)
+        } else {
+            u64::MAX
+        };
         self.charged
             .fetch_update(Relaxed, Relaxed, |cur| {
                 cur.checked_add(bytes).filter(|&next| next <= cap)
             })
-            .map(|_| ())
+            .map(|before| self.note_total(before + bytes))
             .map_err(|cur| {
                 self.refusals.fetch_add(1, Relaxed);
                 self.last_refused_bytes.store(bytes, Relaxed);
@@ -147,15 +157,24 @@ impl DeviceLedger {
     pub fn reserve_context(&self, bytes: u64) -> Result<(), Refusal> {
         self.try_add(bytes, true)?;
         self.context.fetch_add(bytes, Relaxed);
-        self.peak.fetch_max(self.charged.load(Relaxed), Relaxed);
+        self.note_peak();
         Ok(())
     }
 
+    /// Takes `bytes` off `charged`, saturating at zero: one `fetch_sub`, and a repair in the case that
+    /// should never happen (more given back than held), so the counter can never wrap.
     fn sub(&self, bytes: u64) {
-        // The closure always returns Some, so this cannot fail.
-        let _ = self
-            .charged
-            .fetch_update(Relaxed, Relaxed, |cur| Some(cur.saturating_sub(bytes)));
+        let before = self.charged.fetch_sub(bytes, Relaxed);
+        if before < bytes {
+            self.charged.fetch_add(bytes - before, Relaxed);
+        }
+    }
+
+    /// Bookkeeping after `charged` reached `total`: the peak, and whether the device is near its cap.
+    fn note_total(&self, total: u64) {
+        if total > self.peak.load(Relaxed) {
+            self.peak.fetch_max(total, Relaxed);
+        }
     }
 
     /// Reserves `charge` against the cap.
@@ -168,7 +187,10 @@ impl DeviceLedger {
         match self.add(charge, false) {
             Ok(r) => r,
             // Unreachable: without a cap nothing is refused. Charge nothing rather than panic.
-            Err(_) => Reservation { ledger: self, charge: Charge::Pages(0) },
+            Err(_) => Reservation {
+                ledger: self,
+                charge: Charge::Pages(0),
+            },
         }
     }
 
@@ -202,18 +224,14 @@ impl DeviceLedger {
         let _ = self
             .charged
             .fetch_update(Relaxed, Relaxed, |cur| Some(cur.saturating_add(bytes)));
-        self.peak.fetch_max(self.charged.load(Relaxed), Relaxed);
+        self.note_peak();
     }
 
     /// Gives back a committed charge whose memory the driver has freed.
     pub fn release(&self, charge: Charge, requested: u64) {
         self.uncharge(charge);
-        let _ = self
-            .requested
-            .fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_sub(requested)));
-        let _ = self
-            .allocations
-            .fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_sub(1)));
+        self.requested.sub(requested);
+        self.allocations.sub(1);
     }
 
     fn uncharge(&self, charge: Charge) {
@@ -243,25 +261,26 @@ impl DeviceLedger {
 
     /// Forgets everything (the device's last context is gone, and its memory with it).
     pub fn reset(&self) {
-        for counter in [
-            &self.charged,
-            &self.requested,
-            &self.context,
-            &self.packed,
-            &self.allocations,
-        ] {
+        for counter in [&*self.charged, &self.context, &*self.packed] {
             counter.store(0, Relaxed);
         }
+        self.requested.clear();
+        self.allocations.clear();
+    }
+
+    /// Raises the peak to the current charge.
+    fn note_peak(&self) {
+        self.note_total(self.charged.load(Relaxed));
     }
 
     pub fn snapshot(&self) -> DeviceUsage {
         DeviceUsage {
             cap: self.cap(),
             charged: self.charged.load(Relaxed),
-            requested: self.requested.load(Relaxed),
+            requested: self.requested.get(),
             context: self.context.load(Relaxed),
             peak: self.peak.load(Relaxed),
-            allocations: self.allocations.load(Relaxed),
+            allocations: self.allocations.get(),
             refusals: self.refusals.load(Relaxed),
             last_refused_bytes: self.last_refused_bytes.load(Relaxed),
             last_refused_unix_ms: self.last_refused_unix_ms.load(Relaxed),
@@ -310,7 +329,9 @@ impl Ledger {
 
     /// The device's ledger; `None` for an ordinal outside `0..MAX_DEVICES`.
     pub fn device(&self, ordinal: i32) -> Option<&DeviceLedger> {
-        usize::try_from(ordinal).ok().and_then(|i| self.devices.get(i))
+        usize::try_from(ordinal)
+            .ok()
+            .and_then(|i| self.devices.get(i))
     }
 }
 
@@ -341,7 +362,14 @@ mod tests {
         l.set_cap(10 * MIB);
         let a = l.reserve(Charge::Pages(8 * MIB)).unwrap().commit(7 * MIB);
         let r = l.reserve(Charge::Pages(4 * MIB)).err().unwrap();
-        assert_eq!(r, Refusal { bytes: 4 * MIB, in_use: 8 * MIB, cap: 10 * MIB });
+        assert_eq!(
+            r,
+            Refusal {
+                bytes: 4 * MIB,
+                in_use: 8 * MIB,
+                cap: 10 * MIB
+            }
+        );
         assert_eq!(l.snapshot().refusals, 1);
         l.release(a, 7 * MIB);
         assert_eq!(l.snapshot().charged, 0);
@@ -363,7 +391,11 @@ mod tests {
     fn packed_slots_share_chunks() {
         let l = DeviceLedger::new();
         let slots: Vec<_> = (0..33)
-            .map(|_| l.reserve(Charge::Packed(64 << 10)).unwrap().commit(64 << 10))
+            .map(|_| {
+                l.reserve(Charge::Packed(64 << 10))
+                    .unwrap()
+                    .commit(64 << 10)
+            })
             .collect();
         // 32 slots of 64 KiB fill one chunk; the 33rd opens a second.
         assert_eq!(l.snapshot().charged, 4 * MIB);

@@ -5,6 +5,7 @@
 //! - [`charge`]: what the driver really takes for an allocation;
 //! - [`ledger`]: per-device counts with the atomic reserve-then-commit cap check;
 //! - [`tracker`]: which handle was charged what;
+//! - [`striped`]: counters that many threads bump without sharing a cache line;
 //! - [`log`]: `vramcap:` lines on stderr.
 //!
 //! Nothing here talks to the driver: the hooks live in the `preload` crate, the binaries in `src/bin`.
@@ -14,4 +15,5 @@ pub mod config;
 pub mod ledger;
 pub mod log;
 pub mod size;
+pub mod striped;
 pub mod tracker;

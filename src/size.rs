@@ -86,7 +86,8 @@ pub fn parse_size(text: &str) -> Result<Size, SizeError> {
         if s.len() > 30 {
             return Err(overflow());
         }
-        s.parse::<u128>().map_err(|_| SizeError::Malformed(t.to_string()))
+        s.parse::<u128>()
+            .map_err(|_| SizeError::Malformed(t.to_string()))
     };
     let whole = digits(int_part)?
         .checked_mul(multiplier)
@@ -94,8 +95,13 @@ pub fn parse_size(text: &str) -> Result<Size, SizeError> {
     let frac = if frac_part.is_empty() {
         0
     } else {
-        let scale = 10u128.checked_pow(frac_part.len() as u32).ok_or_else(overflow)?;
-        digits(frac_part)?.checked_mul(multiplier).ok_or_else(overflow)? / scale
+        let scale = 10u128
+            .checked_pow(frac_part.len() as u32)
+            .ok_or_else(overflow)?;
+        digits(frac_part)?
+            .checked_mul(multiplier)
+            .ok_or_else(overflow)?
+            / scale
     };
     let bytes = u64::try_from(whole + frac).map_err(|_| overflow())?;
     if bytes == 0 {
@@ -181,7 +187,10 @@ mod tests {
         assert!(matches!(parse_size("10XB"), Err(SizeError::Unit(_))));
         assert!(matches!(parse_size("10 G B"), Err(SizeError::Unit(_))));
         assert!(matches!(parse_size("0"), Err(SizeError::Zero(_))));
-        assert!(matches!(parse_size("99999999999T"), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            parse_size("99999999999T"),
+            Err(SizeError::Overflow(_))
+        ));
         assert!(matches!(parse_size("."), Err(SizeError::Malformed(_))));
     }
 

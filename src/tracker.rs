@@ -3,6 +3,7 @@
 //! Sharded by a multiplicative hash of the key so that threads allocating at once rarely meet on one lock;
 //! each shard is a plain `HashMap` behind a `parking_lot` mutex, which needs no initialisation at run time.
 
+use crate::striped::Padded;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -27,7 +28,10 @@ impl Hasher for AddrHasher {
     }
 }
 
-type Shard<V> = Mutex<HashMap<u64, V, BuildHasherDefault<AddrHasher>>>;
+/// A shard on a cache line of its own; its table is sized up front on first use (see `insert`), so the
+/// tables of different shards are not small neighbouring heap blocks that threads would fight over.
+type Shard<V> = Padded<Mutex<HashMap<u64, V, BuildHasherDefault<AddrHasher>>>>;
+const SHARD_CAPACITY: usize = 64;
 
 pub struct Tracker<V> {
     shards: [Shard<V>; SHARDS],
@@ -36,7 +40,8 @@ pub struct Tracker<V> {
 impl<V: Copy> Tracker<V> {
     pub const fn new() -> Tracker<V> {
         Tracker {
-            shards: [const { Mutex::new(HashMap::with_hasher(BuildHasherDefault::new())) }; SHARDS],
+            shards: [const { Padded(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) };
+                SHARDS],
         }
     }
 
@@ -48,7 +53,11 @@ impl<V: Copy> Tracker<V> {
 
     /// Records `key`; returns what it replaced, if anything.
     pub fn insert(&self, key: u64, value: V) -> Option<V> {
-        self.shard(key).lock().insert(key, value)
+        let mut shard = self.shard(key).lock();
+        if shard.capacity() == 0 {
+            shard.reserve(SHARD_CAPACITY);
+        }
+        shard.insert(key, value)
     }
 
     pub fn remove(&self, key: u64) -> Option<V> {
@@ -97,7 +106,13 @@ mod tests {
             assert_eq!(t.insert(k << 21, (0, k)), None);
         }
         assert_eq!(t.len(), 1000);
-        assert_eq!(t.update(5 << 21, |v| { v.1 += 1; v.1 }), Some(6));
+        assert_eq!(
+            t.update(5 << 21, |v| {
+                v.1 += 1;
+                v.1
+            }),
+            Some(6)
+        );
         assert_eq!(t.remove(5 << 21), Some((0, 6)));
         assert_eq!(t.remove(5 << 21), None);
         t.remove_where(|v| v.1 % 2 == 0);

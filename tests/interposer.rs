@@ -10,16 +10,52 @@ fn cap_holds_on_every_path() {
         let r = client(path, &["cap"], &[("VRAMCAP_LIMIT", "1GiB")]);
         // 1 GiB cap, 300 MiB context: eleven 64 MiB allocations fit (1004 MiB), the twelfth does not.
         assert_eq!(r.get("allocated"), 11, "{path}: {}", r.stdout);
-        assert_eq!(r.int("refused_code"), 2, "{path}: refusal must be CUDA_ERROR_OUT_OF_MEMORY");
-        assert_eq!(r.get("driver_called_on_refusal"), 0, "{path}: the driver must not see a refused call");
-        assert!(r.get("device_used_at_cap") <= GIB, "{path}: device holds more than the cap");
-        assert_eq!(r.get("info_total"), GIB, "{path}: cuMemGetInfo total is the cap");
-        assert_eq!(r.get("info_free"), GIB - CONTEXT - 11 * 64 * MIB, "{path}: free is what the cap leaves");
-        assert_eq!(r.get("device_total"), GIB, "{path}: cuDeviceTotalMem is the cap");
-        assert_eq!(r.get("charged_after_free"), CONTEXT, "{path}: only the context stays charged");
-        assert_eq!(r.int("alloc_after"), 0, "{path}: the process keeps working after a refusal");
-        assert!(r.stderr.contains("vramcap: device 0 (GPU-fa4e0000-0000-0000-0000-000000000000): refused 64.00 MiB"),
-            "{path}: refusal line: {}", r.stderr);
+        assert_eq!(
+            r.int("refused_code"),
+            2,
+            "{path}: refusal must be CUDA_ERROR_OUT_OF_MEMORY"
+        );
+        assert_eq!(
+            r.get("driver_called_on_refusal"),
+            0,
+            "{path}: the driver must not see a refused call"
+        );
+        assert!(
+            r.get("device_used_at_cap") <= GIB,
+            "{path}: device holds more than the cap"
+        );
+        assert_eq!(
+            r.get("info_total"),
+            GIB,
+            "{path}: cuMemGetInfo total is the cap"
+        );
+        assert_eq!(
+            r.get("info_free"),
+            GIB - CONTEXT - 11 * 64 * MIB,
+            "{path}: free is what the cap leaves"
+        );
+        assert_eq!(
+            r.get("device_total"),
+            GIB,
+            "{path}: cuDeviceTotalMem is the cap"
+        );
+        assert_eq!(
+            r.get("charged_after_free"),
+            CONTEXT,
+            "{path}: only the context stays charged"
+        );
+        assert_eq!(
+            r.int("alloc_after"),
+            0,
+            "{path}: the process keeps working after a refusal"
+        );
+        assert!(
+            r.stderr.contains(
+                "vramcap: device 0 (GPU-fa4e0000-0000-0000-0000-000000000000): refused 64.00 MiB"
+            ),
+            "{path}: refusal line: {}",
+            r.stderr
+        );
     }
 }
 
@@ -28,7 +64,11 @@ fn refusal_lines_are_rate_limited() {
     let r = client("link", &["threads", "8"], &[("VRAMCAP_LIMIT", "400MiB")]);
     assert!(r.get("refusals") > 5, "{}", r.stdout);
     let lines = r.stderr.lines().filter(|l| l.contains("refused")).count();
-    assert!(lines >= 1 && lines <= 3, "one line a second at most, got {lines}:\n{}", r.stderr);
+    assert!(
+        (1..=3).contains(&lines),
+        "one line a second at most, got {lines}:\n{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -38,7 +78,11 @@ fn charges_the_drivers_rounding() {
         assert_eq!(r.get(&format!("size_{}", 2 * MIB + 1)), 4 * MIB, "{path}");
         assert_eq!(r.get(&format!("size_{}", 3 * MIB)), 4 * MIB, "{path}");
         assert_eq!(r.get(&format!("size_{}", 10 * MIB + 7)), 12 * MIB, "{path}");
-        assert_eq!(r.get("size_65536"), 2 * MIB, "{path}: a lone small allocation takes a chunk");
+        assert_eq!(
+            r.get("size_65536"),
+            2 * MIB,
+            "{path}: a lone small allocation takes a chunk"
+        );
         assert_eq!(r.get("packed_32"), 2 * MIB, "{path}");
         assert_eq!(r.get("packed_33"), 4 * MIB, "{path}");
         assert_eq!(r.get("packed_after_free"), 0, "{path}");
@@ -49,7 +93,11 @@ fn charges_the_drivers_rounding() {
 fn unknown_pointer_free_reaches_the_driver() {
     for path in PATHS {
         let r = client(path, &["unknown_free"], &[("VRAMCAP_LIMIT", "1GiB")]);
-        assert_eq!(r.int("unknown_free"), 1, "{path}: the driver's own answer (invalid value)");
+        assert_eq!(
+            r.int("unknown_free"),
+            1,
+            "{path}: the driver's own answer (invalid value)"
+        );
         assert_eq!(r.get("driver_free_calls"), 1, "{path}");
     }
 }
@@ -58,7 +106,11 @@ fn unknown_pointer_free_reaches_the_driver() {
 fn threads_never_cross_the_cap() {
     for path in PATHS {
         let r = client(path, &["threads", "32"], &[("VRAMCAP_LIMIT", "512MiB")]);
-        assert!(r.get("max_device_used") <= 512 * MIB, "{path}: {}", r.stdout);
+        assert!(
+            r.get("max_device_used") <= 512 * MIB,
+            "{path}: {}",
+            r.stdout
+        );
         assert!(r.get("refusals") > 0, "{path}: the test must reach the cap");
         assert_eq!(r.get("other_errors"), 0, "{path}");
         assert_eq!(r.get("charged_after"), CONTEXT, "{path}");
@@ -71,18 +123,46 @@ fn every_kind_of_device_memory_is_charged() {
     for path in PATHS {
         let r = client(path, &["kinds"], &[("VRAMCAP_LIMIT", "2GiB")]);
         assert_eq!(r.get("pitch"), 1024, "{path}");
-        assert_eq!(r.get("pitch_charge"), 4 * MIB, "{path}: 1024 x 3000 bytes take two pages");
+        assert_eq!(
+            r.get("pitch_charge"),
+            4 * MIB,
+            "{path}: 1024 x 3000 bytes take two pages"
+        );
         assert_eq!(r.get("pitch_freed"), 0, "{path}");
         assert_eq!(r.get("managed_charge"), 6 * MIB, "{path}");
-        assert_eq!(r.get("async_charge"), 12 * MIB, "{path}: three 3 MiB allocations from the pool");
-        assert_eq!(r.get("async_after_free"), 12 * MIB, "{path}: freed into the pool, still reserved");
-        assert_eq!(r.get("async_reuse"), 12 * MIB, "{path}: reuse of the pool's reserve costs nothing");
-        assert_eq!(r.get("async_after_trim"), 2 * MIB, "{path}: the pool trimmed itself at the sync");
+        assert_eq!(
+            r.get("async_charge"),
+            12 * MIB,
+            "{path}: three 3 MiB allocations from the pool"
+        );
+        assert_eq!(
+            r.get("async_after_free"),
+            12 * MIB,
+            "{path}: freed into the pool, still reserved"
+        );
+        assert_eq!(
+            r.get("async_reuse"),
+            12 * MIB,
+            "{path}: reuse of the pool's reserve costs nothing"
+        );
+        assert_eq!(
+            r.get("async_after_trim"),
+            2 * MIB,
+            "{path}: the pool trimmed itself at the sync"
+        );
         assert_eq!(r.get("vmm_charge"), 8 * MIB, "{path}");
-        assert_eq!(r.get("vmm_released_but_mapped"), 8 * MIB, "{path}: still mapped, still held");
+        assert_eq!(
+            r.get("vmm_released_but_mapped"),
+            8 * MIB,
+            "{path}: still mapped, still held"
+        );
         assert_eq!(r.get("vmm_unmapped"), 0, "{path}");
         assert_eq!(r.int("host_create_r"), 0, "{path}");
-        assert_eq!(r.get("host_vmm_charge"), 0, "{path}: host memory is not counted");
+        assert_eq!(
+            r.get("host_vmm_charge"),
+            0,
+            "{path}: host memory is not counted"
+        );
         assert_eq!(r.get("array_charge"), 16 * MIB, "{path}");
         assert_eq!(r.get("array_destroyed"), 0, "{path}");
     }
@@ -96,7 +176,11 @@ fn vmm_and_async_respect_the_cap() {
         for key in ["pitch_r", "managed_r", "async_r", "create_r", "array_r"] {
             assert_eq!(r.int(key), 2, "{path}: {key}: {}", r.stdout);
         }
-        assert_eq!(r.int("host_create_r"), 0, "{path}: host memory is not capped");
+        assert_eq!(
+            r.int("host_create_r"),
+            0,
+            "{path}: host memory is not capped"
+        );
     }
 }
 
@@ -111,11 +195,23 @@ fn unset_limit_counts_without_capping() {
 fn percent_and_per_device_limits() {
     let r = client("link", &["info"], &[("VRAMCAP_LIMIT", "25%")]);
     assert_eq!(r.get("info_total"), GIB);
-    let r = client("dlsym", &["info"], &[("VRAMCAP_LIMIT", "GPU-fa4e0000-0000-0000-0000-000000000000=1.5GiB")]);
+    let r = client(
+        "dlsym",
+        &["info"],
+        &[(
+            "VRAMCAP_LIMIT",
+            "GPU-fa4e0000-0000-0000-0000-000000000000=1.5GiB",
+        )],
+    );
     assert_eq!(r.get("info_total"), 3 * GIB / 2);
     let r = client("gpa", &["info"], &[("VRAMCAP_LIMIT", "1=1GiB,0=768MiB")]);
     assert_eq!(r.get("info_total"), 768 * MIB);
-    assert!(r.stderr.contains("names device Ordinal(1), which this process does not see"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("names device Ordinal(1), which this process does not see"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -134,19 +230,49 @@ fn malformed_values_fail_closed_with_one_clear_error() {
         ("VRAMCAP_LIMIT", "0=1G,0=2G", "named twice"),
         ("VRAMCAP_LIMIT", "0", "zero"),
         ("VRAMCAP_LIMIT", "150%", "between 0% and 100%"),
-        ("VRAMCAP_LOG", "loud", "expected off, error, warn, info or debug"),
+        (
+            "VRAMCAP_LOG",
+            "loud",
+            "expected off, error, warn, info or debug",
+        ),
         ("VRAMCAP_CONTEXT_BYTES", "lots", "not a number"),
     ];
     for path in PATHS {
         for (var, value, reason) in cases {
             let r = client(path, &["config"], &[(var, value)]);
-            assert_eq!(r.int("init"), 1, "{path} {var}={value}: cuInit must fail: {}", r.stdout);
-            assert_ne!(r.int("alloc_r"), 0, "{path} {var}={value}: no memory may be taken");
+            assert_eq!(
+                r.int("init"),
+                1,
+                "{path} {var}={value}: cuInit must fail: {}",
+                r.stdout
+            );
+            assert_ne!(
+                r.int("alloc_r"),
+                0,
+                "{path} {var}={value}: no memory may be taken"
+            );
             assert_eq!(r.get("device_used"), 0, "{path} {var}={value}");
-            let errors: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("vramcap:")).collect();
-            assert_eq!(errors.len(), 1, "{path} {var}={value}: exactly one error line: {}", r.stderr);
-            assert!(errors[0].contains(&format!("{var}={value:?}")), "{path}: names variable and value: {}", errors[0]);
-            assert!(errors[0].contains(reason), "{path}: says why: {}", errors[0]);
+            let errors: Vec<&str> = r
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("vramcap:"))
+                .collect();
+            assert_eq!(
+                errors.len(),
+                1,
+                "{path} {var}={value}: exactly one error line: {}",
+                r.stderr
+            );
+            assert!(
+                errors[0].contains(&format!("{var}={value:?}")),
+                "{path}: names variable and value: {}",
+                errors[0]
+            );
+            assert!(
+                errors[0].contains(reason),
+                "{path}: says why: {}",
+                errors[0]
+            );
         }
     }
 }
@@ -214,7 +340,11 @@ fn a_pool_that_grows_past_the_cap_is_rolled_back() {
     for path in PATHS {
         let r = client(path, &["async_cap"], &vars);
         assert_eq!(r.int("first_r"), 2, "{path}: {}{}", r.stdout, r.stderr);
-        assert_eq!(r.get("used_after_first"), CONTEXT, "{path}: the pool was trimmed back");
+        assert_eq!(
+            r.get("used_after_first"),
+            CONTEXT,
+            "{path}: the pool was trimmed back"
+        );
         assert_eq!(r.int("second_r"), 2, "{path}");
         assert_eq!(r.get("used_after_second"), CONTEXT, "{path}");
         assert_eq!(r.get("charged"), CONTEXT, "{path}");
@@ -225,7 +355,10 @@ fn a_pool_that_grows_past_the_cap_is_rolled_back() {
 fn context_estimate_is_replaced_by_the_drivers_figure() {
     // The library guesses 100 MiB for a context that really costs 300 MiB; NVML's per-process figure
     // corrects it, and the cap then holds on what the driver really holds.
-    let vars = [("VRAMCAP_CONTEXT_BYTES", "100MiB"), ("VRAMCAP_LIMIT", "1GiB")];
+    let vars = [
+        ("VRAMCAP_CONTEXT_BYTES", "100MiB"),
+        ("VRAMCAP_LIMIT", "1GiB"),
+    ];
     let r = client("link", &["converge"], &vars);
     assert_eq!(r.get("charged_later"), CONTEXT + 64 * MIB, "{}", r.stdout);
     let r = client("dlsym", &["cap"], &vars);

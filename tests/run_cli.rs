@@ -21,7 +21,10 @@ fn bad_limit_is_a_clear_error_with_exit_2() {
     let out = run(&["--limit", "12 parsecs", "--", "true"], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--limit \"12 parsecs\" is invalid: unknown unit"), "{err}");
+    assert!(
+        err.contains("--limit \"12 parsecs\" is invalid: unknown unit"),
+        "{err}"
+    );
     let out = run(&["--", "true"], &[("VRAMCAP_LIMIT", "lots")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("VRAMCAP_LIMIT=\"lots\" is invalid"));
@@ -42,14 +45,26 @@ fn missing_library_is_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("VRAMCAP_LIB=\"/no/such/libvramcap.so\" is not a file"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("VRAMCAP_LIB=\"/no/such/libvramcap.so\" is not a file"));
 }
 
 #[test]
 fn sets_the_environment_prepends_preload_and_keeps_the_exit_code() {
     let script = "echo \"$LD_PRELOAD|$VRAMCAP_LIMIT|$VRAMCAP_NAME|$VRAMCAP_PRIORITY\"; exit 7";
     let out = run(
-        &["--limit", "0=10GiB", "--name", "chat", "--priority", "-3", "--", "sh", "-c", script],
+        &[
+            "--limit",
+            "0=10GiB",
+            "--name",
+            "chat",
+            "--priority",
+            "-3",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
         &[("LD_PRELOAD", "/opt/other.so")],
     );
     assert_eq!(out.status.code(), Some(7), "the command's own exit code");
@@ -62,7 +77,14 @@ fn sets_the_environment_prepends_preload_and_keeps_the_exit_code() {
 fn caps_a_real_client() {
     let e = env();
     let out = run(
-        &["--limit", "1GiB", "--", e.client.to_str().unwrap(), "link", "cap"],
+        &[
+            "--limit",
+            "1GiB",
+            "--",
+            e.client.to_str().unwrap(),
+            "link",
+            "cap",
+        ],
         &[
             ("LD_LIBRARY_PATH", e.dir.to_str().unwrap()),
             ("VRAMCAP_CONTEXT_BYTES", "300MiB"),

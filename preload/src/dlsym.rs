@@ -43,6 +43,9 @@ extern "C" fn answer(handle: *mut c_void, name: *const c_char) -> *mut c_void {
 
 /// `void *dlsym(void *handle, const char *name)`.
 ///
+/// # Safety
+/// glibc's contract: `handle` is a pseudo-handle or a live `dlopen` handle, `name` a C string.
+///
 /// On entry the stack holds the caller's return address. We save the two arguments, call [`answer`] with a
 /// 16-byte aligned stack, and either return its non-null answer or restore the arguments, pop back to the
 /// entry state and tail-jump to glibc's `dlsym`.

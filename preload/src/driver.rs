@@ -143,7 +143,13 @@ pub fn pool_usage(pool: CUmemoryPool) -> Option<(u64, u64)> {
         )
     })?;
     // SAFETY: as above.
-    ok(unsafe { f(pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, (&mut used as *mut u64).cast()) })?;
+    ok(unsafe {
+        f(
+            pool,
+            CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+            (&mut used as *mut u64).cast(),
+        )
+    })?;
     Some((reserved, used))
 }
 

@@ -11,6 +11,19 @@ use core_lib::vlog;
 
 static REFUSAL_LINES: [RateLimit; MAX_DEVICES] = [const { RateLimit::new() }; MAX_DEVICES];
 
+/// Called by an allocating hook before its operation starts (before [`crate::overhead::in_flight`]):
+/// near the cap, what the driver holds outside our counts must be current (see `overhead`).
+pub fn prepare(dev: CUdevice, bytes: u64) {
+    let Some(ledger) = state::ledger(dev) else {
+        return;
+    };
+    if let Some(headroom) = ledger.headroom() {
+        if headroom < bytes.saturating_add(crate::overhead::NEAR_CAP) {
+            crate::overhead::measure_if_stale(dev);
+        }
+    }
+}
+
 /// Reserves `charge` on `dev`, or says which error the hook must return instead of calling the driver.
 pub fn reserve(dev: CUdevice, charge: Charge) -> Result<Reservation<'static>, CUresult> {
     if state::phase() == Phase::Refusing {
@@ -18,13 +31,6 @@ pub fn reserve(dev: CUdevice, charge: Charge) -> Result<Reservation<'static>, CU
     }
     // Fail closed: without the device table there is no cap to check against.
     let ledger = state::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
-    // Near the cap, what the driver holds outside our counts must be current (see `overhead`).
-    let usage = ledger.snapshot();
-    if let Some(headroom) = usage.headroom() {
-        if headroom < bytes_of(charge).saturating_add(crate::overhead::NEAR_CAP) {
-            crate::overhead::measure_if_stale(dev);
-        }
-    }
     match ledger.reserve(charge) {
         Ok(r) => Ok(r),
         Err(_) => {
@@ -44,16 +50,14 @@ pub fn refuse(dev: CUdevice, bytes: u64) -> CUresult {
         let usage = ledger.snapshot();
         report(
             dev,
-            Refusal { bytes, in_use: usage.charged, cap: usage.cap.unwrap_or(u64::MAX) },
+            Refusal {
+                bytes,
+                in_use: usage.charged,
+                cap: usage.cap.unwrap_or(u64::MAX),
+            },
         );
     }
     CUDA_ERROR_OUT_OF_MEMORY
-}
-
-fn bytes_of(charge: Charge) -> u64 {
-    match charge {
-        Charge::Pages(b) | Charge::Packed(b) => b,
-    }
 }
 
 /// Reserves an estimate of a context's own memory on `dev`.
@@ -69,7 +73,9 @@ pub fn reserve_context(dev: CUdevice, bytes: u64) -> Result<(), CUresult> {
 }
 
 fn report(dev: CUdevice, refusal: Refusal) {
-    let Some(limit) = REFUSAL_LINES.get(dev as usize) else { return };
+    let Some(limit) = REFUSAL_LINES.get(dev as usize) else {
+        return;
+    };
     if let Some(held_back) = limit.allow(monotonic_ns(), 1_000_000_000) {
         let uuid = state::devices()
             .and_then(|d| d.uuids.get(dev as usize).cloned())

@@ -5,7 +5,8 @@
 //! A reading sets the ledger's context share to what NVML's `usedGpuMemory` for this PID holds beyond our
 //! counted allocations: the context itself, module images, library workspaces, and whatever packing the
 //! charge model could not see. Readings come from two places:
-//! - a background thread, started with the first context, every 200 ms;
+//! - a background thread, started with the first context, every 200 ms while our count moves and every
+//!   5 s otherwise;
 //! - the cap check itself, synchronously, when an allocation would leave less than [`NEAR_CAP`] of
 //!   headroom (at most once per [`FRESH`]), because a framework can load hundreds of MiB of kernels
 //!   between two background readings.
@@ -14,16 +15,20 @@
 //! NVML is absent or does not list our PID (another PID namespace), the estimate charged at context
 //! creation stays, and a line at `info` level says so.
 //!
-//! A reading is used only if no allocating or freeing driver call of this process was in flight while
-//! NVML was asked (every such hook holds an [`InFlight`] guard around its bookkeeping and driver call):
+//! A reading is taken only while no allocating or freeing driver call of this process is in flight:
 //! otherwise the driver and our count could disagree for a moment, and the difference would be mistaken
-//! for context memory. Pools are re-read first, since they trim themselves at points we do not see.
+//! for context memory. Every such hook holds a read lock of [`OPS`] around its bookkeeping and driver
+//! call ([`in_flight`]); a reading holds the write lock. The background thread only takes it when it is
+//! free (`try_write`), so it never delays the program; the cap check near the cap waits for it, because
+//! a process that allocates from many threads may never pause by itself. Pools are re-read first, since
+//! they trim themselves at points we do not see.
 
 use crate::cuda::nvmlProcessInfo_t;
 use crate::real;
 use crate::state::{self, LEDGER};
 use core_lib::ledger::{DeviceUsage, MAX_DEVICES};
 use core_lib::log::monotonic_ns;
+use core_lib::striped::{stripe, Padded, STRIPES};
 use core_lib::vlog;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CString};
@@ -36,33 +41,80 @@ pub const NEAR_CAP: u64 = 512 << 20;
 /// How old a reading may be and still count as fresh for the cap check.
 const FRESH: u64 = 20_000_000;
 const PERIOD: Duration = Duration::from_millis(200);
+/// Even with no change in our count, module loads can grow the context: read again after this long.
+const IDLE_PERIOD: u64 = 5_000_000_000;
 
-static STARTED: AtomicU64 = AtomicU64::new(0);
-static FINISHED: AtomicU64 = AtomicU64::new(0);
-
-/// Marks an allocating or freeing driver call (with its bookkeeping) as in flight while it lives.
-pub struct InFlight(());
-
-pub fn in_flight() -> InFlight {
-    STARTED.fetch_add(1, Ordering::SeqCst);
-    InFlight(())
+/// Read-held by every allocating or freeing hook while its bookkeeping and driver call are in flight;
+/// write-held by a reading. A big-reader lock: a reader touches only its thread's stripe (and reads the
+/// writer flag), so hooks on many threads do not share a cache line; the rare writer sets the flag and
+/// waits for every stripe to drain. Dekker-style, both sides use SeqCst so one always sees the other.
+struct OpsLock {
+    readers: [Padded<AtomicU64>; STRIPES],
+    writer: AtomicBool,
+    writers: Mutex<()>,
 }
+
+static OPS: OpsLock = OpsLock {
+    readers: [const { Padded(AtomicU64::new(0)) }; STRIPES],
+    writer: AtomicBool::new(false),
+    writers: Mutex::new(()),
+};
+
+/// An allocating or freeing operation in flight (see [`in_flight`]).
+pub struct InFlight(usize);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        FINISHED.fetch_add(1, Ordering::SeqCst);
+        OPS.readers[self.0].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// (started, finished) if exactly `own` operations are in flight (the caller's own, not yet at the driver).
-fn quiet_point(own: u64) -> Option<(u64, u64)> {
-    let finished = FINISHED.load(Ordering::SeqCst);
-    let started = STARTED.load(Ordering::SeqCst);
-    (started.wrapping_sub(finished) == own).then_some((started, finished))
+/// Marks an allocating or freeing driver call (with its bookkeeping) as in flight while it lives.
+pub fn in_flight() -> InFlight {
+    let s = stripe();
+    loop {
+        OPS.readers[s].fetch_add(1, Ordering::SeqCst);
+        if !OPS.writer.load(Ordering::SeqCst) {
+            return InFlight(s);
+        }
+        OPS.readers[s].fetch_sub(1, Ordering::SeqCst);
+        while OPS.writer.load(Ordering::Relaxed) {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Held while a reading is taken: no operation is in flight, none can start.
+struct Quiet<'a>(#[allow(dead_code)] parking_lot::MutexGuard<'a, ()>);
+
+impl Drop for Quiet<'_> {
+    fn drop(&mut self) {
+        OPS.writer.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Stops new operations and waits for those in flight; without `wait`, gives up at once if any is.
+fn quiet(wait: bool) -> Option<Quiet<'static>> {
+    let exclusive = if wait {
+        OPS.writers.lock()
+    } else {
+        OPS.writers.try_lock()?
+    };
+    OPS.writer.store(true, Ordering::SeqCst);
+    let guard = Quiet(exclusive);
+    while OPS.readers.iter().any(|r| r.load(Ordering::SeqCst) != 0) {
+        if !wait {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+    Some(guard)
 }
 
 static WATCHED: [AtomicBool; MAX_DEVICES] = [const { AtomicBool::new(false) }; MAX_DEVICES];
 static LAST_READING_NS: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
+/// Our count at the last reading, so an idle process is not read again and again.
+static LAST_COUNTED: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(u64::MAX) }; MAX_DEVICES];
 /// The PID whose thread is running; a forked child starts its own.
 static THREAD_PID: AtomicI32 = AtomicI32::new(0);
 
@@ -75,7 +127,12 @@ struct Readings {
 static READINGS: Mutex<[Readings; MAX_DEVICES]> = Mutex::new([Readings { handle: 0 }; MAX_DEVICES]);
 
 pub fn watch(dev: i32) {
-    let Some(flag) = usize::try_from(dev).ok().and_then(|d| WATCHED.get(d)) else { return };
+    if !state::config().is_some_and(|c| c.nvml) {
+        return;
+    }
+    let Some(flag) = usize::try_from(dev).ok().and_then(|d| WATCHED.get(d)) else {
+        return;
+    };
     flag.store(true, Ordering::Relaxed);
     let pid = std::process::id() as i32;
     if THREAD_PID.swap(pid, Ordering::AcqRel) != pid {
@@ -83,7 +140,10 @@ pub fn watch(dev: i32) {
             .name("vramcap-overhead".into())
             .spawn(move || crate::guard::quiet(|| run(pid)));
         if let Err(e) = spawned {
-            vlog!(Warn, "cannot start the context-memory thread ({e}); keeping the estimate");
+            vlog!(
+                Warn,
+                "cannot start the context-memory thread ({e}); keeping the estimate"
+            );
         }
     }
 }
@@ -114,7 +174,10 @@ fn nvml() -> Option<&'static Nvml> {
     NVML.get_or_init(|| {
         let loaded = load();
         if loaded.is_none() {
-            vlog!(Info, "NVML is not available: context memory stays at the estimate");
+            vlog!(
+                Info,
+                "NVML is not available: context memory stays at the estimate"
+            );
         }
         loaded
     })
@@ -174,32 +237,38 @@ fn counted(u: DeviceUsage) -> u64 {
     u.charged.saturating_sub(u.context)
 }
 
-/// Takes one reading for `dev` and applies it. `own` is how many in-flight operations are the caller's
-/// own. Returns whether NVML answered for this process.
-pub fn measure(dev: i32, own: u64) -> bool {
-    let (Ok(i), Some(ledger)) = (usize::try_from(dev), LEDGER.device(dev)) else { return false };
+/// Takes one reading for `dev` and applies it; `wait` says whether to wait for in-flight operations (the
+/// caller must hold none). Returns whether NVML answered for this process.
+pub fn measure(dev: i32, wait: bool) -> bool {
+    let (Ok(i), Some(ledger)) = (usize::try_from(dev), LEDGER.device(dev)) else {
+        return false;
+    };
     if !WATCHED[i].load(Ordering::Relaxed) {
         return false;
     }
     let Some(nvml) = nvml() else { return false };
-
+    let Some(uuid) = state::devices().and_then(|d| d.uuids.get(i).cloned()) else {
+        return false;
+    };
+    // The quiet point first, and only then our own lock: hooks that hold an operation may take READINGS.
+    let Some(_quiet) = quiet(wait) else {
+        return true;
+    };
     let mut readings = READINGS.lock();
     let r = &mut readings[i];
     if r.handle == 0 {
-        let Some(uuid) = state::devices().and_then(|d| d.uuids.get(i).cloned()) else { return false };
         r.handle = nvml.device(&uuid).unwrap_or(0);
     }
     if r.handle == 0 {
         return false;
     }
     crate::hooks::pool::refresh(dev);
-    let Some(quiet) = quiet_point(own) else { return true };
     let before = counted(ledger.snapshot());
     let used = nvml.used_by(r.handle, std::process::id());
-    let after = counted(ledger.snapshot());
     LAST_READING_NS[i].store(monotonic_ns(), Ordering::Relaxed);
+    LAST_COUNTED[i].store(before, Ordering::Relaxed);
     let Some(used) = used else { return false };
-    if before != after || quiet_point(own) != Some(quiet) || !WATCHED[i].load(Ordering::Relaxed) {
+    if !WATCHED[i].load(Ordering::Relaxed) {
         return true;
     }
     let measured = used.saturating_sub(before);
@@ -208,23 +277,41 @@ pub fn measure(dev: i32, own: u64) -> bool {
     true
 }
 
-/// Called by the cap check (inside one in-flight operation, the caller's) before an allocation that
-/// leaves less than [`NEAR_CAP`] of headroom.
+/// Called by an allocating hook, before its own operation starts, when the allocation would leave less
+/// than [`NEAR_CAP`] of headroom.
 pub fn measure_if_stale(dev: i32) {
-    let Some(last) = usize::try_from(dev).ok().and_then(|d| LAST_READING_NS.get(d)) else { return };
+    let Some(last) = usize::try_from(dev)
+        .ok()
+        .and_then(|d| LAST_READING_NS.get(d))
+    else {
+        return;
+    };
     if monotonic_ns().saturating_sub(last.load(Ordering::Relaxed)) > FRESH {
-        measure(dev, 1);
+        measure(dev, true);
     }
+}
+
+/// Whether the background thread should read `dev` now: our count moved since the last reading, or the
+/// last one is older than [`IDLE_PERIOD`]. A process that allocates nothing is left alone.
+fn due(dev: usize) -> bool {
+    let Some(ledger) = LEDGER.device(dev as i32) else {
+        return false;
+    };
+    counted(ledger.snapshot()) != LAST_COUNTED[dev].load(Ordering::Relaxed)
+        || monotonic_ns().saturating_sub(LAST_READING_NS[dev].load(Ordering::Relaxed)) > IDLE_PERIOD
 }
 
 fn run(pid: i32) {
     let mut misses = 0u32;
     while std::process::id() as i32 == pid {
-        for dev in 0..MAX_DEVICES {
-            if WATCHED[dev].load(Ordering::Relaxed) && !measure(dev as i32, 0) {
+        for (dev, watched) in WATCHED.iter().enumerate() {
+            if watched.load(Ordering::Relaxed) && due(dev) && !measure(dev as i32, false) {
                 misses += 1;
                 if misses == 25 && nvml().is_some() {
-                    vlog!(Info, "NVML does not list PID {pid}; context memory stays at the estimate");
+                    vlog!(
+                        Info,
+                        "NVML does not list PID {pid}; context memory stays at the estimate"
+                    );
                 }
             }
         }

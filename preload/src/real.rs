@@ -98,7 +98,8 @@ fn loader_error() -> String {
 /// Whether `handle` is a library whose symbols we wrap: its file name begins `libcuda.` or `libnvidia-ml.`,
 /// or it is the configured real driver. Uses `dlinfo`, which neither allocates nor calls `dlsym`.
 pub fn is_driver_handle(handle: *mut c_void) -> bool {
-    if handle == CUDA_HANDLE.load(Ordering::Relaxed) || handle == NVML_HANDLE.load(Ordering::Relaxed)
+    if handle == CUDA_HANDLE.load(Ordering::Relaxed)
+        || handle == NVML_HANDLE.load(Ordering::Relaxed)
     {
         return !handle.is_null();
     }

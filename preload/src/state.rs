@@ -73,7 +73,10 @@ pub fn start() -> Phase {
             Phase::Ready
         }
         Err(e) => {
-            vlog!(Error, "{e}; refusing CUDA initialisation so that nothing runs uncapped");
+            vlog!(
+                Error,
+                "{e}; refusing CUDA initialisation so that nothing runs uncapped"
+            );
             resolve_driver(None);
             Phase::Refusing
         }
@@ -110,7 +113,9 @@ pub fn real_pointer(slot: &AtomicPtr<c_void>, lib: Lib, name: &str) -> Option<*m
     if p.is_null() && lib == Lib::Nvml {
         let handle = real::nvml_handle();
         if !handle.is_null() {
-            let entry = ENTRIES.iter().find(|e| e.name.to_bytes() == name.as_bytes())?;
+            let entry = ENTRIES
+                .iter()
+                .find(|e| e.name.to_bytes() == name.as_bytes())?;
             p = real::lookup(handle, entry.name);
             slot.store(p, Ordering::Release);
         }
@@ -162,7 +167,9 @@ pub fn devices() -> Option<&'static Devices> {
     let d = crate::driver::discover_devices()?;
     let config = config()?;
     for (ordinal, uuid) in d.uuids.iter().enumerate() {
-        let Some(ledger) = LEDGER.device(ordinal as i32) else { break };
+        let Some(ledger) = LEDGER.device(ordinal as i32) else {
+            break;
+        };
         let cap = config
             .limit
             .for_device(ordinal as u32, uuid)
@@ -170,7 +177,11 @@ pub fn devices() -> Option<&'static Devices> {
             .unwrap_or(UNCAPPED);
         ledger.set_cap(cap);
         if cap != UNCAPPED {
-            vlog!(Info, "device {ordinal} ({uuid}): cap {}", core_lib::size::human(cap));
+            vlog!(
+                Info,
+                "device {ordinal} ({uuid}): cap {}",
+                core_lib::size::human(cap)
+            );
         }
     }
     if d.uuids.len() > MAX_DEVICES {
@@ -189,7 +200,10 @@ fn warn_unmatched_keys(config: &Config, d: &Devices) {
                 DeviceKey::Uuid(u) => d.ordinal_of_uuid(u).is_some(),
             };
             if !seen {
-                vlog!(Warn, "VRAMCAP_LIMIT names device {key:?}, which this process does not see");
+                vlog!(
+                    Warn,
+                    "VRAMCAP_LIMIT names device {key:?}, which this process does not see"
+                );
             }
         }
     }

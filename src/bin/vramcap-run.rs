@@ -29,7 +29,12 @@ struct Args {
     #[arg(long, allow_negative_numbers = true)]
     priority: Option<i32>,
     /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     command: Vec<OsString>,
 }
 
@@ -68,7 +73,10 @@ fn main() -> ExitCode {
         }
     } else if let Ok(inherited) = std::env::var(config::ENV_LIMIT) {
         if let Err(reason) = parse_limit(&inherited) {
-            return fail(2, format_args!("{}={inherited:?} is invalid: {reason}", config::ENV_LIMIT));
+            return fail(
+                2,
+                format_args!("{}={inherited:?} is invalid: {reason}", config::ENV_LIMIT),
+            );
         }
     }
     let library = match find_library() {
@@ -98,5 +106,8 @@ fn main() -> ExitCode {
         std::io::ErrorKind::NotFound => 127,
         _ => 126,
     };
-    fail(code, format_args!("cannot run {}: {error}", program.to_string_lossy()))
+    fail(
+        code,
+        format_args!("cannot run {}: {error}", program.to_string_lossy()),
+    )
 }

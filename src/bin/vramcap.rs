@@ -6,7 +6,11 @@ use vramcap::config::{parse_limit, Limit};
 use vramcap::size::human;
 
 #[derive(Parser, Debug)]
-#[command(name = "vramcap", version, about = "Hard per-process VRAM caps for shared GPUs")]
+#[command(
+    name = "vramcap",
+    version,
+    about = "Hard per-process VRAM caps for shared GPUs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

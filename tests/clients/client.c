@@ -153,7 +153,16 @@ static unsigned long long (*device_used)(int);
 static unsigned long long (*fake_calls)(const char *);
 static void *(*fake_symbol)(const char *);
 
-static unsigned long long used_now(void) { return device_used ? device_used(0) : 0; }
+/* What the device holds for us: the fake's own figure, or on the real driver our capped figure. */
+static unsigned long long used_now(void) { return device_used ? device_used(0) : charged(); }
+
+/* scripts/gpu-e2e.sh reads nvidia-smi while a client holds its memory. */
+static void hold_if_asked(void) {
+  const char *path = getenv("VRAMCAP_E2E_HOLD");
+  if (!path) return;
+  printf("HOLD pid=%d\n", getpid());
+  for (int i = 0; i < 6000 && access(path, F_OK) != 0; i++) usleep(20000);
+}
 
 /* Fill with 64 MiB allocations until refused. */
 static int scenario_cap(void) {
@@ -171,6 +180,7 @@ static int scenario_cap(void) {
   if (fake_calls) printf("driver_called_on_refusal=%llu\n", fake_calls("cuMemAlloc_v2") - calls_before_refusal);
   printf("device_used_at_cap=%llu\n", used_now());
   report_info();
+  hold_if_asked();
   for (int i = 0; i < n; i++) cu.free(p[i]);
   printf("charged_after_free=%llu\n", charged());
   /* The process keeps working after a refusal. */
@@ -215,6 +225,8 @@ static volatile int refusals, other_errors;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_barrier_t barrier;
 
+static int iterations = 400;
+
 static void *worker(void *arg) {
   unsigned seed = (unsigned)(size_t)arg;
   CUdeviceptr held[16];
@@ -222,7 +234,7 @@ static void *worker(void *arg) {
   cu.set_current(ctx);
   pthread_barrier_wait(&barrier);
   /* Everyone fills up at once, so the threads really compete for the cap, then churns. */
-  for (int i = 0; i < 400; i++) {
+  for (int i = 0; i < iterations; i++) {
     if (i == 8) pthread_barrier_wait(&barrier);
     size_t size = ((rand_r(&seed) % 6) + 1) * MIB + (rand_r(&seed) % 3 ? 0 : 12345);
     CUdeviceptr p;
@@ -437,7 +449,10 @@ int main(int argc, char **argv) {
   if (!strcmp(s, "cap")) return scenario_cap();
   if (!strcmp(s, "rounding")) return scenario_rounding();
   if (!strcmp(s, "unknown_free")) return scenario_unknown_free();
-  if (!strcmp(s, "threads")) return scenario_threads(argc > 3 ? atoi(argv[3]) : 32);
+  if (!strcmp(s, "threads")) {
+    if (argc > 4) iterations = atoi(argv[4]);
+    return scenario_threads(argc > 3 ? atoi(argv[3]) : 32);
+  }
   if (!strcmp(s, "kinds")) return scenario_kinds();
   if (!strcmp(s, "nvml")) return scenario_nvml();
   if (!strcmp(s, "ctx")) return scenario_ctx();

@@ -28,7 +28,9 @@ fn target_dir() -> PathBuf {
 }
 
 fn check(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}{}",
@@ -41,7 +43,14 @@ pub fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        check(Command::new(cargo).args(["build", "-q", "-p", "vramcap-preload", "-p", "fake-cuda"]));
+        check(Command::new(cargo).args([
+            "build",
+            "-q",
+            "-p",
+            "vramcap-preload",
+            "-p",
+            "fake-cuda",
+        ]));
         let out = target_dir().join("debug");
         let dir = target_dir().join("vramcap-tests");
         std::fs::create_dir_all(&dir).unwrap();
@@ -71,8 +80,12 @@ pub fn env() -> &'static Env {
         );
         Env {
             preload: out.join("libvramcap.so"),
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_vramcap-run")).parent().unwrap().to_path_buf(),
-            table: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-driver/proc-address-table.txt"),
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_vramcap-run"))
+                .parent()
+                .unwrap()
+                .to_path_buf(),
+            table: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fake-driver/proc-address-table.txt"),
             client,
             nextlib,
             dir,
@@ -91,13 +104,23 @@ pub struct Run {
 impl Run {
     pub fn get(&self, key: &str) -> u64 {
         let v = self.values.get(key).unwrap_or_else(|| {
-            panic!("client printed no {key} (exit {:?}):\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr)
+            panic!(
+                "client printed no {key} (exit {:?}):\n{}\nstderr:\n{}",
+                self.code, self.stdout, self.stderr
+            )
         });
-        v.split_whitespace().next().unwrap().parse().unwrap_or_else(|_| panic!("{key}={v} is not a number"))
+        v.split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v} is not a number"))
     }
 
     pub fn int(&self, key: &str) -> i64 {
-        let v = self.values.get(key).unwrap_or_else(|| panic!("client printed no {key}:\n{}", self.stdout));
+        let v = self
+            .values
+            .get(key)
+            .unwrap_or_else(|| panic!("client printed no {key}:\n{}", self.stdout));
         v.split_whitespace().next().unwrap().parse().unwrap()
     }
 }
@@ -107,13 +130,21 @@ pub fn client(path: &str, args: &[&str], vars: &[(&str, &str)]) -> Run {
     client_with_preload(path, args, vars, None)
 }
 
-pub fn client_with_preload(path: &str, args: &[&str], vars: &[(&str, &str)], preload: Option<String>) -> Run {
+pub fn client_with_preload(
+    path: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+    preload: Option<String>,
+) -> Run {
     let e = env();
     let mut cmd = Command::new(&e.client);
     cmd.arg(path)
         .args(args)
         .env("LD_LIBRARY_PATH", &e.dir)
-        .env("LD_PRELOAD", preload.unwrap_or_else(|| e.preload.display().to_string()))
+        .env(
+            "LD_PRELOAD",
+            preload.unwrap_or_else(|| e.preload.display().to_string()),
+        )
         .env("VRAMCAP_CONTEXT_BYTES", CONTEXT.to_string())
         .env("FAKECUDA_CONTEXT_BYTES", CONTEXT.to_string())
         .env_remove("VRAMCAP_LIMIT")
@@ -129,7 +160,12 @@ pub fn client_with_preload(path: &str, args: &[&str], vars: &[(&str, &str)], pre
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Run { values, stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned(), code: out.status.code() }
+    Run {
+        values,
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    }
 }
 
 pub const PATHS: [&str; 3] = ["link", "dlsym", "gpa"];

@@ -15,7 +15,8 @@ use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 type Alloc = unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult;
-type AllocPitch = unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult;
+type AllocPitch =
+    unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult;
 type AllocManaged = unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUresult;
 type Free = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
 
@@ -28,7 +29,6 @@ fn charged_alloc(
     call: impl FnOnce() -> CUresult,
     actual: impl FnOnce() -> Charge,
 ) -> CUresult {
-    let _op = crate::overhead::in_flight();
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
@@ -36,6 +36,8 @@ fn charged_alloc(
     let Some(dev) = driver::current_device() else {
         return call();
     };
+    enforce::prepare(dev, requested);
+    let _op = crate::overhead::in_flight();
     let reservation = match enforce::reserve(dev, estimate) {
         Ok(r) => r,
         Err(code) => return code,
@@ -124,7 +126,9 @@ pub fn mem_alloc_managed(
 
 /// Gives back what a freed pointer was charged.
 pub fn release(record: PtrRecord) {
-    let Some(ledger) = crate::state::LEDGER.device(record.dev) else { return };
+    let Some(ledger) = crate::state::LEDGER.device(record.dev) else {
+        return;
+    };
     match record.backing {
         Backing::Own(charge) => ledger.release(charge, record.requested),
         Backing::Pool(pool) => {
@@ -159,12 +163,19 @@ static LEGACY_WARNED: AtomicBool = AtomicBool::new(false);
 
 fn refuse_legacy(name: &str) -> CUresult {
     if !LEGACY_WARNED.swap(true, Ordering::Relaxed) {
-        vlog!(Error, "{name} (the 32-bit ABI of CUDA 3.1) is refused under vramcap: it cannot be counted");
+        vlog!(
+            Error,
+            "{name} (the 32-bit ABI of CUDA 3.1) is refused under vramcap: it cannot be counted"
+        );
     }
     CUDA_ERROR_NOT_SUPPORTED
 }
 
-pub fn legacy_alloc(_real: unsafe extern "C" fn(*mut u32, c_uint) -> CUresult, _: *mut u32, _: c_uint) -> CUresult {
+pub fn legacy_alloc(
+    _real: unsafe extern "C" fn(*mut u32, c_uint) -> CUresult,
+    _: *mut u32,
+    _: c_uint,
+) -> CUresult {
     refuse_legacy("cuMemAlloc")
 }
 

@@ -25,11 +25,10 @@ struct ArrayRecord {
 static ARRAYS: Tracker<ArrayRecord> = Tracker::new();
 
 fn estimate(width: usize, height: usize, depth: usize, format: i32, channels: u32) -> u64 {
-    [width, height.max(1), depth.max(1)]
-        .iter()
-        .fold(array_element_bytes(format) * u64::from(channels.max(1)), |acc, &d| {
-            acc.saturating_mul(d as u64)
-        })
+    [width, height.max(1), depth.max(1)].iter().fold(
+        array_element_bytes(format) * u64::from(channels.max(1)),
+        |acc, &d| acc.saturating_mul(d as u64),
+    )
 }
 
 fn charged_create(
@@ -38,11 +37,14 @@ fn charged_create(
     mipmapped: bool,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    let _op = crate::overhead::in_flight();
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
-    let Some(dev) = driver::current_device() else { return call() };
+    let Some(dev) = driver::current_device() else {
+        return call();
+    };
+    enforce::prepare(dev, bytes);
+    let _op = crate::overhead::in_flight();
     let reservation = match enforce::reserve(dev, Charge::pages(bytes)) {
         Ok(r) => r,
         Err(code) => return code,
@@ -52,7 +54,14 @@ fn charged_create(
         if let Some(array) = read_out(handle) {
             let real = driver::array_size(array, dev, mipmapped).unwrap_or(bytes);
             let charge = reservation.commit_as(Charge::pages(real), real);
-            ARRAYS.insert(array as u64, ArrayRecord { dev, charge, requested: real });
+            ARRAYS.insert(
+                array as u64,
+                ArrayRecord {
+                    dev,
+                    charge,
+                    requested: real,
+                },
+            );
         }
     }
     r
@@ -65,8 +74,15 @@ pub fn array_create(
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(array, desc) };
-    let Some(d) = read_out(desc) else { return pass() };
-    charged_create(array, estimate(d.Width, d.Height, 1, d.Format, d.NumChannels), false, pass)
+    let Some(d) = read_out(desc) else {
+        return pass();
+    };
+    charged_create(
+        array,
+        estimate(d.Width, d.Height, 1, d.Format, d.NumChannels),
+        false,
+        pass,
+    )
 }
 
 pub fn array3d_create(
@@ -76,22 +92,35 @@ pub fn array3d_create(
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(array, desc) };
-    let Some(d) = read_out(desc) else { return pass() };
+    let Some(d) = read_out(desc) else {
+        return pass();
+    };
     if d.Flags & (CUDA_ARRAY3D_SPARSE | CUDA_ARRAY3D_DEFERRED_MAPPING) != 0 {
         return pass();
     }
-    charged_create(array, estimate(d.Width, d.Height, d.Depth, d.Format, d.NumChannels), false, pass)
+    charged_create(
+        array,
+        estimate(d.Width, d.Height, d.Depth, d.Format, d.NumChannels),
+        false,
+        pass,
+    )
 }
 
 pub fn mipmapped_create(
-    real: unsafe extern "C" fn(*mut CUmipmappedArray, *const CUDA_ARRAY3D_DESCRIPTOR, c_uint) -> CUresult,
+    real: unsafe extern "C" fn(
+        *mut CUmipmappedArray,
+        *const CUDA_ARRAY3D_DESCRIPTOR,
+        c_uint,
+    ) -> CUresult,
     array: *mut CUmipmappedArray,
     desc: *const CUDA_ARRAY3D_DESCRIPTOR,
     levels: c_uint,
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(array, desc, levels) };
-    let Some(d) = read_out(desc) else { return pass() };
+    let Some(d) = read_out(desc) else {
+        return pass();
+    };
     if d.Flags & (CUDA_ARRAY3D_SPARSE | CUDA_ARRAY3D_DEFERRED_MAPPING) != 0 {
         return pass();
     }

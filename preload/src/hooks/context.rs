@@ -20,8 +20,12 @@ struct DeviceContexts {
     created: u32,
 }
 
-static CONTEXTS: Mutex<[DeviceContexts; MAX_DEVICES]> =
-    Mutex::new([DeviceContexts { primary_refs: 0, created: 0 }; MAX_DEVICES]);
+static CONTEXTS: Mutex<[DeviceContexts; MAX_DEVICES]> = Mutex::new(
+    [DeviceContexts {
+        primary_refs: 0,
+        created: 0,
+    }; MAX_DEVICES],
+);
 /// Contexts made with cuCtxCreate, and their devices.
 static CREATED: Mutex<Vec<(usize, CUdevice)>> = Mutex::new(Vec::new());
 
@@ -41,7 +45,10 @@ fn create(dev: CUdevice, primary: bool, call: impl FnOnce() -> CUresult) -> CUre
         c.primary_refs == 0 && c.created == 0
     };
     let estimate = state::config().map_or(0, |c| c.context_estimate);
-    let charged = first && LEDGER.device(dev).is_some_and(|l| l.snapshot().context == 0);
+    let charged = first
+        && LEDGER
+            .device(dev)
+            .is_some_and(|l| l.snapshot().context == 0);
     if charged {
         if let Err(code) = enforce::reserve_context(dev, estimate) {
             return code;
@@ -97,7 +104,10 @@ pub fn primary_retain(
     create(dev, true, || unsafe { real(ctx, dev) })
 }
 
-pub fn primary_release(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
+pub fn primary_release(
+    real: unsafe extern "C" fn(CUdevice) -> CUresult,
+    dev: CUdevice,
+) -> CUresult {
     let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(dev) };
@@ -146,7 +156,9 @@ pub fn ctx_create_v3(
     dev: CUdevice,
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
-    let r = create(dev, false, || unsafe { real(ctx, params, nparams, flags, dev) });
+    let r = create(dev, false, || unsafe {
+        real(ctx, params, nparams, flags, dev)
+    });
     remember(ctx, dev, r)
 }
 

@@ -92,9 +92,19 @@ pub fn nvml_memory_info(
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(device, memory) };
     if r == NVML_SUCCESS {
-        if let (Some(usage), Some(m)) = (nvml_ordinal(device).and_then(capped_usage), read_out(memory)) {
+        if let (Some(usage), Some(m)) = (
+            nvml_ordinal(device).and_then(capped_usage),
+            read_out(memory),
+        ) {
             let (free, total) = capped(&usage, m.free);
-            write_out(memory, nvmlMemory_t { total, free, used: usage.charged });
+            write_out(
+                memory,
+                nvmlMemory_t {
+                    total,
+                    free,
+                    used: usage.charged,
+                },
+            );
         }
     }
     r
@@ -108,9 +118,21 @@ pub fn nvml_memory_info_v2(
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(device, memory) };
     if r == NVML_SUCCESS {
-        if let (Some(usage), Some(m)) = (nvml_ordinal(device).and_then(capped_usage), read_out(memory)) {
+        if let (Some(usage), Some(m)) = (
+            nvml_ordinal(device).and_then(capped_usage),
+            read_out(memory),
+        ) {
             let (free, total) = capped(&usage, m.free);
-            write_out(memory, nvmlMemory_v2_t { total, free, used: usage.charged, reserved: 0, ..m });
+            write_out(
+                memory,
+                nvmlMemory_v2_t {
+                    total,
+                    free,
+                    used: usage.charged,
+                    reserved: 0,
+                    ..m
+                },
+            );
         }
     }
     r

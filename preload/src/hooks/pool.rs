@@ -38,7 +38,11 @@ fn find(pools: &mut Vec<PoolCharge>, pool: usize, dev: CUdevice) -> &mut PoolCha
     let i = match pools.iter().position(|p| p.pool == pool) {
         Some(i) => i,
         None => {
-            pools.push(PoolCharge { pool, dev, charged: 0 });
+            pools.push(PoolCharge {
+                pool,
+                dev,
+                charged: 0,
+            });
             pools.len() - 1
         }
     };
@@ -47,8 +51,12 @@ fn find(pools: &mut Vec<PoolCharge>, pool: usize, dev: CUdevice) -> &mut PoolCha
 
 /// Brings the charge of one pool to what the driver says it reserves now.
 fn resync(entry: &mut PoolCharge) {
-    let Some((reserved, _)) = driver::pool_usage(entry.pool as CUmemoryPool) else { return };
-    let Some(ledger) = LEDGER.device(entry.dev) else { return };
+    let Some((reserved, _)) = driver::pool_usage(entry.pool as CUmemoryPool) else {
+        return;
+    };
+    let Some(ledger) = LEDGER.device(entry.dev) else {
+        return;
+    };
     if reserved > entry.charged {
         ledger.force(reserved - entry.charged);
     } else {
@@ -92,6 +100,7 @@ fn pooled_alloc(
     pool: CUmemoryPool,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
+    enforce::prepare(dev, bytes as u64);
     let _op = crate::overhead::in_flight();
     let mut pools = POOLS.lock();
     resync_device(&mut pools, dev);
@@ -116,7 +125,12 @@ fn pooled_alloc(
         POOL_STEP.fetch_max(grew, Ordering::Relaxed);
         if let (Some(ledger), Some(ptr)) = (LEDGER.device(dev), read_out(dptr)) {
             let over = ledger.cap().is_some_and(|cap| {
-                ledger.snapshot().charged.saturating_sub(need).saturating_add(grew) > cap
+                ledger
+                    .snapshot()
+                    .charged
+                    .saturating_sub(need)
+                    .saturating_add(grew)
+                    > cap
             });
             if over {
                 undo(ptr, pool, reserved);
@@ -132,7 +146,9 @@ fn pooled_alloc(
     resync(entry);
     drop(reservation);
     if let Some(ledger) = LEDGER.device(dev) {
-        let _ = ledger.reserve_uncapped(Charge::Pages(0)).commit(bytes as u64);
+        let _ = ledger
+            .reserve_uncapped(Charge::Pages(0))
+            .commit(bytes as u64);
     }
     if let Some(ptr) = read_out(dptr) {
         PTRS.insert(
@@ -171,17 +187,27 @@ fn undo(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_before: u64) {
 }
 
 type AllocAsync = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
-type AllocFromPool = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
+type AllocFromPool =
+    unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
 type FreeAsync = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
 
-pub fn alloc_async(real: AllocAsync, dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult {
-    // SAFETY (both closures below): the caller's own call, passed on.
+pub fn alloc_async(
+    real: AllocAsync,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(dptr, bytes, stream) };
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
-    let Some(dev) = driver::stream_device(stream) else { return pass() };
-    let Some(pool) = driver::current_pool(dev) else { return pass() };
+    let Some(dev) = driver::stream_device(stream) else {
+        return pass();
+    };
+    let Some(pool) = driver::current_pool(dev) else {
+        return pass();
+    };
     pooled_alloc(dptr, bytes, dev, pool, pass)
 }
 
@@ -197,8 +223,14 @@ pub fn alloc_from_pool_async(
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
-    let known = POOLS.lock().iter().find(|p| p.pool == pool as usize).map(|p| p.dev);
-    let Some(dev) = known.or_else(|| driver::stream_device(stream)) else { return pass() };
+    let known = POOLS
+        .lock()
+        .iter()
+        .find(|p| p.pool == pool as usize)
+        .map(|p| p.dev);
+    let Some(dev) = known.or_else(|| driver::stream_device(stream)) else {
+        return pass();
+    };
     pooled_alloc(dptr, bytes, dev, pool, pass)
 }
 
@@ -209,7 +241,11 @@ pub fn free_async(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresu
 
 type PoolCreate = unsafe extern "C" fn(*mut CUmemoryPool, *const CUmemPoolProps) -> CUresult;
 
-pub fn pool_create(real: PoolCreate, pool: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CUresult {
+pub fn pool_create(
+    real: PoolCreate,
+    pool: *mut CUmemoryPool,
+    props: *const CUmemPoolProps,
+) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(pool, props) };
     if r == CUDA_SUCCESS {
@@ -223,7 +259,10 @@ pub fn pool_create(real: PoolCreate, pool: *mut CUmemoryPool, props: *const CUme
     r
 }
 
-pub fn pool_destroy(real: unsafe extern "C" fn(CUmemoryPool) -> CUresult, pool: CUmemoryPool) -> CUresult {
+pub fn pool_destroy(
+    real: unsafe extern "C" fn(CUmemoryPool) -> CUresult,
+    pool: CUmemoryPool,
+) -> CUresult {
     let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(pool) };

@@ -44,8 +44,12 @@ fn adjust(handle: u64, change: impl FnOnce(&mut HandleRecord)) {
     }
 }
 
-type Create =
-    unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, usize, *const CUmemAllocationProp, u64) -> CUresult;
+type Create = unsafe extern "C" fn(
+    *mut CUmemGenericAllocationHandle,
+    usize,
+    *const CUmemAllocationProp,
+    u64,
+) -> CUresult;
 
 pub fn mem_create(
     real: Create,
@@ -54,15 +58,18 @@ pub fn mem_create(
     prop: *const CUmemAllocationProp,
     flags: u64,
 ) -> CUresult {
-    let _op = crate::overhead::in_flight();
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(handle, size, prop, flags) };
-    let Some(props) = read_out(prop) else { return pass() };
+    let Some(props) = read_out(prop) else {
+        return pass();
+    };
     if props.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE || size == 0 {
         return pass();
     }
     // Charged to the device named in the properties, whichever context is current.
     let dev = props.location.id;
+    enforce::prepare(dev, size as u64);
+    let _op = crate::overhead::in_flight();
     let charge = Charge::pages(size as u64);
     let reservation = match enforce::reserve(dev, charge) {
         Ok(r) => r,
@@ -72,7 +79,16 @@ pub fn mem_create(
     if r == CUDA_SUCCESS {
         if let Some(h) = read_out(handle) {
             let charge = reservation.commit(size as u64);
-            HANDLES.insert(h, HandleRecord { dev, charge, requested: size as u64, refs: 1, maps: 0 });
+            HANDLES.insert(
+                h,
+                HandleRecord {
+                    dev,
+                    charge,
+                    requested: size as u64,
+                    refs: 1,
+                    maps: 0,
+                },
+            );
         }
     }
     r
@@ -91,7 +107,8 @@ pub fn mem_release(
     r
 }
 
-type Map = unsafe extern "C" fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64) -> CUresult;
+type Map =
+    unsafe extern "C" fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64) -> CUresult;
 
 pub fn mem_map(
     real: Map,
@@ -152,5 +169,7 @@ pub fn retain_handle(
 /// Forgets the handles and mappings of a device whose last context is gone.
 pub fn forget_device(dev: CUdevice) {
     HANDLES.remove_where(|h| h.dev == dev);
-    MAPPINGS.lock().retain(|_, (_, h)| HANDLES.get(*h).is_some());
+    MAPPINGS
+        .lock()
+        .retain(|_, (_, h)| HANDLES.get(*h).is_some());
 }

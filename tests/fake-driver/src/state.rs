@@ -20,7 +20,9 @@ const PAGE: u64 = 2 << 20;
 const MIB: u64 = 1 << 20;
 
 fn env_bytes(var: &str, default: u64) -> u64 {
-    let Ok(v) = std::env::var(var) else { return default };
+    let Ok(v) = std::env::var(var) else {
+        return default;
+    };
     let v = v.trim();
     let (num, mult) = match v.chars().last() {
         Some('K') => (&v[..v.len() - 1], 1 << 10),
@@ -93,7 +95,15 @@ fn fake() -> parking_lot::MutexGuard<'static, Fake> {
         let n = env_bytes("FAKECUDA_DEVICES", 1).clamp(1, 8) as usize;
         let mut pools = HashMap::new();
         for dev in 0..n {
-            pools.insert(default_pool(dev), Pool { dev, reserved: 0, used: 0, threshold: 0 });
+            pools.insert(
+                default_pool(dev),
+                Pool {
+                    dev,
+                    reserved: 0,
+                    used: 0,
+                    threshold: 0,
+                },
+            );
         }
         Mutex::new(Fake {
             total: env_bytes("FAKECUDA_MEM", 4 << 30),
@@ -179,16 +189,27 @@ impl Fake {
             self.devices[dev].packed += slot;
         }
         let va = self.va(size);
-        let kind = Kind::Own { charge: packed.unwrap_or(charge), packed: packed.is_some() };
+        let kind = Kind::Own {
+            charge: packed.unwrap_or(charge),
+            packed: packed.is_some(),
+        };
         self.allocs.insert(va, Alloc { dev, kind, size });
         Ok(va)
     }
 
     fn free(&mut self, ptr: u64) -> CUresult {
-        let Some(a) = self.allocs.remove(&ptr) else { return INVALID_VALUE };
+        let Some(a) = self.allocs.remove(&ptr) else {
+            return INVALID_VALUE;
+        };
         match a.kind {
-            Kind::Own { charge, packed: false } => self.give(a.dev, charge),
-            Kind::Own { charge: slot, packed: true } => {
+            Kind::Own {
+                charge,
+                packed: false,
+            } => self.give(a.dev, charge),
+            Kind::Own {
+                charge: slot,
+                packed: true,
+            } => {
                 let d = &mut self.devices[a.dev];
                 let before = chunks(d.packed);
                 d.packed -= slot;
@@ -208,14 +229,26 @@ impl Fake {
         let need = size.div_ceil(PAGE) * PAGE;
         let (dev, grow) = {
             let p = self.pools.get(&pool).ok_or(INVALID_VALUE)?;
-            (p.dev, need.saturating_sub(p.reserved - p.used).div_ceil(self.pool_step) * self.pool_step)
+            (
+                p.dev,
+                need.saturating_sub(p.reserved - p.used)
+                    .div_ceil(self.pool_step)
+                    * self.pool_step,
+            )
         };
         self.take(dev, grow)?;
         let p = self.pools.get_mut(&pool).ok_or(INVALID_VALUE)?;
         p.reserved += grow;
         p.used += need;
         let va = self.va(size);
-        self.allocs.insert(va, Alloc { dev, kind: Kind::Pool(pool), size });
+        self.allocs.insert(
+            va,
+            Alloc {
+                dev,
+                kind: Kind::Pool(pool),
+                size,
+            },
+        );
         Ok(va)
     }
 
@@ -311,9 +344,21 @@ pub unsafe extern "C" fn fakecuda_symbol(name: *const c_char) -> *mut c_void {
         let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
         unsafe { libc::dladdr(fakecuda_symbol as *const c_void, &mut info) };
         let handle = unsafe { libc::dlopen(info.dli_fname, libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
-        let dlsym = unsafe { libc::dlvsym(libc::RTLD_DEFAULT, c"dlsym".as_ptr(), c"GLIBC_2.34".as_ptr()) };
+        let dlsym = unsafe {
+            libc::dlvsym(
+                libc::RTLD_DEFAULT,
+                c"dlsym".as_ptr(),
+                c"GLIBC_2.34".as_ptr(),
+            )
+        };
         let dlsym = if dlsym.is_null() {
-            unsafe { libc::dlvsym(libc::RTLD_DEFAULT, c"dlsym".as_ptr(), c"GLIBC_2.2.5".as_ptr()) }
+            unsafe {
+                libc::dlvsym(
+                    libc::RTLD_DEFAULT,
+                    c"dlsym".as_ptr(),
+                    c"GLIBC_2.2.5".as_ptr(),
+                )
+            }
         } else {
             dlsym
         };
@@ -341,7 +386,9 @@ pub unsafe extern "C" fn cuDriverGetVersion(v: *mut i32) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetCount(n: *mut i32) -> CUresult {
-    call("cuDeviceGetCount", |s| unsafe { out(n, s.devices.len() as i32) })
+    call("cuDeviceGetCount", |s| unsafe {
+        out(n, s.devices.len() as i32)
+    })
 }
 
 #[no_mangle]
@@ -389,7 +436,9 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: i32) -> CUr
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut usize, dev: i32) -> CUresult {
     call("cuDevicePrimaryCtxRetain", |s| {
-        let Some(d) = dev_ok(s, dev) else { return INVALID_DEVICE };
+        let Some(d) = dev_ok(s, dev) else {
+            return INVALID_DEVICE;
+        };
         if let Err(e) = s.create_context(d) {
             return e;
         }
@@ -401,7 +450,9 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut usize, dev: i32) -> 
 
 fn primary_release(name: &str, dev: i32, reset: bool) -> CUresult {
     call(name, |s| {
-        let Some(d) = dev_ok(s, dev) else { return INVALID_DEVICE };
+        let Some(d) = dev_ok(s, dev) else {
+            return INVALID_DEVICE;
+        };
         let refs = &mut s.devices[d].primary_refs;
         if *refs == 0 && !reset {
             return INVALID_CONTEXT;
@@ -434,7 +485,9 @@ pub extern "C" fn cuDevicePrimaryCtxReset(dev: i32) -> CUresult {
 
 fn ctx_create(name: &str, ctx: *mut usize, dev: i32) -> CUresult {
     call(name, |s| {
-        let Some(d) = dev_ok(s, dev) else { return INVALID_DEVICE };
+        let Some(d) = dev_ok(s, dev) else {
+            return INVALID_DEVICE;
+        };
         if let Err(e) = s.create_context(d) {
             return e;
         }
@@ -457,12 +510,23 @@ pub unsafe extern "C" fn cuCtxCreate(ctx: *mut usize, _flags: c_uint, dev: i32) 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxCreate_v3(ctx: *mut usize, _p: *mut c_void, _n: i32, _f: c_uint, dev: i32) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v3(
+    ctx: *mut usize,
+    _p: *mut c_void,
+    _n: i32,
+    _f: c_uint,
+    dev: i32,
+) -> CUresult {
     ctx_create("cuCtxCreate_v3", ctx, dev)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxCreate_v4(ctx: *mut usize, _p: *mut c_void, _f: c_uint, dev: i32) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v4(
+    ctx: *mut usize,
+    _p: *mut c_void,
+    _f: c_uint,
+    dev: i32,
+) -> CUresult {
     ctx_create("cuCtxCreate_v4", ctx, dev)
 }
 
@@ -471,7 +535,9 @@ fn ctx_destroy(name: &str, ctx: usize) -> CUresult {
         if ctx < 0x2000 {
             return INVALID_CONTEXT;
         }
-        let Some(d) = s.contexts.remove(&ctx) else { return INVALID_CONTEXT };
+        let Some(d) = s.contexts.remove(&ctx) else {
+            return INVALID_CONTEXT;
+        };
         s.devices[d].contexts = s.devices[d].contexts.saturating_sub(1);
         s.drop_context(d);
         CURRENT.with(|c| {
@@ -511,6 +577,9 @@ pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut usize) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut i32) -> CUresult {
+    if bench_mode() {
+        return unsafe { out(dev, 0) };
+    }
     call("cuCtxGetDevice", |s| match s.current_dev() {
         Some(d) => unsafe { out(dev, d as i32) },
         None => INVALID_CONTEXT,
@@ -543,7 +612,9 @@ pub extern "C" fn cuStreamSynchronize(_stream: *mut c_void) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     call("cuMemGetInfo_v2", |s| {
-        let Some(d) = s.current_dev() else { return INVALID_CONTEXT };
+        let Some(d) = s.current_dev() else {
+            return INVALID_CONTEXT;
+        };
         unsafe {
             out(free, (s.total - s.devices[d].used) as usize);
             out(total, s.total as usize)
@@ -556,7 +627,9 @@ fn alloc_current(name: &str, dptr: *mut u64, size: u64) -> CUresult {
         if dptr.is_null() {
             return INVALID_VALUE;
         }
-        let Some(d) = s.current_dev() else { return INVALID_CONTEXT };
+        let Some(d) = s.current_dev() else {
+            return INVALID_CONTEXT;
+        };
         match s.alloc(d, size) {
             Ok(va) => unsafe { out(dptr, va) },
             Err(e) => e,
@@ -564,8 +637,21 @@ fn alloc_current(name: &str, dptr: *mut u64, size: u64) -> CUresult {
     })
 }
 
+/// `FAKECUDA_BENCH=1`: allocation, free and current-device calls answer at once, without bookkeeping or
+/// locks, so that a benchmark of the hooks measures the hooks.
+fn bench_mode() -> bool {
+    static BENCH: OnceLock<bool> = OnceLock::new();
+    *BENCH.get_or_init(|| std::env::var_os("FAKECUDA_BENCH").is_some_and(|v| v == "1"))
+}
+
+static BENCH_VA: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x7e00_0000_0000);
+
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut u64, size: usize) -> CUresult {
+    if bench_mode() {
+        let va = BENCH_VA.fetch_add(size as u64 + 4096, std::sync::atomic::Ordering::Relaxed);
+        return unsafe { out(dptr, va) };
+    }
     alloc_current("cuMemAlloc_v2", dptr, size as u64)
 }
 
@@ -576,7 +662,13 @@ pub unsafe extern "C" fn cuMemAlloc(_dptr: *mut u32, _size: c_uint) -> CUresult 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocPitch(_d: *mut u32, _p: *mut c_uint, _w: c_uint, _h: c_uint, _e: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocPitch(
+    _d: *mut u32,
+    _p: *mut c_uint,
+    _w: c_uint,
+    _h: c_uint,
+    _e: c_uint,
+) -> CUresult {
     fake().count("cuMemAllocPitch");
     NOT_SUPPORTED
 }
@@ -601,12 +693,19 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut u64, size: usize, _flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocManaged(
+    dptr: *mut u64,
+    size: usize,
+    _flags: c_uint,
+) -> CUresult {
     alloc_current("cuMemAllocManaged", dptr, size as u64)
 }
 
 #[no_mangle]
 pub extern "C" fn cuMemFree_v2(ptr: u64) -> CUresult {
+    if bench_mode() {
+        return OK;
+    }
     call("cuMemFree_v2", |s| s.free(ptr))
 }
 
@@ -645,17 +744,31 @@ pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut u64, size: usize, _s: *mut c
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocAsync_ptsz(dptr: *mut u64, size: usize, _s: *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
+    dptr: *mut u64,
+    size: usize,
+    _s: *mut c_void,
+) -> CUresult {
     alloc_async("cuMemAllocAsync_ptsz", dptr, size, None)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocFromPoolAsync(dptr: *mut u64, size: usize, pool: usize, _s: *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
+    dptr: *mut u64,
+    size: usize,
+    pool: usize,
+    _s: *mut c_void,
+) -> CUresult {
     alloc_async("cuMemAllocFromPoolAsync", dptr, size, Some(pool))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(dptr: *mut u64, size: usize, pool: usize, _s: *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
+    dptr: *mut u64,
+    size: usize,
+    pool: usize,
+    _s: *mut c_void,
+) -> CUresult {
     alloc_async("cuMemAllocFromPoolAsync_ptsz", dptr, size, Some(pool))
 }
 
@@ -681,11 +794,23 @@ pub struct PoolProps {
 #[no_mangle]
 pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut usize, props: *const PoolProps) -> CUresult {
     call("cuMemPoolCreate", |s| {
-        let Some(props) = (unsafe { props.as_ref() }) else { return INVALID_VALUE };
-        let Some(dev) = dev_ok(s, props.location_id) else { return INVALID_DEVICE };
+        let Some(props) = (unsafe { props.as_ref() }) else {
+            return INVALID_VALUE;
+        };
+        let Some(dev) = dev_ok(s, props.location_id) else {
+            return INVALID_DEVICE;
+        };
         let id = s.next_pool;
         s.next_pool += 1;
-        s.pools.insert(id, Pool { dev, reserved: 0, used: 0, threshold: 0 });
+        s.pools.insert(
+            id,
+            Pool {
+                dev,
+                reserved: 0,
+                used: 0,
+                threshold: 0,
+            },
+        );
         unsafe { out(pool, id) }
     })
 }
@@ -710,9 +835,15 @@ pub extern "C" fn cuMemPoolTrimTo(pool: usize, keep: usize) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemPoolGetAttribute(pool: usize, attr: i32, value: *mut u64) -> CUresult {
+pub unsafe extern "C" fn cuMemPoolGetAttribute(
+    pool: usize,
+    attr: i32,
+    value: *mut u64,
+) -> CUresult {
     call("cuMemPoolGetAttribute", |s| {
-        let Some(p) = s.pools.get(&pool) else { return INVALID_VALUE };
+        let Some(p) = s.pools.get(&pool) else {
+            return INVALID_VALUE;
+        };
         let v = match attr {
             4 => p.threshold,
             5 => p.reserved,
@@ -724,7 +855,11 @@ pub unsafe extern "C" fn cuMemPoolGetAttribute(pool: usize, attr: i32, value: *m
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemPoolSetAttribute(pool: usize, attr: i32, value: *const u64) -> CUresult {
+pub unsafe extern "C" fn cuMemPoolSetAttribute(
+    pool: usize,
+    attr: i32,
+    value: *const u64,
+) -> CUresult {
     call("cuMemPoolSetAttribute", |s| {
         let (Some(p), Some(v)) = (s.pools.get_mut(&pool), unsafe { value.as_ref() }) else {
             return INVALID_VALUE;
@@ -749,15 +884,26 @@ pub struct AllocationProp {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemGetAllocationGranularity(g: *mut usize, _p: *const AllocationProp, _o: i32) -> CUresult {
+pub unsafe extern "C" fn cuMemGetAllocationGranularity(
+    g: *mut usize,
+    _p: *const AllocationProp,
+    _o: i32,
+) -> CUresult {
     unsafe { out(g, PAGE as usize) }
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemCreate(handle: *mut u64, size: usize, prop: *const AllocationProp, _f: u64) -> CUresult {
+pub unsafe extern "C" fn cuMemCreate(
+    handle: *mut u64,
+    size: usize,
+    prop: *const AllocationProp,
+    _f: u64,
+) -> CUresult {
     call("cuMemCreate", |s| {
-        let Some(prop) = (unsafe { prop.as_ref() }) else { return INVALID_VALUE };
-        if size == 0 || size as u64 % PAGE != 0 {
+        let Some(prop) = (unsafe { prop.as_ref() }) else {
+            return INVALID_VALUE;
+        };
+        if size == 0 || !(size as u64).is_multiple_of(PAGE) {
             return INVALID_VALUE;
         }
         let dev = if prop.location_type == 1 {
@@ -777,7 +923,15 @@ pub unsafe extern "C" fn cuMemCreate(handle: *mut u64, size: usize, prop: *const
         s.next_handle += 1;
         // Host handles hold no device memory: record them on an impossible device with size 0.
         let (dev, size) = dev.map_or((0, 0), |d| (d, size as u64));
-        s.handles.insert(h, Handle { dev, size, refs: 1, maps: 0 });
+        s.handles.insert(
+            h,
+            Handle {
+                dev,
+                size,
+                refs: 1,
+                maps: 0,
+            },
+        );
         unsafe { out(handle, h) }
     })
 }
@@ -785,7 +939,9 @@ pub unsafe extern "C" fn cuMemCreate(handle: *mut u64, size: usize, prop: *const
 #[no_mangle]
 pub extern "C" fn cuMemRelease(handle: u64) -> CUresult {
     call("cuMemRelease", |s| {
-        let Some(h) = s.handles.get_mut(&handle) else { return INVALID_VALUE };
+        let Some(h) = s.handles.get_mut(&handle) else {
+            return INVALID_VALUE;
+        };
         h.refs = h.refs.saturating_sub(1);
         s.release_handle_if_dead(handle);
         OK
@@ -793,7 +949,13 @@ pub extern "C" fn cuMemRelease(handle: u64) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemAddressReserve(ptr: *mut u64, size: usize, _a: usize, _addr: u64, _f: u64) -> CUresult {
+pub unsafe extern "C" fn cuMemAddressReserve(
+    ptr: *mut u64,
+    size: usize,
+    _a: usize,
+    _addr: u64,
+    _f: u64,
+) -> CUresult {
     call("cuMemAddressReserve", |s| {
         let va = s.va(size as u64);
         unsafe { out(ptr, va) }
@@ -806,9 +968,17 @@ pub extern "C" fn cuMemAddressFree(_ptr: u64, _size: usize) -> CUresult {
 }
 
 #[no_mangle]
-pub extern "C" fn cuMemMap(ptr: u64, _size: usize, _offset: usize, handle: u64, _f: u64) -> CUresult {
+pub extern "C" fn cuMemMap(
+    ptr: u64,
+    _size: usize,
+    _offset: usize,
+    handle: u64,
+    _f: u64,
+) -> CUresult {
     call("cuMemMap", |s| {
-        let Some(h) = s.handles.get_mut(&handle) else { return INVALID_VALUE };
+        let Some(h) = s.handles.get_mut(&handle) else {
+            return INVALID_VALUE;
+        };
         h.maps += 1;
         s.mappings.insert(ptr, handle);
         OK
@@ -818,7 +988,12 @@ pub extern "C" fn cuMemMap(ptr: u64, _size: usize, _offset: usize, handle: u64, 
 #[no_mangle]
 pub extern "C" fn cuMemUnmap(ptr: u64, size: usize) -> CUresult {
     call("cuMemUnmap", |s| {
-        let gone: Vec<u64> = s.mappings.keys().copied().filter(|&p| p >= ptr && p < ptr + size as u64).collect();
+        let gone: Vec<u64> = s
+            .mappings
+            .keys()
+            .copied()
+            .filter(|&p| p >= ptr && p < ptr + size as u64)
+            .collect();
         if gone.is_empty() {
             return INVALID_VALUE;
         }
@@ -835,9 +1010,14 @@ pub extern "C" fn cuMemUnmap(ptr: u64, size: usize) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemRetainAllocationHandle(handle: *mut u64, addr: *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuMemRetainAllocationHandle(
+    handle: *mut u64,
+    addr: *mut c_void,
+) -> CUresult {
     call("cuMemRetainAllocationHandle", |s| {
-        let Some(&h) = s.mappings.get(&(addr as u64)) else { return INVALID_VALUE };
+        let Some(&h) = s.mappings.get(&(addr as u64)) else {
+            return INVALID_VALUE;
+        };
         if let Some(hd) = s.handles.get_mut(&h) {
             hd.refs += 1;
         }
@@ -878,7 +1058,9 @@ fn array_bytes(w: usize, h: usize, d: usize, format: i32, ch: u32) -> u64 {
 
 fn array_create(name: &str, out_handle: *mut usize, bytes: u64) -> CUresult {
     call(name, |s| {
-        let Some(d) = s.current_dev() else { return INVALID_CONTEXT };
+        let Some(d) = s.current_dev() else {
+            return INVALID_CONTEXT;
+        };
         if let Err(e) = s.take(d, bytes) {
             return e;
         }
@@ -891,19 +1073,37 @@ fn array_create(name: &str, out_handle: *mut usize, bytes: u64) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuArrayCreate_v2(array: *mut usize, desc: *const Array2D) -> CUresult {
-    let Some(d) = (unsafe { desc.as_ref() }) else { return INVALID_VALUE };
-    array_create("cuArrayCreate_v2", array, array_bytes(d.width, d.height, 1, d.format, d.channels))
+    let Some(d) = (unsafe { desc.as_ref() }) else {
+        return INVALID_VALUE;
+    };
+    array_create(
+        "cuArrayCreate_v2",
+        array,
+        array_bytes(d.width, d.height, 1, d.format, d.channels),
+    )
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuArray3DCreate_v2(array: *mut usize, desc: *const Array3D) -> CUresult {
-    let Some(d) = (unsafe { desc.as_ref() }) else { return INVALID_VALUE };
-    array_create("cuArray3DCreate_v2", array, array_bytes(d.width, d.height, d.depth, d.format, d.channels))
+    let Some(d) = (unsafe { desc.as_ref() }) else {
+        return INVALID_VALUE;
+    };
+    array_create(
+        "cuArray3DCreate_v2",
+        array,
+        array_bytes(d.width, d.height, d.depth, d.format, d.channels),
+    )
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMipmappedArrayCreate(array: *mut usize, desc: *const Array3D, levels: c_uint) -> CUresult {
-    let Some(d) = (unsafe { desc.as_ref() }) else { return INVALID_VALUE };
+pub unsafe extern "C" fn cuMipmappedArrayCreate(
+    array: *mut usize,
+    desc: *const Array3D,
+    levels: c_uint,
+) -> CUresult {
+    let Some(d) = (unsafe { desc.as_ref() }) else {
+        return INVALID_VALUE;
+    };
     let mut total = 0;
     let (mut w, mut h, mut dp) = (d.width, d.height, d.depth);
     for _ in 0..levels.max(1) {
@@ -945,19 +1145,34 @@ pub struct ArrayRequirements {
 fn requirements(name: &str, req: *mut ArrayRequirements, array: usize) -> CUresult {
     call(name, |s| match s.arrays.get(&array) {
         Some(&(_, bytes)) => unsafe {
-            out(req, ArrayRequirements { size: bytes as usize, alignment: PAGE as usize, reserved: [0; 4] })
+            out(
+                req,
+                ArrayRequirements {
+                    size: bytes as usize,
+                    alignment: PAGE as usize,
+                    reserved: [0; 4],
+                },
+            )
         },
         None => INVALID_VALUE,
     })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuArrayGetMemoryRequirements(req: *mut ArrayRequirements, array: usize, _dev: i32) -> CUresult {
+pub unsafe extern "C" fn cuArrayGetMemoryRequirements(
+    req: *mut ArrayRequirements,
+    array: usize,
+    _dev: i32,
+) -> CUresult {
     requirements("cuArrayGetMemoryRequirements", req, array)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMipmappedArrayGetMemoryRequirements(req: *mut ArrayRequirements, array: usize, _dev: i32) -> CUresult {
+pub unsafe extern "C" fn cuMipmappedArrayGetMemoryRequirements(
+    req: *mut ArrayRequirements,
+    array: usize,
+    _dev: i32,
+) -> CUresult {
     requirements("cuMipmappedArrayGetMemoryRequirements", req, array)
 }
 
@@ -965,8 +1180,17 @@ pub unsafe extern "C" fn cuMipmappedArrayGetMemoryRequirements(req: *mut ArrayRe
 
 #[no_mangle]
 pub extern "C" fn cuLaunchKernel(
-    _f: *mut c_void, _gx: c_uint, _gy: c_uint, _gz: c_uint, _bx: c_uint, _by: c_uint, _bz: c_uint,
-    _shared: c_uint, _stream: *mut c_void, _params: *mut *mut c_void, _extra: *mut *mut c_void,
+    _f: *mut c_void,
+    _gx: c_uint,
+    _gy: c_uint,
+    _gz: c_uint,
+    _bx: c_uint,
+    _by: c_uint,
+    _bz: c_uint,
+    _shared: c_uint,
+    _stream: *mut c_void,
+    _params: *mut *mut c_void,
+    _extra: *mut *mut c_void,
 ) -> CUresult {
     fake().count("cuLaunchKernel");
     OK
@@ -974,8 +1198,17 @@ pub extern "C" fn cuLaunchKernel(
 
 #[no_mangle]
 pub extern "C" fn cuLaunchKernel_ptsz(
-    _f: *mut c_void, _gx: c_uint, _gy: c_uint, _gz: c_uint, _bx: c_uint, _by: c_uint, _bz: c_uint,
-    _shared: c_uint, _stream: *mut c_void, _params: *mut *mut c_void, _extra: *mut *mut c_void,
+    _f: *mut c_void,
+    _gx: c_uint,
+    _gy: c_uint,
+    _gz: c_uint,
+    _bx: c_uint,
+    _by: c_uint,
+    _bz: c_uint,
+    _shared: c_uint,
+    _stream: *mut c_void,
+    _params: *mut *mut c_void,
+    _extra: *mut *mut c_void,
 ) -> CUresult {
     fake().count("cuLaunchKernel_ptsz");
     OK
@@ -984,7 +1217,10 @@ pub extern "C" fn cuLaunchKernel_ptsz(
 static EXPORT_TABLE: [usize; 4] = [32, 0xfeed, 0xbeef, 0];
 
 #[no_mangle]
-pub unsafe extern "C" fn cuGetExportTable(table: *mut *const c_void, _id: *const c_void) -> CUresult {
+pub unsafe extern "C" fn cuGetExportTable(
+    table: *mut *const c_void,
+    _id: *const c_void,
+) -> CUresult {
     fake().count("cuGetExportTable");
     unsafe { out(table, EXPORT_TABLE.as_ptr().cast()) }
 }
@@ -1015,7 +1251,9 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     if symbol.is_null() || pfn.is_null() {
         return INVALID_VALUE;
     }
-    let name = unsafe { CStr::from_ptr(symbol) }.to_string_lossy().into_owned();
+    let name = unsafe { CStr::from_ptr(symbol) }
+        .to_string_lossy()
+        .into_owned();
     let set_status = |v: i32| {
         if !status.is_null() {
             unsafe { status.write(v) };
@@ -1030,7 +1268,9 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
         }
         crate::table::Answer::NotInTable => name,
     };
-    let Ok(c) = std::ffi::CString::new(exported) else { return INVALID_VALUE };
+    let Ok(c) = std::ffi::CString::new(exported) else {
+        return INVALID_VALUE;
+    };
     let p = unsafe { fakecuda_symbol(c.as_ptr()) };
     if p.is_null() {
         set_status(1);
@@ -1042,7 +1282,12 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CUresult {
+pub unsafe extern "C" fn cuGetProcAddress(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: i32,
+    flags: u64,
+) -> CUresult {
     unsafe { cuGetProcAddress_v2(symbol, pfn, version, flags, std::ptr::null_mut()) }
 }
 
@@ -1061,7 +1306,9 @@ pub extern "C" fn nvmlShutdown() -> NvmlReturn {
 }
 
 fn nvml_dev(handle: usize) -> Option<usize> {
-    handle.checked_sub(0x6000).filter(|&d| d < fake().devices.len())
+    handle
+        .checked_sub(0x6000)
+        .filter(|&d| d < fake().devices.len())
 }
 
 #[no_mangle]
@@ -1079,8 +1326,13 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: u32, h: *mut usize) ->
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, h: *mut usize) -> NvmlReturn {
-    let uuid = unsafe { CStr::from_ptr(uuid) }.to_string_lossy().to_ascii_lowercase();
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
+    uuid: *const c_char,
+    h: *mut usize,
+) -> NvmlReturn {
+    let uuid = unsafe { CStr::from_ptr(uuid) }
+        .to_string_lossy()
+        .to_ascii_lowercase();
     let n = fake().devices.len();
     match (0..n).find(|&d| fake_uuid_string(d).eq_ignore_ascii_case(&uuid)) {
         Some(d) => unsafe { out(h, 0x6000 + d) },
@@ -1123,7 +1375,16 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(h: usize, m: *mut NvmlMemory) -
     let Some(d) = nvml_dev(h) else { return 2 };
     let s = fake();
     let used = s.devices[d].used;
-    unsafe { out(m, NvmlMemory { total: s.total, free: s.total - used, used }) }
+    unsafe {
+        out(
+            m,
+            NvmlMemory {
+                total: s.total,
+                free: s.total - used,
+                used,
+            },
+        )
+    }
 }
 
 #[no_mangle]
@@ -1132,7 +1393,18 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(h: usize, m: *mut NvmlMemory
     let s = fake();
     let used = s.devices[d].used;
     let version = unsafe { m.as_ref() }.map_or(0, |m| m.version);
-    unsafe { out(m, NvmlMemoryV2 { version, total: s.total, reserved: 0, free: s.total - used, used }) }
+    unsafe {
+        out(
+            m,
+            NvmlMemoryV2 {
+                version,
+                total: s.total,
+                reserved: 0,
+                free: s.total - used,
+                used,
+            },
+        )
+    }
 }
 
 #[repr(C)]
@@ -1144,7 +1416,11 @@ pub struct NvmlProcess {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(h: usize, count: *mut u32, list: *mut NvmlProcess) -> NvmlReturn {
+pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
+    h: usize,
+    count: *mut u32,
+    list: *mut NvmlProcess,
+) -> NvmlReturn {
     let Some(d) = nvml_dev(h) else { return 2 };
     let s = fake();
     let used = s.devices[d].used;
@@ -1156,7 +1432,14 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(h: usize, count
     }
     if n == 1 {
         let pid = std::process::id();
-        unsafe { list.write(NvmlProcess { pid, used, gpu_instance: 0, compute_instance: 0 }) };
+        unsafe {
+            list.write(NvmlProcess {
+                pid,
+                used,
+                gpu_instance: 0,
+                compute_instance: 0,
+            })
+        };
     }
     0
 }

@@ -14,14 +14,21 @@ fn table() -> &'static HashMap<String, Answers> {
             if line.starts_with('#') {
                 continue;
             }
-            let Some((request, answer)) = line.split_once(" -> ") else { continue };
-            let mut parts = request.split_whitespace();
-            let (Some(name), Some(ver), Some(flags)) = (parts.next(), parts.next(), parts.next()) else {
+            let Some((request, answer)) = line.split_once(" -> ") else {
                 continue;
             };
-            let (Ok(ver), Ok(flags)) = (ver.parse(), flags.parse()) else { continue };
+            let mut parts = request.split_whitespace();
+            let (Some(name), Some(ver), Some(flags)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(ver), Ok(flags)) = (ver.parse(), flags.parse()) else {
+                continue;
+            };
             let symbol = (!answer.starts_with("none")).then(|| answer.trim().to_string());
-            map.entry(name.to_string()).or_default().push((ver, flags, symbol));
+            map.entry(name.to_string())
+                .or_default()
+                .push((ver, flags, symbol));
         }
         map
     })
@@ -36,7 +43,9 @@ pub enum Answer {
 /// What the real driver hands out for (name, version, flags): the answer at the highest listed version not
 /// above the request, with the same per-thread-stream flag, else with flags 0.
 pub fn lookup(name: &str, version: i32, flags: u64) -> Answer {
-    let Some(answers) = table().get(name) else { return Answer::NotInTable };
+    let Some(answers) = table().get(name) else {
+        return Answer::NotInTable;
+    };
     let ptds = flags & 2;
     let best = |want: u64| {
         answers

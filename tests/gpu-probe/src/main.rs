@@ -6,7 +6,7 @@
 //!   hold the memory until HOLD_FILE exists so the script can read nvidia-smi from outside.
 //!   NAME: small4k, small64k, odd, large, mixed, async, vmm.
 //! - `gpu-probe bench-launch N` / `gpu-probe bench-alloc N`: microseconds per empty-kernel launch and per
-//!   1 MiB cuMemAlloc+cuMemFree pair (median of 7 rounds of N).
+//!   1 MiB cuMemAlloc+cuMemFree pair (fastest of 9 rounds of N).
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUresult};
 use std::ffi::c_void;
@@ -118,25 +118,53 @@ fn init() -> Gpu {
         let mut dev = 0;
         ok(sys::cuDeviceGet(&mut dev, 0), "cuDeviceGet");
         let mut ctx = std::ptr::null_mut();
-        ok(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain");
+        ok(
+            sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+            "cuDevicePrimaryCtxRetain",
+        );
         ok(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
         let ptx = std::ffi::CString::new(PTX).unwrap();
         let mut module = std::ptr::null_mut();
-        ok(sys::cuModuleLoadData(&mut module, ptx.as_ptr().cast()), "cuModuleLoadData");
+        ok(
+            sys::cuModuleLoadData(&mut module, ptx.as_ptr().cast()),
+            "cuModuleLoadData",
+        );
         let get = |name: &std::ffi::CStr| {
             let mut f = std::ptr::null_mut();
-            ok(sys::cuModuleGetFunction(&mut f, module, name.as_ptr()), "cuModuleGetFunction");
+            ok(
+                sys::cuModuleGetFunction(&mut f, module, name.as_ptr()),
+                "cuModuleGetFunction",
+            );
             f
         };
         let (fill, check, empty) = (get(c"fill"), get(c"check"), get(c"empty"));
-        Gpu { fill, check, empty, stream: std::ptr::null_mut() }
+        Gpu {
+            fill,
+            check,
+            empty,
+            stream: std::ptr::null_mut(),
+        }
     }
 }
 
 impl Gpu {
     fn launch(&self, f: sys::CUfunction, blocks: u32, args: &mut [*mut c_void]) -> CUresult {
         // SAFETY: args point at live locals of the kernel's parameter types.
-        unsafe { sys::cuLaunchKernel(f, blocks, 1, 1, 256, 1, 1, 0, self.stream, args.as_mut_ptr(), std::ptr::null_mut()) }
+        unsafe {
+            sys::cuLaunchKernel(
+                f,
+                blocks,
+                1,
+                1,
+                256,
+                1,
+                1,
+                0,
+                self.stream,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
     }
 
     /// Writes every whole 4-byte word of [ptr, ptr+bytes), then adds to `out` the number of words that do
@@ -146,18 +174,38 @@ impl Gpu {
         let blocks = (n.div_ceil(256)).clamp(1, 4096) as u32;
         let mut seed = seed;
         let mut out = out;
-        ok(self.launch(self.fill, blocks, &mut [
-            (&mut ptr as *mut u64).cast(), (&mut n as *mut u64).cast(), (&mut seed as *mut u32).cast(),
-        ]), "launch fill");
-        ok(self.launch(self.check, blocks, &mut [
-            (&mut ptr as *mut u64).cast(), (&mut n as *mut u64).cast(), (&mut seed as *mut u32).cast(),
-            (&mut out as *mut u64).cast(),
-        ]), "launch check");
+        ok(
+            self.launch(
+                self.fill,
+                blocks,
+                &mut [
+                    (&mut ptr as *mut u64).cast(),
+                    (&mut n as *mut u64).cast(),
+                    (&mut seed as *mut u32).cast(),
+                ],
+            ),
+            "launch fill",
+        );
+        ok(
+            self.launch(
+                self.check,
+                blocks,
+                &mut [
+                    (&mut ptr as *mut u64).cast(),
+                    (&mut n as *mut u64).cast(),
+                    (&mut seed as *mut u32).cast(),
+                    (&mut out as *mut u64).cast(),
+                ],
+            ),
+            "launch check",
+        );
     }
 }
 
 fn expected_sum(words: u64, seed: u32) -> u64 {
-    (0..words).map(|i| u64::from((i as u32).wrapping_mul(0x9E37_79B1).wrapping_add(seed))).sum()
+    (0..words)
+        .map(|i| u64::from((i as u32).wrapping_mul(0x9E37_79B1).wrapping_add(seed)))
+        .sum()
 }
 
 enum Buf {
@@ -179,10 +227,19 @@ fn alloc_vmm(size: u64) -> Result<Buf, CUresult> {
             return Err(r);
         }
         let mut va = 0;
-        ok(sys::cuMemAddressReserve(&mut va, size as usize, 0, 0, 0), "cuMemAddressReserve");
+        ok(
+            sys::cuMemAddressReserve(&mut va, size as usize, 0, 0, 0),
+            "cuMemAddressReserve",
+        );
         ok(sys::cuMemMap(va, size as usize, 0, h, 0), "cuMemMap");
-        let access = sys::CUmemAccessDesc { location: prop.location, flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE };
-        ok(sys::cuMemSetAccess(va, size as usize, &access, 1), "cuMemSetAccess");
+        let access = sys::CUmemAccessDesc {
+            location: prop.location,
+            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        ok(
+            sys::cuMemSetAccess(va, size as usize, &access, 1),
+            "cuMemSetAccess",
+        );
         // Released at once, as CUDA's samples do: the mapping keeps the memory alive.
         ok(sys::cuMemRelease(h), "cuMemRelease");
         Ok(Buf::Vmm(va, size))
@@ -196,7 +253,16 @@ fn pattern(name: &str, hold: &str) {
         "small64k" => Box::new(|_| 64 << 10),
         "odd" => Box::new(|_| (2 << 20) + 1),
         "large" => Box::new(|_| 256 << 20),
-        "mixed" => Box::new(|i| [4 << 10, 3 << 20, 64 << 10, (10 << 20) + 7, 1 << 20, 40 << 20][i % 6]),
+        "mixed" => Box::new(|i| {
+            [
+                4 << 10,
+                3 << 20,
+                64 << 10,
+                (10 << 20) + 7,
+                1 << 20,
+                40 << 20,
+            ][i % 6]
+        }),
         "async" => Box::new(|i| [(8 << 20) + 5, 32 << 20, 1 << 20][i % 3]),
         "vmm" => Box::new(|_| 64 << 20),
         _ => {
@@ -228,7 +294,14 @@ fn pattern(name: &str, hold: &str) {
         if r != CUresult::CUDA_SUCCESS {
             break r;
         }
-        bufs.push((if name == "async" { Buf::Async(ptr) } else { Buf::Linear(ptr) }, size));
+        bufs.push((
+            if name == "async" {
+                Buf::Async(ptr)
+            } else {
+                Buf::Linear(ptr)
+            },
+            size,
+        ));
         total += size;
         if bufs.len() > 2_000_000 {
             break CUresult::CUDA_SUCCESS;
@@ -249,7 +322,10 @@ fn pattern(name: &str, hold: &str) {
     // SAFETY: copies the 16-byte result buffer into our array after the kernels finished.
     unsafe {
         ok(sys::cuCtxSynchronize(), "synchronize");
-        ok(sys::cuMemcpyDtoH_v2(results.as_mut_ptr().cast(), out, 16), "read results");
+        ok(
+            sys::cuMemcpyDtoH_v2(results.as_mut_ptr().cast(), out, 16),
+            "read results",
+        );
     }
     let checksum_ok = results[0] == 0 && results[1] == expected;
     println!(
@@ -279,13 +355,28 @@ fn pattern(name: &str, hold: &str) {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+/// Which library's code `dlsym(libcuda, name)` hands out (through vramcap's dlsym when preloaded).
+fn resolved_in(name: &std::ffi::CStr) -> String {
+    // SAFETY: dlopen/dlsym/dladdr with NUL-terminated names; the strings read are the loader's own.
+    unsafe {
+        let h = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW);
+        let p = libc::dlsym(h, name.as_ptr());
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if p.is_null() || libc::dladdr(p, &mut info) == 0 || info.dli_fname.is_null() {
+            return "none".into();
+        }
+        let file = std::ffi::CStr::from_ptr(info.dli_fname)
+            .to_string_lossy()
+            .into_owned();
+        file.rsplit('/').next().unwrap_or("?").to_string()
+    }
 }
 
 fn bench(kind: &str, n: u32) {
     let gpu = init();
+    if kind == "bench-launch" {
+        println!("launch_resolves_to={}", resolved_in(c"cuLaunchKernel"));
+    }
     let round = || {
         let t = Instant::now();
         match kind {
@@ -310,7 +401,8 @@ fn bench(kind: &str, n: u32) {
         t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
     };
     round();
-    let us = median((0..7).map(|_| round()).collect());
+    // The fastest of nine rounds: interference on a shared machine only ever adds time.
+    let us = (0..9).map(|_| round()).fold(f64::MAX, f64::min);
     println!("{kind}_us={us:.4}");
 }
 
@@ -318,7 +410,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("pattern") if args.len() == 4 => pattern(&args[2], &args[3]),
-        Some(k @ ("bench-launch" | "bench-alloc")) => bench(k, args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000)),
+        Some(k @ ("bench-launch" | "bench-alloc")) => bench(
+            k,
+            args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000),
+        ),
         _ => {
             eprintln!("usage: gpu-probe pattern NAME HOLD_FILE | bench-launch N | bench-alloc N");
             std::process::exit(2);
