@@ -133,6 +133,8 @@ row "overhead: empty kernel launch" "${WITH}us vs ${WITHOUT}us = ${r}x (target 1
 ab bench-alloc_us 5 "$B/gpu-probe" bench-alloc 5000
 r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" 'BEGIN {print (r <= 1.01) ? 1 : 0}')
 row "overhead: cuMemAlloc+Free 1MiB" "${WITH}us vs ${WITHOUT}us = ${r}x (target <= 1.01x)" "$ok"
+ctxdev=$("$B/gpu-probe" bench-ctxdev 100000 | grep -o 'bench-ctxdev_us=[0-9.]*' | cut -d= -f2)
+row "info: driver cuCtxGetDevice" "${ctxdev}us a call (the hook asks it once per allocation)" 1
 ab mlp_step_us 5 python3 "$B/py/mlp_step.py" 15
 r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" 'BEGIN {print (r <= 1.005) ? 1 : 0}')
 row "overhead: torch MLP training step" "${WITH}us vs ${WITHOUT}us = ${r}x (target <= 1.005x)" "$ok"

@@ -5,11 +5,10 @@
 //! (also on unwind) when it fails. Any number of threads can reserve at once and never jointly cross the
 //! cap. Counters saturate at zero: a release can never wrap a counter around.
 //!
-//! Packed allocations (under 2 MiB, see [`crate::charge`]) share chunks: their slots are summed per device
-//! and the device is charged whole chunks for the sum, so the chunk count and the slot sum move together in
-//! one CAS loop.
+//! A packed allocation (under 2 MiB, see [`crate::charge`]) reserves the pages it could touch at worst;
+//! once the driver has placed it, the caller commits the pages it really put in use ([`crate::pages`]).
 
-use crate::charge::{Charge, PAGE};
+use crate::charge::Charge;
 use crate::striped::{Padded, StripedCounter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -39,8 +38,6 @@ pub struct DeviceLedger {
     requested: StripedCounter,
     /// The part of `charged` that is the context's own memory.
     context: AtomicU64,
-    /// Sum of packed slots; `charged` holds whole chunks for it.
-    packed: Padded<AtomicU64>,
     peak: Padded<AtomicU64>,
     allocations: StripedCounter,
     refusals: AtomicU64,
@@ -86,10 +83,6 @@ impl Drop for Reservation<'_> {
     }
 }
 
-fn chunks(packed: u64) -> u64 {
-    packed.div_ceil(PAGE).saturating_mul(PAGE)
-}
-
 impl DeviceLedger {
     pub const fn new() -> DeviceLedger {
         DeviceLedger {
@@ -97,7 +90,6 @@ impl DeviceLedger {
             charged: Padded(AtomicU64::new(0)),
             requested: StripedCounter::new(),
             context: AtomicU64::new(0),
-            packed: Padded(AtomicU64::new(0)),
             peak: Padded(AtomicU64::new(0)),
             allocations: StripedCounter::new(),
             refusals: AtomicU64::new(0),
@@ -195,24 +187,7 @@ impl DeviceLedger {
     }
 
     fn add(&self, charge: Charge, capped: bool) -> Result<Reservation<'_>, Refusal> {
-        match charge {
-            Charge::Pages(bytes) => self.try_add(bytes, capped)?,
-            Charge::Packed(slot) => loop {
-                let old = self.packed.load(Relaxed);
-                let new = old.saturating_add(slot);
-                let grow = chunks(new) - chunks(old);
-                self.try_add(grow, capped)
-                    .map_err(|r| Refusal { bytes: slot, ..r })?;
-                if self
-                    .packed
-                    .compare_exchange(old, new, Relaxed, Relaxed)
-                    .is_ok()
-                {
-                    break;
-                }
-                self.sub(grow);
-            },
-        }
+        self.try_add(charge.worst_case(), capped)?;
         Ok(Reservation {
             ledger: self,
             charge,
@@ -235,18 +210,7 @@ impl DeviceLedger {
     }
 
     fn uncharge(&self, charge: Charge) {
-        match charge {
-            Charge::Pages(bytes) => self.sub(bytes),
-            Charge::Packed(slot) => {
-                let mut shrink = 0;
-                let _ = self.packed.fetch_update(Relaxed, Relaxed, |old| {
-                    let new = old.saturating_sub(slot);
-                    shrink = chunks(old) - chunks(new);
-                    Some(new)
-                });
-                self.sub(shrink);
-            }
-        }
+        self.sub(charge.worst_case());
     }
 
     /// Moves the context's share of `charged` to `bytes` (a measurement replacing an estimate).
@@ -261,7 +225,7 @@ impl DeviceLedger {
 
     /// Forgets everything (the device's last context is gone, and its memory with it).
     pub fn reset(&self) {
-        for counter in [&*self.charged, &self.context, &*self.packed] {
+        for counter in [&*self.charged, &self.context] {
             counter.store(0, Relaxed);
         }
         self.requested.clear();
@@ -388,24 +352,27 @@ mod tests {
     }
 
     #[test]
-    fn packed_slots_share_chunks() {
+    fn packed_reserves_the_worst_case_and_commits_what_was_touched() {
         let l = DeviceLedger::new();
-        let slots: Vec<_> = (0..33)
-            .map(|_| {
-                l.reserve(Charge::Packed(64 << 10))
-                    .unwrap()
-                    .commit(64 << 10)
-            })
-            .collect();
-        // 32 slots of 64 KiB fill one chunk; the 33rd opens a second.
-        assert_eq!(l.snapshot().charged, 4 * MIB);
-        for s in &slots[..1] {
-            l.release(*s, 64 << 10);
-        }
+        l.set_cap(8 * MIB);
+        let r = l.reserve(Charge::Packed(64 << 10)).unwrap();
+        assert_eq!(
+            l.snapshot().charged,
+            4 * MIB,
+            "up to two pages until placed"
+        );
+        let c = r.commit_as(Charge::Pages(0), 64 << 10);
+        assert_eq!(
+            l.snapshot().charged,
+            0,
+            "it landed in a page already in use"
+        );
+        assert_eq!(l.snapshot().requested, 64 << 10);
+        l.release(c, 64 << 10);
+        let r = l.reserve(Charge::Packed(1)).unwrap();
+        let c = r.commit_as(Charge::Pages(2 * MIB), 1);
         assert_eq!(l.snapshot().charged, 2 * MIB);
-        for s in &slots[1..] {
-            l.release(*s, 64 << 10);
-        }
+        l.release(c, 1);
         assert_eq!(l.snapshot().charged, 0);
     }
 
@@ -413,7 +380,7 @@ mod tests {
     fn counters_never_underflow() {
         let l = DeviceLedger::new();
         l.release(Charge::Pages(4 * MIB), 123);
-        l.release(Charge::Packed(512), 1);
+        l.release(Charge::Pages(2 * MIB), 1);
         let s = l.snapshot();
         assert_eq!((s.charged, s.requested, s.allocations), (0, 0, 0));
     }
@@ -444,11 +411,7 @@ mod tests {
                     start.wait();
                     let mut held = Vec::new();
                     for i in 0..5_000u64 {
-                        let charge = if (i + t) % 3 == 0 {
-                            Charge::Packed(64 << 10)
-                        } else {
-                            Charge::Pages(2 * MIB * (1 + (i + t) % 3))
-                        };
+                        let charge = Charge::Pages(2 * MIB * (1 + (i + t) % 3));
                         if let Ok(r) = l.reserve(charge) {
                             assert!(l.snapshot().charged <= cap);
                             held.push(r.commit(1));
@@ -482,7 +445,7 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (1u64..(12 << 20)).prop_map(Op::Alloc),
+            ((2u64 << 20)..(12 << 20)).prop_map(Op::Alloc),
             any::<usize>().prop_map(Op::Free),
         ]
     }
@@ -495,11 +458,7 @@ mod tests {
             let l = DeviceLedger::new();
             l.set_cap(cap);
             let mut live: Vec<(Charge, u64)> = Vec::new();
-            let model = |live: &Vec<(Charge, u64)>| {
-                let pages: u64 = live.iter().filter_map(|(c, _)| match c { Charge::Pages(b) => Some(*b), _ => None }).sum();
-                let packed: u64 = live.iter().filter_map(|(c, _)| match c { Charge::Packed(b) => Some(*b), _ => None }).sum();
-                pages + chunks(packed)
-            };
+            let model = |live: &Vec<(Charge, u64)>| live.iter().map(|(c, _)| c.worst_case()).sum::<u64>();
             for op in ops {
                 match op {
                     Op::Alloc(bytes) => {

@@ -4,6 +4,7 @@
 //! - [`config`]: the environment contract (`VRAMCAP_LIMIT`, …);
 //! - [`charge`]: what the driver really takes for an allocation;
 //! - [`ledger`]: per-device counts with the atomic reserve-then-commit cap check;
+//! - [`pages`]: which shared pages hold live small allocations;
 //! - [`tracker`]: which handle was charged what;
 //! - [`striped`]: counters that many threads bump without sharing a cache line;
 //! - [`log`]: `vramcap:` lines on stderr.
@@ -14,6 +15,7 @@ pub mod charge;
 pub mod config;
 pub mod ledger;
 pub mod log;
+pub mod pages;
 pub mod size;
 pub mod striped;
 pub mod tracker;

@@ -73,6 +73,28 @@ impl<V: Copy> Tracker<V> {
         self.shard(key).lock().get_mut(&key).map(f)
     }
 
+    /// Reads and changes the record for `key` under its lock, in one step: `f` sees `None` for an unknown
+    /// key, and leaving `None` removes the record.
+    pub fn modify<R>(&self, key: u64, f: impl FnOnce(&mut Option<V>) -> R) -> R {
+        let mut shard = self.shard(key).lock();
+        let mut value = shard.remove(&key);
+        let r = f(&mut value);
+        if let Some(v) = value {
+            if shard.capacity() == 0 {
+                shard.reserve(SHARD_CAPACITY);
+            }
+            shard.insert(key, v);
+        }
+        r
+    }
+
+    /// Removes every record whose key `drop` names.
+    pub fn remove_keys_where(&self, mut drop: impl FnMut(u64) -> bool) {
+        for shard in &self.shards {
+            shard.lock().retain(|k, _| !drop(*k));
+        }
+    }
+
     /// Removes every record for which `drop` says so.
     pub fn remove_where(&self, mut drop: impl FnMut(&V) -> bool) {
         for shard in &self.shards {

@@ -199,15 +199,16 @@ static int scenario_rounding(void) {
     printf("size_%llu=%llu r=%d\n", sizes[i], charged() - before, r);
     cu.free(p);
   }
-  /* 32 x 64 KiB share one 2 MiB chunk; the 33rd opens another. */
-  CUdeviceptr q[33];
-  unsigned long long before = charged();
-  for (int i = 0; i < 32; i++) cu.alloc(&q[i], 64 << 10);
-  printf("packed_32=%llu\n", charged() - before);
-  cu.alloc(&q[32], 64 << 10);
-  printf("packed_33=%llu\n", charged() - before);
-  for (int i = 0; i < 33; i++) cu.free(q[i]);
-  printf("packed_after_free=%llu\n", charged() - before);
+  /* 64 KiB allocations share 2 MiB pages (32 a page); freeing every other one frees no page. Our charge
+   * and the device's own figure must move together. */
+  CUdeviceptr q[64];
+  unsigned long long before = charged(), used_before = used_now();
+  for (int i = 0; i < 64; i++) cu.alloc(&q[i], 64 << 10);
+  printf("packed_64=%llu\npacked_64_device=%llu\n", charged() - before, used_now() - used_before);
+  for (int i = 0; i < 64; i += 2) cu.free(q[i]);
+  printf("packed_half_freed=%llu\npacked_half_freed_device=%llu\n", charged() - before, used_now() - used_before);
+  for (int i = 1; i < 64; i += 2) cu.free(q[i]);
+  printf("packed_after_free=%llu\npacked_after_free_device=%llu\n", charged() - before, used_now() - used_before);
   return 0;
 }
 

@@ -5,7 +5,7 @@
 //! called. A record is removed *before* the real free, so an address the driver reuses at once is never
 //! confused with the old one; if the free fails the record goes back.
 
-use super::{Backing, PtrRecord, PTRS};
+use super::{Backing, PtrRecord, PAGES, PTRS};
 use crate::cuda::*;
 use crate::driver;
 use crate::enforce::{self, read_out};
@@ -45,7 +45,13 @@ fn charged_alloc(
     let r = call();
     if r == CUDA_SUCCESS {
         if let Some(ptr) = read_out(dptr) {
-            let charge = reservation.commit_as(actual(), requested);
+            let charge = actual();
+            // A packed allocation costs the pages it put in use, now that we know where it went.
+            let cost = match charge {
+                Charge::Packed(bytes) => Charge::Pages(PAGES.touch(dev, ptr, bytes)),
+                pages => pages,
+            };
+            reservation.commit_as(cost, requested);
             PTRS.insert(
                 ptr,
                 PtrRecord {
@@ -125,11 +131,15 @@ pub fn mem_alloc_managed(
 }
 
 /// Gives back what a freed pointer was charged.
-pub fn release(record: PtrRecord) {
+pub fn release(ptr: CUdeviceptr, record: PtrRecord) {
     let Some(ledger) = crate::state::LEDGER.device(record.dev) else {
         return;
     };
     match record.backing {
+        Backing::Own(Charge::Packed(bytes)) => {
+            let freed = PAGES.untouch(record.dev, ptr, bytes);
+            ledger.release(Charge::Pages(freed), record.requested);
+        }
         Backing::Own(charge) => ledger.release(charge, record.requested),
         Backing::Pool(pool) => {
             ledger.release(Charge::Pages(0), record.requested);
@@ -144,7 +154,7 @@ pub fn charged_free(ptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresu
     let record = PTRS.remove(ptr);
     let r = call();
     match (record, r == CUDA_SUCCESS) {
-        (Some(rec), true) => release(rec),
+        (Some(rec), true) => release(ptr, rec),
         (Some(rec), false) => {
             PTRS.insert(ptr, rec);
         }

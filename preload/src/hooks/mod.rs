@@ -11,12 +11,13 @@ pub mod proc_address;
 pub mod vmm;
 
 use core_lib::charge::Charge;
+use core_lib::pages::PageSet;
 use core_lib::tracker::Tracker;
 
 /// How a device pointer's memory is charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backing {
-    /// Its own charge (`cuMemAlloc`, managed, pitch).
+    /// Its own charge (`cuMemAlloc`, managed, pitch); `Packed` ones are charged through [`PAGES`].
     Own(Charge),
     /// Part of a stream-ordered pool, which is charged as a whole.
     Pool(usize),
@@ -31,3 +32,6 @@ pub struct PtrRecord {
 
 /// Every device pointer we charged, by address.
 pub static PTRS: Tracker<PtrRecord> = Tracker::new();
+
+/// The shared pages that hold live packed allocations.
+pub static PAGES: PageSet = PageSet::new();

@@ -36,15 +36,19 @@ fn env_bytes(var: &str, default: u64) -> u64 {
 #[derive(Default)]
 struct Device {
     used: u64,
-    /// Bytes of packed slots (allocations under 2 MiB), held in whole chunks.
-    packed: u64,
+    /// Where the next small (under 2 MiB) allocation goes, and the end of its 2 MiB page.
+    small_cursor: u64,
+    small_end: u64,
     primary_refs: u32,
     contexts: u32,
 }
 
 #[derive(Clone, Copy)]
 enum Kind {
-    Own { charge: u64, packed: bool },
+    /// Whole pages of its own.
+    Own(u64),
+    /// Inside a shared 2 MiB page, which is given back when nothing in it is live.
+    Packed,
     Pool(usize),
 }
 
@@ -86,6 +90,9 @@ pub struct Fake {
     arrays: HashMap<usize, (usize, u64)>,
     contexts: HashMap<usize, usize>,
     calls: HashMap<String, u64>,
+    /// Live small allocations in each shared page (by page address).
+    page_users: HashMap<u64, u32>,
+    next_small_page: u64,
 }
 
 static FAKE: OnceLock<Mutex<Fake>> = OnceLock::new();
@@ -121,6 +128,8 @@ fn fake() -> parking_lot::MutexGuard<'static, Fake> {
             arrays: HashMap::new(),
             contexts: HashMap::new(),
             calls: HashMap::new(),
+            page_users: HashMap::new(),
+            next_small_page: 0x7d00_0000_0000,
         })
     })
     .lock()
@@ -136,10 +145,6 @@ fn primary_ctx(dev: usize) -> usize {
 
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
-}
-
-fn chunks(packed: u64) -> u64 {
-    packed.div_ceil(PAGE) * PAGE
 }
 
 impl Fake {
@@ -172,28 +177,52 @@ impl Fake {
         va
     }
 
-    /// A cuMemAlloc-style allocation with the real driver's rounding.
+    /// A cuMemAlloc-style allocation with the real driver's rounding: 2 MiB pages, and smaller
+    /// allocations packed (512-byte aligned) into shared 2 MiB pages, a page being taken from the device
+    /// while anything in it is live.
     fn alloc(&mut self, dev: usize, size: u64) -> Result<u64, CUresult> {
         if size == 0 {
             return Err(INVALID_VALUE);
         }
-        let (charge, packed) = if size < PAGE {
-            let slot = size.max(512).next_power_of_two();
-            let d = &self.devices[dev];
-            (chunks(d.packed + slot) - chunks(d.packed), Some(slot))
-        } else {
-            (size.div_ceil(PAGE) * PAGE, None)
-        };
-        self.take(dev, charge)?;
-        if let Some(slot) = packed {
-            self.devices[dev].packed += slot;
+        if size >= PAGE {
+            let charge = size.div_ceil(PAGE) * PAGE;
+            self.take(dev, charge)?;
+            let va = self.va(size);
+            self.allocs.insert(
+                va,
+                Alloc {
+                    dev,
+                    kind: Kind::Own(charge),
+                    size,
+                },
+            );
+            return Ok(va);
         }
-        let va = self.va(size);
-        let kind = Kind::Own {
-            charge: packed.unwrap_or(charge),
-            packed: packed.is_some(),
+        let slot = size.div_ceil(512) * 512;
+        let d = &self.devices[dev];
+        let (va, new_page) = if d.small_cursor != 0 && d.small_cursor + slot <= d.small_end {
+            (d.small_cursor, false)
+        } else {
+            (self.next_small_page, true)
         };
-        self.allocs.insert(va, Alloc { dev, kind, size });
+        let page = va / PAGE * PAGE;
+        if !self.page_users.contains_key(&page) {
+            self.take(dev, PAGE)?;
+        }
+        if new_page {
+            self.next_small_page += PAGE;
+            self.devices[dev].small_end = va + PAGE;
+        }
+        self.devices[dev].small_cursor = va + slot;
+        *self.page_users.entry(page).or_default() += 1;
+        self.allocs.insert(
+            va,
+            Alloc {
+                dev,
+                kind: Kind::Packed,
+                size,
+            },
+        );
         Ok(va)
     }
 
@@ -202,19 +231,15 @@ impl Fake {
             return INVALID_VALUE;
         };
         match a.kind {
-            Kind::Own {
-                charge,
-                packed: false,
-            } => self.give(a.dev, charge),
-            Kind::Own {
-                charge: slot,
-                packed: true,
-            } => {
-                let d = &mut self.devices[a.dev];
-                let before = chunks(d.packed);
-                d.packed -= slot;
-                let shrink = before - chunks(d.packed);
-                self.give(a.dev, shrink);
+            Kind::Own(charge) => self.give(a.dev, charge),
+            Kind::Packed => {
+                let page = ptr / PAGE * PAGE;
+                let users = self.page_users.entry(page).or_default();
+                *users = users.saturating_sub(1);
+                if *users == 0 {
+                    self.page_users.remove(&page);
+                    self.give(a.dev, PAGE);
+                }
             }
             Kind::Pool(p) => {
                 if let Some(pool) = self.pools.get_mut(&p) {
@@ -295,6 +320,7 @@ impl Fake {
         if d.primary_refs == 0 && d.contexts == 0 {
             // The driver frees everything the device held for this process.
             self.allocs.retain(|_, a| a.dev != dev);
+            self.page_users.clear();
             self.devices[dev] = Device::default();
         }
     }

@@ -387,6 +387,13 @@ fn bench(kind: &str, n: u32) {
                 // SAFETY: waits for the launches.
                 unsafe { ok(sys::cuCtxSynchronize(), "synchronize") };
             }
+            "bench-ctxdev" => {
+                for _ in 0..n {
+                    let mut d = 0;
+                    // SAFETY: writes one int.
+                    unsafe { ok(sys::cuCtxGetDevice(&mut d), "cuCtxGetDevice") };
+                }
+            }
             _ => {
                 for _ in 0..n {
                     let mut p = 0;
@@ -410,7 +417,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("pattern") if args.len() == 4 => pattern(&args[2], &args[3]),
-        Some(k @ ("bench-launch" | "bench-alloc")) => bench(
+        Some(k @ ("bench-launch" | "bench-alloc" | "bench-ctxdev")) => bench(
             k,
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000),
         ),
