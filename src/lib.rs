@@ -7,7 +7,9 @@
 //! - [`pages`]: which shared pages hold live small allocations;
 //! - [`tracker`]: which handle was charged what;
 //! - [`striped`]: counters that many threads bump without sharing a cache line;
-//! - [`log`]: `vramcap:` lines on stderr.
+//! - [`shm`]: the shared segment every capped process publishes its figures in;
+//! - [`log`]: `vramcap:` lines on stderr;
+//! - `status` (with the `cli` feature): the view behind `vramcap status` and `vramcap watch`.
 //!
 //! Nothing here talks to the driver: the hooks live in the `preload` crate, the binaries in `src/bin`.
 
@@ -16,6 +18,9 @@ pub mod config;
 pub mod ledger;
 pub mod log;
 pub mod pages;
+pub mod shm;
 pub mod size;
+#[cfg(feature = "cli")]
+pub mod status;
 pub mod striped;
 pub mod tracker;

@@ -124,13 +124,20 @@ impl fmt::Display for HumanBytes {
         if self.0 < 1024 {
             return write!(f, "{} B", self.0);
         }
-        let mut value = self.0 as f64 / 1024.0;
+        // Integer arithmetic, rounded to hundredths: exact, and fast enough for a table of 1024 rows.
         let mut unit = 0;
-        while value >= 1024.0 && unit + 1 < UNITS.len() {
-            value /= 1024.0;
+        while unit + 1 < UNITS.len() && self.0 >= 1024u64 << (10 * (unit + 1)) {
             unit += 1;
         }
-        write!(f, "{value:.2} {}", UNITS[unit])
+        let divisor = 1u128 << (10 * (unit + 1));
+        let hundredths = (u128::from(self.0) * 100 + divisor / 2) / divisor;
+        write!(
+            f,
+            "{}.{:02} {}",
+            hundredths / 100,
+            hundredths % 100,
+            UNITS[unit]
+        )
     }
 }
 
@@ -199,5 +206,9 @@ mod tests {
         assert_eq!(human(100), "100 B");
         assert_eq!(human(1536 << 20), "1.50 GiB");
         assert_eq!(human(2 << 20), "2.00 MiB");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(1024), "1.00 KiB");
+        assert_eq!(human((1 << 30) - 1), "1024.00 MiB");
+        assert_eq!(human(u64::MAX), "16384.00 PiB");
     }
 }

@@ -91,15 +91,21 @@ pub fn discover_devices() -> Option<Devices> {
     // SAFETY: writes one int.
     ok(unsafe { f.get_count?(&mut count) })?;
     let mut uuids = Vec::new();
+    let mut raw_uuids = Vec::new();
     let mut totals = Vec::new();
     for dev in 0..count {
         let mut raw = [0u8; 16];
         // SAFETY: writes the 16-byte CUuuid we own.
         ok(unsafe { f.get_uuid?(&mut raw, dev) })?;
         uuids.push(state::uuid_string(&raw));
+        raw_uuids.push(raw);
         totals.push(physical_total(dev)?);
     }
-    Some(Devices { uuids, totals })
+    Some(Devices {
+        uuids,
+        raw_uuids,
+        totals,
+    })
 }
 
 /// The device of the calling thread's current context.

@@ -9,7 +9,8 @@
 //! - [`dlsym`]: our `dlsym` trampoline; [`real`]: glibc's `dlsym` and the real driver;
 //! - [`state`]: start-up phases and devices; [`enforce`]: the cap check; [`guard`]: re-entry and panics;
 //! - [`hooks`]: one module per family of entry points; [`driver`]: driver calls for our own bookkeeping;
-//! - [`overhead`]: the context's real footprint, from NVML.
+//! - [`overhead`]: the context's real footprint, from NVML, and the background thread;
+//! - [`publish`]: this process's slot in the shared segment.
 //!
 //! `unsafe` lives at the FFI edge: the generated shims, the `dlsym` trampoline, the resolver, and the
 //! reads and writes of the caller's out-parameters in `enforce`.
@@ -26,5 +27,6 @@ pub mod entry_points;
 pub mod guard;
 pub mod hooks;
 pub mod overhead;
+pub mod publish;
 pub mod real;
 pub mod state;

@@ -40,7 +40,9 @@ use std::time::Duration;
 pub const NEAR_CAP: u64 = 512 << 20;
 /// How old a reading may be and still count as fresh for the cap check.
 const FRESH: u64 = 20_000_000;
-const PERIOD: Duration = Duration::from_millis(200);
+/// The background thread's tick (publishing), and how many ticks make one NVML period (200 ms).
+const TICK: Duration = Duration::from_millis(10);
+const TICKS_PER_READING: u64 = 20;
 /// Even with no change in our count, module loads can grow the context: read again after this long.
 const IDLE_PERIOD: u64 = 5_000_000_000;
 
@@ -134,15 +136,20 @@ pub fn watch(dev: i32) {
         return;
     };
     flag.store(true, Ordering::Relaxed);
+    ensure_thread();
+}
+
+/// Starts this process's background thread (publishing, and NVML readings of watched devices).
+pub fn ensure_thread() {
     let pid = std::process::id() as i32;
     if THREAD_PID.swap(pid, Ordering::AcqRel) != pid {
         let spawned = std::thread::Builder::new()
-            .name("vramcap-overhead".into())
+            .name("vramcap".into())
             .spawn(move || crate::guard::quiet(|| run(pid)));
         if let Err(e) = spawned {
             vlog!(
                 Warn,
-                "cannot start the context-memory thread ({e}); keeping the estimate"
+                "cannot start the background thread ({e}); context memory stays at the estimate"
             );
         }
     }
@@ -303,21 +310,23 @@ fn due(dev: usize) -> bool {
 
 fn run(pid: i32) {
     let mut misses = 0u32;
+    let mut tick = 0u64;
     while std::process::id() as i32 == pid {
-        for (dev, watched) in WATCHED.iter().enumerate() {
-            if watched.load(Ordering::Relaxed) && due(dev) && !measure(dev as i32, false) {
-                misses += 1;
-                if misses == 25 && nvml().is_some() {
-                    vlog!(
-                        Info,
-                        "NVML does not list PID {pid}; context memory stays at the estimate"
-                    );
+        crate::publish::publish();
+        if tick.is_multiple_of(TICKS_PER_READING) && state::config().is_some_and(|c| c.nvml) {
+            for (dev, watched) in WATCHED.iter().enumerate() {
+                if watched.load(Ordering::Relaxed) && due(dev) && !measure(dev as i32, false) {
+                    misses += 1;
+                    if misses == 25 && nvml().is_some() {
+                        vlog!(
+                            Info,
+                            "NVML does not list PID {pid}; context memory stays at the estimate"
+                        );
+                    }
                 }
             }
         }
-        if nvml().is_none() {
-            return;
-        }
-        std::thread::sleep(PERIOD);
+        tick += 1;
+        std::thread::sleep(TICK);
     }
 }

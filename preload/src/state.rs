@@ -143,6 +143,7 @@ pub fn driver_fn(name: &std::ffi::CStr) -> *mut c_void {
 /// The devices this process sees, with their caps applied to [`LEDGER`].
 pub struct Devices {
     pub uuids: Vec<String>,
+    pub raw_uuids: Vec<[u8; 16]>,
     pub totals: Vec<u64>,
 }
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #define MIB (1ull << 20)
 
@@ -448,6 +449,30 @@ int main(int argc, char **argv) {
   }
   if (r) { printf("start_failed=%d\n", r); return 0; }
   if (!strcmp(s, "cap")) return scenario_cap();
+  if (!strcmp(s, "fork")) {
+    /* A child forked by a CUDA process, using CUDA itself, takes a slot of its own. */
+    int ready[2];
+    if (pipe(ready) != 0) return 3;
+    pid_t child = fork();
+    if (child == 0) {
+      CUdeviceptr p;
+      cu.init(0);
+      cu.alloc(&p, 4 * MIB);
+      char one = 1;
+      if (write(ready[1], &one, 1) != 1) _exit(3);
+      setenv("VRAMCAP_E2E_HOLD_QUIET", "1", 1);
+      const char *path = getenv("VRAMCAP_E2E_HOLD");
+      for (int i = 0; path && i < 6000 && access(path, F_OK) != 0; i++) usleep(20000);
+      _exit(0);
+    }
+    char one;
+    if (read(ready[0], &one, 1) != 1) return 3;
+    printf("child_pid=%d\n", (int)child);
+    hold_if_asked();
+    int st;
+    waitpid(child, &st, 0);
+    return 0;
+  }
   if (!strcmp(s, "rounding")) return scenario_rounding();
   if (!strcmp(s, "unknown_free")) return scenario_unknown_free();
   if (!strcmp(s, "threads")) {

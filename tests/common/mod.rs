@@ -149,7 +149,11 @@ pub fn client_with_preload(
         .env("FAKECUDA_CONTEXT_BYTES", CONTEXT.to_string())
         .env_remove("VRAMCAP_LIMIT")
         .env_remove("VRAMCAP_LOG")
-        .env_remove("VRAMCAP_REAL_LIBCUDA");
+        .env_remove("VRAMCAP_REAL_LIBCUDA")
+        .env(
+            "VRAMCAP_SHM",
+            format!("vramcap-test-{}", std::process::id()),
+        );
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -169,3 +173,100 @@ pub fn client_with_preload(
 }
 
 pub const PATHS: [&str; 3] = ["link", "dlsym", "gpa"];
+
+/// A client that fills its cap and holds its memory until released.
+pub struct Holder {
+    pub child: std::process::Child,
+    pub values: HashMap<String, String>,
+    hold: PathBuf,
+}
+
+impl Holder {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn get(&self, key: &str) -> u64 {
+        self.values[key]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Lets the client free everything and exit; returns its stderr.
+    pub fn release(self) -> String {
+        std::fs::write(&self.hold, b"").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+/// Starts `client PATH cap` under libvramcap.so with `vars`, and waits until it holds its memory.
+pub fn hold(path: &str, vars: &[(&str, &str)]) -> Holder {
+    hold_scenario(path, "cap", vars)
+}
+
+/// Starts `client PATH SCENARIO` and waits for its HOLD line.
+pub fn hold_scenario(path: &str, scenario: &str, vars: &[(&str, &str)]) -> Holder {
+    use std::io::BufRead;
+    let e = env();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let hold = e.dir.join(format!(
+        "hold-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&hold);
+    let mut cmd = Command::new(&e.client);
+    cmd.args([path, scenario])
+        .env("LD_LIBRARY_PATH", &e.dir)
+        .env("LD_PRELOAD", &e.preload)
+        .env("VRAMCAP_CONTEXT_BYTES", CONTEXT.to_string())
+        .env("FAKECUDA_CONTEXT_BYTES", CONTEXT.to_string())
+        .env("VRAMCAP_E2E_HOLD", &hold)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn client");
+    let stdout = child.stdout.take().unwrap();
+    let mut values = HashMap::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.starts_with("HOLD") {
+            break;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            values.insert(k.to_string(), v.to_string());
+        }
+    }
+    // The background thread publishes within a 10 ms tick.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    Holder {
+        child,
+        values,
+        hold,
+    }
+}
+
+/// `vramcap ARGS` with VRAMCAP_SHM set.
+pub fn vramcap(shm: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vramcap"))
+        .args(args)
+        .env("VRAMCAP_SHM", shm)
+        .output()
+        .expect("run vramcap")
+}
+
+/// A fresh segment path for one test.
+pub fn shm_path(name: &str) -> PathBuf {
+    let p = PathBuf::from(format!(
+        "/dev/shm/vramcap-test-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&p);
+    p
+}

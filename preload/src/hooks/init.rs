@@ -13,8 +13,8 @@ pub fn cu_init(real: Real, flags: c_uint) -> CUresult {
     }
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(flags) };
-    if r == CUDA_SUCCESS {
-        state::devices();
+    if r == CUDA_SUCCESS && state::devices().is_some() {
+        crate::publish::join();
     }
     r
 }

@@ -1,0 +1,25 @@
+//! The shared-memory segment where every capped process publishes what it holds, for `vramcap status`,
+//! `vramcap watch`, the unloader and C readers (`include/vramcap.h`).
+//!
+//! - [`layout`]: the `#[repr(C)]` header and slots, pinned by compile-time size and offset checks;
+//! - [`segment`]: opening with ownership and mode checks, slot claim and reclaim, the seqlock.
+
+pub mod layout;
+pub mod segment;
+
+pub use layout::*;
+pub use segment::{process_alive, segment_mode, segment_path, text, Identity, Segment, ShmError};
+
+/// Every live slot of a segment whose owner is alive, with its index.
+pub fn live_slots(seg: &Segment) -> Vec<(usize, VramcapSlot)> {
+    let mut known = std::collections::HashMap::new();
+    let mut alive = |pid: u32| *known.entry(pid).or_insert_with(|| segment::pid_exists(pid));
+    (0..seg.slot_count())
+        .filter_map(|i| seg.read_with(i, &mut alive).map(|s| (i, s)))
+        .collect()
+}
+
+/// `GPU-xxxxxxxx-…` for a raw UUID.
+pub fn uuid_text(raw: &[u8; 16]) -> String {
+    crate::config::format_uuid(raw)
+}

@@ -1,0 +1,681 @@
+//! Opening, checking and mapping the segment; claiming, writing and reading slots.
+//!
+//! # Concurrency
+//! Nothing here takes a lock another process could leave held. A slot changes hands by compare-and-swap
+//! on its `state`; its figures are written only by its owner under a seqlock (`seq` odd while writing), and
+//! a reader copies them and retries if `seq` moved. An owner that dies mid-write leaves `seq` odd: readers
+//! give up on that slot after a few tries, and the next claimer sees the dead PID and takes the slot over.
+
+use super::layout::*;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+pub const ENV_SHM: &str = "VRAMCAP_SHM";
+pub const ENV_SHM_MODE: &str = "VRAMCAP_SHM_MODE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} belongs to uid {owner}, not to this user (uid {me}); refusing a segment planted by someone else")]
+    NotOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("{path} has mode {mode:04o}, more open than {allowed:04o} ({ENV_SHM_MODE})")]
+    Mode {
+        path: PathBuf,
+        mode: u32,
+        allowed: u32,
+    },
+    #[error("{path} is not a vramcap segment (magic {found:#x})")]
+    Magic { path: PathBuf, found: u64 },
+    #[error("{path} is a vramcap segment of layout version {found}, this build speaks version {VRAMCAP_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path} is truncated or of another layout ({len} bytes, header says {header}, slot {slot}, {count} slots)")]
+    Layout {
+        path: PathBuf,
+        len: u64,
+        header: u32,
+        slot: u32,
+        count: u32,
+    },
+    #[error("{ENV_SHM_MODE}={0:?} is invalid: expected 0600, 0640 or 0660")]
+    BadMode(String),
+}
+
+/// `VRAMCAP_SHM` (a name under /dev/shm, or a path), default `/dev/shm/vramcap`.
+pub fn segment_path() -> PathBuf {
+    match std::env::var_os(ENV_SHM) {
+        Some(v) if v.as_bytes().contains(&b'/') => PathBuf::from(v),
+        Some(v) if !v.is_empty() => Path::new("/dev/shm").join(v),
+        _ => PathBuf::from("/dev/shm/vramcap"),
+    }
+}
+
+/// `VRAMCAP_SHM_MODE`: 0600 by default, 0640 or 0660 for a group of operators.
+pub fn segment_mode() -> Result<u32, ShmError> {
+    match std::env::var(ENV_SHM_MODE) {
+        Err(_) => Ok(0o600),
+        Ok(v) => match v.trim().trim_start_matches("0o") {
+            "0600" | "600" => Ok(0o600),
+            "0640" | "640" => Ok(0o640),
+            "0660" | "660" => Ok(0o660),
+            _ => Err(ShmError::BadMode(v)),
+        },
+    }
+}
+
+pub const fn segment_len() -> usize {
+    std::mem::size_of::<VramcapHeader>()
+        + VRAMCAP_SLOTS as usize * std::mem::size_of::<VramcapSlot>()
+}
+
+/// A mapped, checked segment.
+pub struct Segment {
+    base: *mut u8,
+    len: usize,
+    slots: usize,
+    writable: bool,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics and volatile copies.
+unsafe impl Send for Segment {}
+// SAFETY: as above.
+unsafe impl Sync for Segment {}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what open mapped.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ShmError + '_ {
+    move |source| ShmError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn last_error() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+impl Segment {
+    /// Opens the segment for a capped process, creating it with `mode` if it does not exist.
+    pub fn open_or_create(path: &Path, mode: u32) -> Result<Segment, ShmError> {
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
+        let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: a NUL-terminated path and plain flags.
+        let mut fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CREAT | libc::O_EXCL, mode) };
+        let created = fd >= 0;
+        if created {
+            // The umask may have narrowed the mode; set exactly what was asked.
+            // SAFETY: fd is ours.
+            unsafe { libc::fchmod(fd, mode) };
+        } else {
+            // SAFETY: as above, without O_CREAT.
+            fd = unsafe { libc::open(c.as_ptr(), flags) };
+        }
+        if fd < 0 {
+            return Err(io(path)(last_error()));
+        }
+        let result = Segment::map_fd(path, fd, mode, true, created);
+        // SAFETY: the mapping (if any) keeps its own reference; the descriptor is ours to close.
+        unsafe { libc::close(fd) };
+        result
+    }
+
+    /// Opens an existing segment to read it (the CLI).
+    pub fn open_existing(path: &Path) -> Result<Segment, ShmError> {
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
+        // SAFETY: a NUL-terminated path and plain flags.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io(path)(last_error()));
+        }
+        let allowed = segment_mode().unwrap_or(0o660).max(0o660);
+        let result = Segment::map_fd(path, fd, allowed, false, false);
+        // SAFETY: the descriptor is ours to close.
+        unsafe { libc::close(fd) };
+        result
+    }
+
+    fn map_fd(
+        path: &Path,
+        fd: i32,
+        allowed: u32,
+        writable: bool,
+        created: bool,
+    ) -> Result<Segment, ShmError> {
+        // SAFETY: a zeroed stat is a valid value of this plain C struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat fills the struct we own.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(io(path)(last_error()));
+        }
+        // SAFETY: geteuid/getegid have no preconditions.
+        let (me, my_group) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let group_ok = allowed & 0o060 != 0 && st.st_gid == my_group;
+        if st.st_uid != me && !group_ok {
+            return Err(ShmError::NotOwner {
+                path: path.into(),
+                owner: st.st_uid,
+                me,
+            });
+        }
+        let mode = st.st_mode & 0o7777;
+        if mode & !allowed != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
+            return Err(ShmError::Mode {
+                path: path.into(),
+                mode,
+                allowed,
+            });
+        }
+        let len = segment_len();
+        if created {
+            // SAFETY: fd is our new, empty file.
+            if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+                return Err(io(path)(last_error()));
+            }
+        } else if (st.st_size as u64) < len as u64 {
+            // A creator may be between open and ftruncate: give it a moment before calling it truncated.
+            for _ in 0..50 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                // SAFETY: as above.
+                if unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_size as u64 >= len as u64 {
+                    break;
+                }
+            }
+        }
+        if (st.st_size as u64) < len as u64 && !created {
+            let header = Self::peek_header(fd);
+            return Err(Self::classify(path, header, st.st_size as u64));
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: maps len bytes of a file at least that long, shared.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+        if base == libc::MAP_FAILED {
+            return Err(io(path)(last_error()));
+        }
+        let seg = Segment {
+            base: base.cast(),
+            len,
+            slots: VRAMCAP_SLOTS as usize,
+            writable,
+        };
+        if created {
+            seg.init_header();
+        } else {
+            seg.wait_for_header();
+            let header = seg.header();
+            if header.magic != VRAMCAP_MAGIC
+                || header.version != VRAMCAP_VERSION
+                || header.header_size as usize != std::mem::size_of::<VramcapHeader>()
+                || header.slot_size as usize != std::mem::size_of::<VramcapSlot>()
+                || header.slot_count != VRAMCAP_SLOTS
+            {
+                return Err(Self::classify(path, Some(header), st.st_size as u64));
+            }
+        }
+        Ok(seg)
+    }
+
+    fn peek_header(fd: i32) -> Option<VramcapHeader> {
+        let mut h = std::mem::MaybeUninit::<VramcapHeader>::zeroed();
+        let n = std::mem::size_of::<VramcapHeader>();
+        // SAFETY: reads at most n bytes into our buffer.
+        let got = unsafe { libc::pread(fd, h.as_mut_ptr().cast(), n, 0) };
+        // SAFETY: zero-initialised, and every bit pattern is a valid header of integers.
+        (got == n as isize).then(|| unsafe { h.assume_init() })
+    }
+
+    fn classify(path: &Path, header: Option<VramcapHeader>, len: u64) -> ShmError {
+        match header {
+            Some(h) if h.magic != VRAMCAP_MAGIC => ShmError::Magic {
+                path: path.into(),
+                found: h.magic,
+            },
+            Some(h) if h.version != VRAMCAP_VERSION => ShmError::Version {
+                path: path.into(),
+                found: h.version,
+            },
+            Some(h) => ShmError::Layout {
+                path: path.into(),
+                len,
+                header: h.header_size,
+                slot: h.slot_size,
+                count: h.slot_count,
+            },
+            None => ShmError::Layout {
+                path: path.into(),
+                len,
+                header: 0,
+                slot: 0,
+                count: 0,
+            },
+        }
+    }
+
+    fn header_ptr(&self) -> *mut VramcapHeader {
+        self.base.cast()
+    }
+
+    fn magic(&self) -> &AtomicU64 {
+        // SAFETY: the header is mapped, 8-aligned, and only ever accessed atomically.
+        unsafe { AtomicU64::from_ptr(std::ptr::addr_of_mut!((*self.header_ptr()).magic)) }
+    }
+
+    fn init_header(&self) {
+        // SAFETY: we created the file: nobody reads the header before the magic is stored (Release).
+        unsafe {
+            let h = self.header_ptr();
+            (*h).version = VRAMCAP_VERSION;
+            (*h).header_size = std::mem::size_of::<VramcapHeader>() as u32;
+            (*h).slot_size = std::mem::size_of::<VramcapSlot>() as u32;
+            (*h).slot_count = VRAMCAP_SLOTS;
+        }
+        self.magic().store(VRAMCAP_MAGIC, Ordering::Release);
+    }
+
+    fn wait_for_header(&self) {
+        for _ in 0..100 {
+            if self.magic().load(Ordering::Acquire) != 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    pub fn header(&self) -> VramcapHeader {
+        let magic = self.magic().load(Ordering::Acquire);
+        // SAFETY: the header fields after the magic are written before it and never change.
+        let mut h = unsafe { std::ptr::read_volatile(self.header_ptr()) };
+        h.magic = magic;
+        h
+    }
+
+    pub fn slot_count(&self) -> usize {
+        self.slots
+    }
+
+    fn slot(&self, i: usize) -> *mut VramcapSlot {
+        assert!(i < self.slots);
+        // SAFETY: i is in range; slots follow the header back to back.
+        unsafe {
+            self.base
+                .add(std::mem::size_of::<VramcapHeader>())
+                .cast::<VramcapSlot>()
+                .add(i)
+        }
+    }
+
+    fn u32_at(&self, p: *mut u32) -> &AtomicU32 {
+        // SAFETY: p points into our mapping, 4-aligned, accessed only atomically.
+        unsafe { AtomicU32::from_ptr(p) }
+    }
+
+    fn u64_at(&self, p: *mut u64) -> &AtomicU64 {
+        // SAFETY: p points into our mapping, 8-aligned, accessed only atomically.
+        unsafe { AtomicU64::from_ptr(p) }
+    }
+
+    fn state(&self, i: usize) -> &AtomicU32 {
+        // SAFETY: in range (slot asserts).
+        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).state) })
+    }
+
+    fn seq(&self, i: usize) -> &AtomicU32 {
+        // SAFETY: in range (slot asserts).
+        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).seq) })
+    }
+
+    /// Takes a free slot, or the slot of a process that is gone, for `who`. `None` if all 1024 are held.
+    pub fn claim(&self, who: &Identity) -> Option<usize> {
+        if !self.writable {
+            return None;
+        }
+        // Free slots first; only when none is left, the slots of processes that are gone (which needs a
+        // look at /proc for each).
+        for reclaim in [false, true] {
+            for i in 0..self.slots {
+                let state = self.state(i);
+                let current = state.load(Ordering::Acquire);
+                let takeable = match current {
+                    VRAMCAP_SLOT_FREE => true,
+                    _ if reclaim => {
+                        let (pid, start) = self.owner(i);
+                        pid != 0 && !process_alive(pid, start)
+                    }
+                    _ => false,
+                };
+                if takeable
+                    && state
+                        .compare_exchange(
+                            current,
+                            VRAMCAP_SLOT_CLAIMING,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    self.fill(i, who);
+                    state.store(VRAMCAP_SLOT_LIVE, Ordering::Release);
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    fn owner(&self, i: usize) -> (u32, u64) {
+        let s = self.slot(i);
+        // SAFETY: in-range fields, read atomically.
+        unsafe {
+            (
+                self.u32_at(std::ptr::addr_of_mut!((*s).pid))
+                    .load(Ordering::Acquire),
+                self.u64_at(std::ptr::addr_of_mut!((*s).start_time))
+                    .load(Ordering::Acquire),
+            )
+        }
+    }
+
+    fn fill(&self, i: usize, who: &Identity) {
+        let s = self.slot(i);
+        // SAFETY: the slot is ours (CLAIMING); readers skip it until it is LIVE (Release below).
+        unsafe {
+            self.seq(i).store(0, Ordering::Relaxed);
+            (*s).host_pid = who.host_pid;
+            (*s).uid = who.uid;
+            (*s).priority = who.priority;
+            (*s).flags = who.flags;
+            (*s).unload_kind = who.unload_kind;
+            (*s).updated_unix_ms = unix_ms();
+            (*s).name = padded(&who.name);
+            (*s).unload = padded(&who.unload);
+            (*s).devices = [VramcapDevice::default(); VRAMCAP_SLOT_DEVICES];
+            self.u64_at(std::ptr::addr_of_mut!((*s).start_time))
+                .store(who.start_time, Ordering::Release);
+            self.u32_at(std::ptr::addr_of_mut!((*s).pid))
+                .store(who.pid, Ordering::Release);
+        }
+    }
+
+    /// Frees slot `i` if it still belongs to `pid`.
+    pub fn release(&self, i: usize, pid: u32) {
+        if i < self.slots && self.owner(i).0 == pid {
+            let _ = self.state(i).compare_exchange(
+                VRAMCAP_SLOT_LIVE,
+                VRAMCAP_SLOT_FREE,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Publishes a slot's device figures (its owner only), under the seqlock.
+    pub fn write_devices(&self, i: usize, devices: &[VramcapDevice]) {
+        let s = self.slot(i);
+        let seq = self.seq(i);
+        seq.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (d, dev) in devices.iter().take(VRAMCAP_SLOT_DEVICES).enumerate() {
+            // SAFETY: in range; the owner is the only writer, and readers go through the seqlock.
+            unsafe {
+                let p = std::ptr::addr_of_mut!((*s).devices[d]);
+                std::ptr::addr_of_mut!((*p).uuid).write_volatile(dev.uuid);
+                for (field, value) in [
+                    (std::ptr::addr_of_mut!((*p).charged), dev.charged),
+                    (std::ptr::addr_of_mut!((*p).requested), dev.requested),
+                    (std::ptr::addr_of_mut!((*p).cap), dev.cap),
+                    (std::ptr::addr_of_mut!((*p).peak), dev.peak),
+                    (std::ptr::addr_of_mut!((*p).context), dev.context),
+                    (std::ptr::addr_of_mut!((*p).allocations), dev.allocations),
+                    (std::ptr::addr_of_mut!((*p).refusals), dev.refusals),
+                    (
+                        std::ptr::addr_of_mut!((*p).last_refused_bytes),
+                        dev.last_refused_bytes,
+                    ),
+                    (
+                        std::ptr::addr_of_mut!((*p).last_refused_unix_ms),
+                        dev.last_refused_unix_ms,
+                    ),
+                ] {
+                    self.u64_at(field).store(value, Ordering::Relaxed);
+                }
+            }
+        }
+        // SAFETY: in range.
+        self.u64_at(unsafe { std::ptr::addr_of_mut!((*s).updated_unix_ms) })
+            .store(unix_ms(), Ordering::Relaxed);
+        seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// A consistent copy of slot `i` if it is live, its owner is alive, and a read got past the seqlock.
+    pub fn read(&self, i: usize) -> Option<VramcapSlot> {
+        self.read_with(i, &mut pid_exists)
+    }
+
+    /// [`Segment::read`] with the liveness check supplied (so a caller reading every slot can remember
+    /// the answer per PID). The check is cheap on purpose (one `kill(pid, 0)`): the start time, which
+    /// tells a reused PID apart, is checked when a slot is taken over.
+    pub fn read_with(&self, i: usize, alive: &mut impl FnMut(u32) -> bool) -> Option<VramcapSlot> {
+        if self.state(i).load(Ordering::Acquire) != VRAMCAP_SLOT_LIVE {
+            return None;
+        }
+        if !alive(self.owner(i).0) {
+            return None;
+        }
+        let seq = self.seq(i);
+        for _ in 0..64 {
+            let before = seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            // SAFETY: a racy copy by design; it is used only if the seqlock shows no write overlapped it.
+            let copy = unsafe { std::ptr::read_volatile(self.slot(i)) };
+            fence(Ordering::Acquire);
+            if seq.load(Ordering::Relaxed) == before
+                && self.state(i).load(Ordering::Relaxed) == VRAMCAP_SLOT_LIVE
+            {
+                return Some(copy);
+            }
+        }
+        None
+    }
+}
+
+/// Who holds a slot.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub pid: u32,
+    pub host_pid: u32,
+    pub start_time: u64,
+    pub uid: u32,
+    pub priority: i32,
+    pub flags: u32,
+    pub name: String,
+    pub unload_kind: u32,
+    pub unload: String,
+}
+
+impl Identity {
+    /// This process, named `name` (default: its command name).
+    pub fn of_this_process(name: Option<&str>, priority: i32) -> Identity {
+        let pid = std::process::id();
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        Identity {
+            pid,
+            host_pid: host_pid().filter(|&h| h != pid).unwrap_or(0),
+            start_time: start_time_of(pid).unwrap_or(0),
+            // SAFETY: getuid has no preconditions.
+            uid: unsafe { libc::getuid() },
+            priority,
+            name: name
+                .map(str::to_string)
+                .unwrap_or_else(|| comm.trim().to_string()),
+            ..Identity::default()
+        }
+    }
+}
+
+fn padded<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let bytes = text.as_bytes();
+    let n = bytes.len().min(N - 1);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
+}
+
+/// Text of a NUL-padded field.
+pub fn text(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22).
+pub fn start_time_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Whether a process with this PID exists (it may have been reused: see [`process_alive`]).
+pub fn pid_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    pid != 0
+        && (unsafe { libc::kill(pid as i32, 0) } == 0
+            || last_error().raw_os_error() == Some(libc::EPERM))
+}
+
+/// Whether `pid` is still the process that claimed with `start_time`.
+pub fn process_alive(pid: u32, start_time: u64) -> bool {
+    pid != 0 && start_time_of(pid).is_some_and(|s| start_time == 0 || s == start_time)
+}
+
+/// The first (outermost visible) PID in `/proc/self/status`'s NSpid line.
+fn host_pid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let p = PathBuf::from(format!(
+            "/dev/shm/vramcap-unit-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    /// A PID that existed and is gone.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn slots_of_dead_processes_are_taken_over_when_the_segment_is_full() {
+        let path = temp("reclaim");
+        let seg = Segment::open_or_create(&path, 0o600).unwrap();
+        let me = Identity::of_this_process(Some("me"), 0);
+        let ghost = Identity {
+            pid: dead_pid(),
+            start_time: 1,
+            name: "ghost".into(),
+            ..me.clone()
+        };
+        let ghost_slot = seg.claim(&ghost).unwrap();
+        assert!(
+            seg.read(ghost_slot).is_none(),
+            "a dead owner's slot is not shown"
+        );
+        // A reused PID (alive, other start time) is no owner either.
+        let impostor = Identity {
+            start_time: me.start_time + 1,
+            ..me.clone()
+        };
+        assert!(!process_alive(impostor.pid, impostor.start_time));
+        for _ in 1..VRAMCAP_SLOTS {
+            seg.claim(&me).unwrap();
+        }
+        assert_eq!(
+            seg.claim(&me),
+            Some(ghost_slot),
+            "full: the dead process's slot is reclaimed"
+        );
+        assert_eq!(seg.claim(&me), None, "every slot held by a live process");
+        seg.release(ghost_slot, me.pid);
+        assert_eq!(seg.claim(&me), Some(ghost_slot));
+        drop(seg);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn readers_see_whole_updates_only() {
+        let path = temp("seqlock");
+        let seg = std::sync::Arc::new(Segment::open_or_create(&path, 0o600).unwrap());
+        let slot = seg.claim(&Identity::of_this_process(Some("w"), 0)).unwrap();
+        let writer = {
+            let seg = std::sync::Arc::clone(&seg);
+            std::thread::spawn(move || {
+                for n in 0..20_000u64 {
+                    let d = VramcapDevice {
+                        uuid: [1; 16],
+                        charged: n,
+                        requested: n,
+                        peak: n,
+                        ..Default::default()
+                    };
+                    seg.write_devices(slot, &[d]);
+                }
+            })
+        };
+        let mut seen = 0;
+        while !writer.is_finished() {
+            if let Some(s) = seg.read(slot) {
+                let d = s.devices[0];
+                assert!(
+                    d.charged == d.requested && d.requested == d.peak,
+                    "torn read: {d:?}"
+                );
+                seen += 1;
+            }
+        }
+        writer.join().unwrap();
+        assert!(seen > 0);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
