@@ -87,6 +87,35 @@ f=$LOG/lcuda.log; ok=0
 [ "$(val refused_code "$f")" = 2 ] && [ "$(val info_total "$f")" = $((2048 << 20)) ] && [ "$(val alloc_after "$f")" = 0 ] && le "$SMI" 2048 && ok=1
 row "-lcuda driver program" "smi ${SMI}MiB allocated $(val allocated "$f") x 64MiB refused $(val refused_code "$f")" $ok
 
+# 4b. vramcap status beside nvidia-smi, for two capped PyTorch processes holding memory.
+export VRAMCAP_SHM=vramcap-e2e-$$
+for w in 1 2; do
+  rm -f "$LOG/w$w.go"
+  VRAMCAP_E2E_HOLD=$LOG/w$w.go "$RUN" --limit 2GiB --name "worker$w" --priority $w -- \
+    python3 "$B/py/torch_hold.py" $((w * 400)) >"$LOG/w$w.log" 2>&1 &
+done
+for _ in $(seq 1 600); do [ "$(grep -l '^HOLD' "$LOG"/w1.log "$LOG"/w2.log 2>/dev/null | wc -l)" = 2 ] && break; sleep 0.1; done
+sleep 0.5
+"$B/vramcap" status | tee "$LOG/status.txt"
+"$B/vramcap" status --json >"$LOG/status.json"
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits >"$LOG/status-smi.txt"
+cmp=$(python3 - "$LOG/status.json" "$LOG/status-smi.txt" <<'PY'
+import json, sys
+status = json.load(open(sys.argv[1]))
+smi = {int(l.split(",")[0]): int(l.split(",")[1]) for l in open(sys.argv[2]) if l.strip()}
+rows, ok = [], len(status["processes"]) == 2
+for p in status["processes"]:
+    d = p["devices"][0]
+    ours, nvml, s = d["charged"] >> 20, (d["nvml_used"] or 0) >> 20, smi.get(p["pid"], -1)
+    rows.append(f"{p['name']} ours {ours}MiB nvml {nvml}MiB smi {s}MiB")
+    ok = ok and abs(ours - s) <= 16 and s <= 2048
+print(("1 " if ok else "0 ") + "; ".join(rows))
+PY
+)
+touch "$LOG/w1.go" "$LOG/w2.go"; wait
+row "status beside nvidia-smi" "${cmp#* }" "${cmp%% *}"
+unset VRAMCAP_SHM
+
 # 5. Concurrency: 4 processes x 16 threads allocating and freeing at random, 768 MiB cap each.
 rm -f "$LOG/conc.stop"
 pids=()
@@ -142,7 +171,7 @@ row "info: driver cuCtxGetDevice" "${ctxdev}us a call (the hook asks it once per
 ab mlp_step_us 5 python3 "$B/py/mlp_step.py" 15
 r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" 'BEGIN {print (r <= 1.005) ? 1 : 0}')
 row "overhead: torch MLP training step" "${WITH}us vs ${WITHOUT}us = ${r}x (target <= 1.005x)" "$ok"
-ab start_ms 7 bash "$B/py/start_tensor.sh"
+ab start_ms 11 bash "$B/py/start_tensor.sh"
 ok=$(awk -v a="$WITH" -v b="$WITHOUT" 'BEGIN {print (a - b <= 50) ? 1 : 0}')
 row "overhead: start to first tensor" "${WITH}ms vs ${WITHOUT}ms = +$((WITH - WITHOUT))ms (target <= +50ms)" "$ok"
 
