@@ -114,9 +114,6 @@ fn quiet(wait: bool) -> Option<Quiet<'static>> {
 }
 
 static WATCHED: [AtomicBool; MAX_DEVICES] = [const { AtomicBool::new(false) }; MAX_DEVICES];
-static WATCHED_SINCE_NS: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
-/// No background reading in a context's first second.
-const SETTLE: u64 = 1_000_000_000;
 static LAST_READING_NS: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
 /// Our count at the last reading, so an idle process is not read again and again.
 static LAST_COUNTED: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(u64::MAX) }; MAX_DEVICES];
@@ -139,12 +136,6 @@ pub fn watch(dev: i32) {
         return;
     };
     flag.store(true, Ordering::Relaxed);
-    if let Some(since) = usize::try_from(dev)
-        .ok()
-        .and_then(|d| WATCHED_SINCE_NS.get(d))
-    {
-        since.store(monotonic_ns(), Ordering::Relaxed);
-    }
     ensure_thread();
 }
 
@@ -307,17 +298,12 @@ pub fn measure_if_stale(dev: i32) {
     }
 }
 
-/// Whether the background thread should read `dev` now: not in the first second of its context (NVML's
-/// start-up would compete with the program's own; the cap check reads NVML itself if it gets near the
-/// cap that early), and then when our count moved since the last reading, or the last one is older than
-/// [`IDLE_PERIOD`]. A process that allocates nothing is left alone.
+/// Whether the background thread should read `dev` now: our count moved since the last reading, or the
+/// last one is older than [`IDLE_PERIOD`]. A process that allocates nothing is left alone.
 fn due(dev: usize) -> bool {
     let Some(ledger) = LEDGER.device(dev as i32) else {
         return false;
     };
-    if monotonic_ns().saturating_sub(WATCHED_SINCE_NS[dev].load(Ordering::Relaxed)) < SETTLE {
-        return false;
-    }
     counted(ledger.snapshot()) != LAST_COUNTED[dev].load(Ordering::Relaxed)
         || monotonic_ns().saturating_sub(LAST_READING_NS[dev].load(Ordering::Relaxed)) > IDLE_PERIOD
 }
