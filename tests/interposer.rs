@@ -381,3 +381,19 @@ fn context_estimate_is_replaced_by_the_drivers_figure() {
     assert!(r.get("device_used_at_cap") <= GIB, "{}", r.stdout);
     assert_eq!(r.get("allocated"), 11, "{}", r.stdout);
 }
+
+#[test]
+fn memory_the_driver_takes_on_its_own_is_seen_before_a_large_allocation() {
+    // 300 MiB context, six 64 MiB allocations, then the driver takes 128 MiB by itself (as a module load
+    // does); the following allocations must stop at what the device really holds.
+    for path in PATHS {
+        let r = client(path, &["hidden"], &[("VRAMCAP_LIMIT", "1GiB")]);
+        assert!(r.get("peak_device_used") <= GIB, "{path}: {}", r.stdout);
+        assert_eq!(
+            r.get("allocated"),
+            9,
+            "{path}: (1024 - 300 - 128) / 64 = 9: {}",
+            r.stdout
+        );
+    }
+}

@@ -19,7 +19,7 @@ pub fn prepare(dev: CUdevice, bytes: u64) {
     };
     if let Some(headroom) = ledger.headroom() {
         if headroom < bytes.saturating_add(crate::overhead::NEAR_CAP) {
-            crate::overhead::measure_if_stale(dev);
+            crate::overhead::measure_if_stale(dev, bytes);
         }
     }
 }

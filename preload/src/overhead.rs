@@ -38,6 +38,8 @@ use std::time::Duration;
 
 /// Below this much headroom, the cap check reads NVML before it lets an allocation through.
 pub const NEAR_CAP: u64 = 512 << 20;
+/// Allocations at least this large near the cap always get a fresh reading first.
+const ALWAYS_READ: u64 = 16 << 20;
 /// How old a reading may be and still count as fresh for the cap check.
 const FRESH: u64 = 20_000_000;
 /// The background thread's tick (publishing), and how many ticks make one NVML period (200 ms).
@@ -284,16 +286,19 @@ pub fn measure(dev: i32, wait: bool) -> bool {
     true
 }
 
-/// Called by an allocating hook, before its own operation starts, when the allocation would leave less
-/// than [`NEAR_CAP`] of headroom.
-pub fn measure_if_stale(dev: i32) {
+/// Called by an allocating hook, before its own operation starts, when an allocation of `bytes` would
+/// leave less than [`NEAR_CAP`] of headroom. A reading older than [`FRESH`] is renewed; so is any reading
+/// before an allocation of [`ALWAYS_READ`] or more, because a framework can load a module of tens of MiB
+/// between two large allocations a millisecond apart (PyTorch's first launch of a kernel, seen on an
+/// H100), and such allocations are few.
+pub fn measure_if_stale(dev: i32, bytes: u64) {
     let Some(last) = usize::try_from(dev)
         .ok()
         .and_then(|d| LAST_READING_NS.get(d))
     else {
         return;
     };
-    if monotonic_ns().saturating_sub(last.load(Ordering::Relaxed)) > FRESH {
+    if bytes >= ALWAYS_READ || monotonic_ns().saturating_sub(last.load(Ordering::Relaxed)) > FRESH {
         measure(dev, true);
     }
 }

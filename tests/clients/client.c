@@ -483,6 +483,22 @@ int main(int argc, char **argv) {
   if (!strcmp(s, "nvml")) return scenario_nvml();
   if (!strcmp(s, "ctx")) return scenario_ctx();
   if (!strcmp(s, "poolgrowth")) return scenario_poolgrowth();
+  if (!strcmp(s, "hidden")) {
+    /* The driver takes 128 MiB on its own (a module load) right between two large allocations near
+     * the cap: the cap must still hold on what the device really holds. */
+    int (*hidden)(int, unsigned long long) = dlsym(RTLD_DEFAULT, "fakecuda_hidden_alloc");
+    CUdeviceptr p[64];
+    int n = 0;
+    while (n < 6 && cu.alloc(&p[n], 64 * MIB) == 0) n++;
+    if (hidden) hidden(0, 128 * MIB);
+    unsigned long long peak = used_now();
+    while (n < 64 && cu.alloc(&p[n], 64 * MIB) == 0) {
+      n++;
+      if (used_now() > peak) peak = used_now();
+    }
+    printf("allocated=%d\npeak_device_used=%llu\n", n, peak);
+    return 0;
+  }
   if (!strcmp(s, "async_cap")) {
     CUdeviceptr a, b;
     printf("first_r=%d\n", cu.alloc_async(&a, 3 * MIB, NULL));

@@ -362,6 +362,19 @@ pub extern "C" fn fakecuda_device_used(dev: i32) -> u64 {
     dev_ok(&s, dev).map_or(0, |d| s.devices[d].used)
 }
 
+/// Memory the driver takes on its own, with no allocation call (as module loading does).
+#[no_mangle]
+pub extern "C" fn fakecuda_hidden_alloc(dev: i32, bytes: u64) -> CUresult {
+    let mut s = fake();
+    match dev_ok(&s, dev) {
+        Some(d) => match s.take(d, bytes) {
+            Ok(()) => OK,
+            Err(e) => e,
+        },
+        None => INVALID_DEVICE,
+    }
+}
+
 /// The fake's own export of `name`, bypassing any interposed dlsym.
 #[no_mangle]
 pub unsafe extern "C" fn fakecuda_symbol(name: *const c_char) -> *mut c_void {
