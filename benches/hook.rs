@@ -1,5 +1,6 @@
-//! The hook's fast path against the fake driver: a 1 MiB `cuMemAlloc_v2` + `cuMemFree_v2` pair through
-//! libvramcap.so, beside the same pair called on the fake directly, from 1 to 64 threads.
+//! The hook's fast path against the fake driver: a `cuMemAlloc_v2` + `cuMemFree_v2` pair (1 MiB, packed;
+//! 4 MiB, whole pages) through libvramcap.so, beside the same pair called on the fake directly, from 1 to
+//! 64 threads.
 //!
 //! The fake runs in bench mode (`FAKECUDA_BENCH=1`: no bookkeeping, no locks), so the difference between
 //! the two is what the hooks add: the current-device query, the ledger's reserve and commit, the pointer
@@ -67,6 +68,7 @@ fn run(
     set_current: SetCurrent,
     ctx: usize,
     threads: usize,
+    size: usize,
     iters: u64,
 ) -> Duration {
     let per_thread = iters.div_ceil(threads as u64);
@@ -83,7 +85,7 @@ fn run(
                     let mut p = 0u64;
                     // SAFETY: an out-pointer we own; the pointer is freed at once.
                     unsafe {
-                        (pair.alloc)(&mut p, 1 << 20);
+                        (pair.alloc)(&mut p, size);
                         (pair.free)(p);
                     }
                 }
@@ -153,16 +155,18 @@ fn hooks(c: &mut Criterion) {
         group
             .measurement_time(Duration::from_secs(2))
             .warm_up_time(Duration::from_millis(300));
-        for threads in [1usize, 4, 16, 64] {
+        // 1 MiB is packed into shared pages (charged through the page map); 4 MiB is whole pages.
+        let cases = [(1usize, 1usize), (1, 4), (1, 16), (1, 64), (4, 1), (4, 64)];
+        for (mib, threads) in cases {
+            let id = format!("{mib}MiB/{threads}");
+            let size = mib << 20;
+            group.bench_with_input(BenchmarkId::new("fake_direct", &id), &threads, |b, &t| {
+                b.iter_custom(|iters| run(direct, set_current, ctx, t, size, iters))
+            });
             group.bench_with_input(
-                BenchmarkId::new("fake_direct", threads),
+                BenchmarkId::new("through_vramcap", &id),
                 &threads,
-                |b, &t| b.iter_custom(|iters| run(direct, set_current, ctx, t, iters)),
-            );
-            group.bench_with_input(
-                BenchmarkId::new("through_vramcap", threads),
-                &threads,
-                |b, &t| b.iter_custom(|iters| run(hooked, set_current, ctx, t, iters)),
+                |b, &t| b.iter_custom(|iters| run(hooked, set_current, ctx, t, size, iters)),
             );
         }
         group.finish();

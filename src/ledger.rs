@@ -67,13 +67,18 @@ impl Reservation<'_> {
     /// Commits what the driver really took, which may differ from the estimate reserved: the difference is
     /// charged without a cap check, since the memory is already taken.
     pub fn commit_as(self, actual: Charge, requested: u64) -> Charge {
-        if actual == self.charge {
-            return self.commit(requested);
+        let (held, real) = (self.charge.worst_case(), actual.worst_case());
+        // One adjustment of the shared counter, not a new charge and a give-back.
+        if real < held {
+            self.ledger.sub(held - real);
+        } else if real > held {
+            self.ledger.force(real - held);
         }
         let ledger = self.ledger;
-        let taken = ledger.reserve_uncapped(actual);
-        drop(self);
-        taken.commit(requested)
+        std::mem::forget(self);
+        ledger.requested.add(requested);
+        ledger.allocations.add(1);
+        actual
     }
 }
 
