@@ -9,6 +9,7 @@
 //! once the driver has placed it, the caller commits the pages it really put in use ([`crate::pages`]).
 
 use crate::charge::Charge;
+use crate::log::unix_ms;
 use crate::striped::{Padded, StripedCounter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -308,13 +309,6 @@ impl Default for Ledger {
     fn default() -> Self {
         Ledger::new()
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -94,6 +94,14 @@ impl Default for RateLimit {
     }
 }
 
+/// Milliseconds since the Unix epoch, for timestamps others read (refusals, slot updates).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Monotonic nanoseconds, for rate limits and durations.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -7,6 +7,7 @@
 //! give up on that slot after a few tries, and the next claimer sees the dead PID and takes the slot over.
 
 use super::layout::*;
+use crate::log::unix_ms;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -576,13 +577,6 @@ fn host_pid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
