@@ -68,18 +68,13 @@ impl Reservation<'_> {
     /// Commits what the driver really took, which may differ from the estimate reserved: the difference is
     /// charged without a cap check, since the memory is already taken.
     pub fn commit_as(self, actual: Charge, requested: u64) -> Charge {
-        let (held, real) = (self.charge.worst_case(), actual.worst_case());
-        // One adjustment of the shared counter, not a new charge and a give-back.
-        if real < held {
-            self.ledger.sub(held - real);
-        } else if real > held {
-            self.ledger.force(real - held);
+        if actual == self.charge {
+            return self.commit(requested);
         }
         let ledger = self.ledger;
-        std::mem::forget(self);
-        ledger.requested.add(requested);
-        ledger.allocations.add(1);
-        actual
+        let taken = ledger.reserve_uncapped(actual);
+        drop(self);
+        taken.commit(requested)
     }
 }
 

@@ -77,18 +77,7 @@ impl<V: Copy> Tracker<V> {
     /// key, and leaving `None` removes the record.
     pub fn modify<R>(&self, key: u64, f: impl FnOnce(&mut Option<V>) -> R) -> R {
         let mut shard = self.shard(key).lock();
-        if let Some(slot) = shard.get_mut(&key) {
-            let mut value = Some(*slot);
-            let r = f(&mut value);
-            match value {
-                Some(v) => *slot = v,
-                None => {
-                    shard.remove(&key);
-                }
-            }
-            return r;
-        }
-        let mut value = None;
+        let mut value = shard.remove(&key);
         let r = f(&mut value);
         if let Some(v) = value {
             if shard.capacity() == 0 {
