@@ -173,6 +173,12 @@ row "overhead: empty kernel launch" "${WITH}us vs ${WITHOUT}us = ${r}x (target 1
 ab bench-alloc_us 5 "$B/gpu-probe" bench-alloc 5000
 r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" 'BEGIN {print (r <= 1.01) ? 1 : 0}')
 row "overhead: cuMemAlloc+Free 1MiB" "${WITH}us vs ${WITHOUT}us = ${r}x (target <= 1.01x)" "$ok"
+# The same comparison inside one process (vramcap's wrappers against libcuda's own functions, alternating
+# rounds), which process-to-process noise cannot swamp.
+abl=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB "$B/gpu-probe" bench-alloc-ab 2000)
+r=$(echo "$abl" | grep -o 'ab_ratio=[0-9.]*' | cut -d= -f2)
+ok=$(awk -v r="$r" -v w="$(echo "$abl" | grep -o 'wrapped=[01]' | cut -d= -f2)" 'BEGIN {print (w == 1 && r <= 1.01) ? 1 : 0}')
+row "overhead: alloc+free, in-process A/B" "$(echo "$abl" | tr ' ' '\n' | grep -E 'ab_(hooked|direct)_us' | tr '\n' ' ')= ${r}x (target <= 1.01x)" "$ok"
 ctxdev=$("$B/gpu-probe" bench-ctxdev 100000 | grep -o 'bench-ctxdev_us=[0-9.]*' | cut -d= -f2)
 row "info: driver cuCtxGetDevice" "${ctxdev}us a call (the hook asks it once per allocation)" 1
 ab mlp_step_us 5 python3 "$B/py/mlp_step.py" 15

@@ -7,6 +7,8 @@
 //!   NAME: small4k, small64k, odd, large, mixed, async, vmm.
 //! - `gpu-probe bench-launch N` / `gpu-probe bench-alloc N`: microseconds per empty-kernel launch and per
 //!   1 MiB cuMemAlloc+cuMemFree pair (fastest of 9 rounds of N).
+//! - `gpu-probe bench-alloc-ab N`: in one process, alternating rounds of 1 MiB alloc+free through the
+//!   pointers a program gets (vramcap's, when preloaded) and through libcuda's own.
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUresult};
 use std::ffi::c_void;
@@ -111,8 +113,9 @@ struct Gpu {
     stream: sys::CUstream,
 }
 
-fn init() -> Gpu {
-    // SAFETY (whole function): plain driver calls with out-pointers we own.
+/// Initialises the driver and makes device 0's primary context current.
+fn init_context() {
+    // SAFETY: plain driver calls with out-pointers we own.
     unsafe {
         ok(sys::cuInit(0), "cuInit");
         let mut dev = 0;
@@ -123,6 +126,13 @@ fn init() -> Gpu {
             "cuDevicePrimaryCtxRetain",
         );
         ok(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+    }
+}
+
+fn init() -> Gpu {
+    init_context();
+    // SAFETY (whole function): plain driver calls with out-pointers we own.
+    unsafe {
         let ptx = std::ffi::CString::new(PTX).unwrap();
         let mut module = std::ptr::null_mut();
         ok(
@@ -372,6 +382,68 @@ fn resolved_in(name: &std::ffi::CStr) -> String {
     }
 }
 
+type AllocFn = unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult;
+type FreeFn = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
+
+/// `cuMemAlloc_v2`/`cuMemFree_v2` as a program gets them (`dlsym` on libcuda: vramcap's wrappers when it is
+/// preloaded) and as libcuda defines them (glibc's own `dlsym`, found with `dlvsym`, which vramcap does not
+/// interpose).
+fn alloc_pairs() -> ((AllocFn, FreeFn), (AllocFn, FreeFn)) {
+    // SAFETY: dlopen/dlsym/dlvsym with NUL-terminated names; the pointers are the C functions named.
+    unsafe {
+        let h = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW);
+        let glibc_dlsym = libc::dlvsym(
+            libc::RTLD_DEFAULT,
+            c"dlsym".as_ptr(),
+            c"GLIBC_2.34".as_ptr(),
+        );
+        let glibc_dlsym: unsafe extern "C" fn(*mut c_void, *const std::ffi::c_char) -> *mut c_void =
+            std::mem::transmute(glibc_dlsym);
+        let seen = (
+            std::mem::transmute::<*mut c_void, AllocFn>(libc::dlsym(h, c"cuMemAlloc_v2".as_ptr())),
+            std::mem::transmute::<*mut c_void, FreeFn>(libc::dlsym(h, c"cuMemFree_v2".as_ptr())),
+        );
+        let own = (
+            std::mem::transmute::<*mut c_void, AllocFn>(glibc_dlsym(h, c"cuMemAlloc_v2".as_ptr())),
+            std::mem::transmute::<*mut c_void, FreeFn>(glibc_dlsym(h, c"cuMemFree_v2".as_ptr())),
+        );
+        (seen, own)
+    }
+}
+
+/// In one process, alternating rounds of 1 MiB alloc+free through vramcap's wrappers and straight into
+/// libcuda: both sides share the context, the GPU and the machine's moment, so the ratio is not at the
+/// mercy of process-to-process noise. Prints the fastest round of each and their ratio.
+fn bench_alloc_ab(n: u32) {
+    init_context();
+    let (hooked, direct) = alloc_pairs();
+    let round = |(alloc, free): (AllocFn, FreeFn)| {
+        let t = Instant::now();
+        for _ in 0..n {
+            let mut p = 0;
+            // SAFETY: an out-pointer we own; freed at once by the matching free.
+            unsafe {
+                ok(alloc(&mut p, 1 << 20), "alloc");
+                ok(free(p), "free");
+            }
+        }
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    };
+    round(hooked);
+    round(direct);
+    let (mut best_hooked, mut best_direct) = (f64::MAX, f64::MAX);
+    for _ in 0..15 {
+        best_hooked = best_hooked.min(round(hooked));
+        best_direct = best_direct.min(round(direct));
+    }
+    let wrapped = hooked.0 as usize != direct.0 as usize;
+    println!(
+        "ab_hooked_us={best_hooked:.4} ab_direct_us={best_direct:.4} ab_ratio={:.4} wrapped={}",
+        best_hooked / best_direct,
+        u8::from(wrapped)
+    );
+}
+
 fn bench(kind: &str, n: u32) {
     let gpu = init();
     if kind == "bench-launch" {
@@ -417,6 +489,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("pattern") if args.len() == 4 => pattern(&args[2], &args[3]),
+        Some("bench-alloc-ab") => {
+            bench_alloc_ab(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2_000))
+        }
         Some(k @ ("bench-launch" | "bench-alloc" | "bench-ctxdev")) => bench(
             k,
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000),
