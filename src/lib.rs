@@ -5,6 +5,7 @@
 //! - [`charge`]: what the driver really takes for an allocation;
 //! - [`ledger`]: per-device counts with the atomic reserve-then-commit cap check;
 //! - [`pages`]: which shared pages hold live small allocations;
+//! - [`policy`]: whom the priority unloader asks to give memory back, in which order;
 //! - [`tracker`]: which handle was charged what;
 //! - [`striped`]: counters that many threads bump without sharing a cache line;
 //! - [`shm`]: the shared segment every capped process publishes its figures in;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod ledger;
 pub mod log;
 pub mod pages;
+pub mod policy;
 pub mod shm;
 pub mod size;
 #[cfg(feature = "cli")]
