@@ -66,7 +66,7 @@ impl PageSet {
     /// Forgets every page of a device.
     pub fn forget_device(&self, dev: i32) {
         let tag = (dev as u64 & 0x3f) << 48;
-        self.live.remove_keys_where(|k| k & !((1 << 48) - 1) == tag);
+        self.live.remove_where(|k, _| k & !((1 << 48) - 1) == tag);
     }
 }
 

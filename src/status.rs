@@ -1,7 +1,8 @@
 //! What `vramcap status` and `vramcap watch` show: every capped process's figures from the shared
 //! segment, beside NVML's physical and per-process figures where NVML is present.
 
-use crate::shm::{live_slots, text, uuid_text, Segment, VRAMCAP_FLAG_PROTECTED};
+use crate::config::format_uuid;
+use crate::shm::{live_slots, text, Segment, VRAMCAP_FLAG_PROTECTED};
 use crate::size::HumanBytes;
 use nvml_wrapper::Nvml;
 use serde::Serialize;
@@ -126,7 +127,7 @@ pub fn collect(seg: &Segment, path: &str, with_nvml: bool) -> Status {
                     .iter()
                     .filter(|d| d.uuid != [0; 16])
                     .map(|d| {
-                        let uuid = uuid_text(&d.uuid);
+                        let uuid = format_uuid(&d.uuid);
                         DeviceView {
                             nvml_used: used.get(&(uuid.clone(), pid_for_nvml)).copied(),
                             uuid,

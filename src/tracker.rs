@@ -88,17 +88,10 @@ impl<V: Copy> Tracker<V> {
         r
     }
 
-    /// Removes every record whose key `drop` names.
-    pub fn remove_keys_where(&self, mut drop: impl FnMut(u64) -> bool) {
+    /// Removes every record (key and value) for which `drop` says so.
+    pub fn remove_where(&self, mut drop: impl FnMut(u64, &V) -> bool) {
         for shard in &self.shards {
-            shard.lock().retain(|k, _| !drop(*k));
-        }
-    }
-
-    /// Removes every record for which `drop` says so.
-    pub fn remove_where(&self, mut drop: impl FnMut(&V) -> bool) {
-        for shard in &self.shards {
-            shard.lock().retain(|_, v| !drop(v));
+            shard.lock().retain(|k, v| !drop(*k, v));
         }
     }
 
@@ -137,7 +130,7 @@ mod tests {
         );
         assert_eq!(t.remove(5 << 21), Some((0, 6)));
         assert_eq!(t.remove(5 << 21), None);
-        t.remove_where(|v| v.1 % 2 == 0);
+        t.remove_where(|_, v| v.1 % 2 == 0);
         assert_eq!(t.len(), 499);
         assert!(t.shards.iter().filter(|s| !s.lock().is_empty()).count() > SHARDS / 2);
     }

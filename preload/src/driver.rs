@@ -97,7 +97,7 @@ pub fn discover_devices() -> Option<Devices> {
         let mut raw = [0u8; 16];
         // SAFETY: writes the 16-byte CUuuid we own.
         ok(unsafe { f.get_uuid?(&mut raw, dev) })?;
-        uuids.push(state::uuid_string(&raw));
+        uuids.push(core_lib::config::format_uuid(&raw));
         raw_uuids.push(raw);
         totals.push(physical_total(dev)?);
     }

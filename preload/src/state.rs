@@ -15,7 +15,7 @@
 use crate::cuda::*;
 use crate::entry_points::ENTRIES;
 use crate::real::{self, Lib};
-use core_lib::config::{format_uuid, Config};
+use core_lib::config::Config;
 use core_lib::ledger::{DeviceLedger, Ledger, MAX_DEVICES, UNCAPPED};
 use core_lib::vlog;
 use parking_lot::Mutex;
@@ -214,8 +214,4 @@ fn warn_unmatched_keys(config: &Config, d: &Devices) {
 pub fn ledger(dev: CUdevice) -> Option<&'static DeviceLedger> {
     devices()?;
     LEDGER.device(dev)
-}
-
-pub fn uuid_string(bytes: &[u8; 16]) -> String {
-    format_uuid(bytes)
 }

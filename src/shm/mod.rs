@@ -18,8 +18,3 @@ pub fn live_slots(seg: &Segment) -> Vec<(usize, VramcapSlot)> {
         .filter_map(|i| seg.read_with(i, &mut alive).map(|s| (i, s)))
         .collect()
 }
-
-/// `GPU-xxxxxxxx-…` for a raw UUID.
-pub fn uuid_text(raw: &[u8; 16]) -> String {
-    crate::config::format_uuid(raw)
-}

@@ -162,5 +162,5 @@ pub fn mipmapped_destroy(
 
 /// Forgets the arrays of a device whose last context is gone.
 pub fn forget_device(dev: CUdevice) {
-    ARRAYS.remove_where(|a| a.dev == dev);
+    ARRAYS.remove_where(|_, a| a.dev == dev);
 }

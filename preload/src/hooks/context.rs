@@ -85,7 +85,7 @@ fn gone(dev: CUdevice, change: impl FnOnce(&mut DeviceContexts)) {
 
 /// The driver freed everything on `dev`: drop its records and counts (the cap stays).
 fn forget_device(dev: CUdevice) {
-    super::PTRS.remove_where(|p| p.dev == dev);
+    super::PTRS.remove_where(|_, p| p.dev == dev);
     super::PAGES.forget_device(dev);
     super::vmm::forget_device(dev);
     super::array::forget_device(dev);

@@ -168,7 +168,7 @@ pub fn retain_handle(
 
 /// Forgets the handles and mappings of a device whose last context is gone.
 pub fn forget_device(dev: CUdevice) {
-    HANDLES.remove_where(|h| h.dev == dev);
+    HANDLES.remove_where(|_, h| h.dev == dev);
     MAPPINGS
         .lock()
         .retain(|_, (_, h)| HANDLES.get(*h).is_some());
