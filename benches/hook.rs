@@ -2,7 +2,8 @@
 //! 4 MiB, whole pages) through libvramcap.so, beside the same pair called on the fake directly, from 1 to
 //! 64 threads.
 //!
-//! The fake runs in bench mode (`FAKECUDA_BENCH=1`: no bookkeeping, no locks), so the difference between
+//! The fake runs in bench mode (`FAKECUDA_BENCH=1`: no bookkeeping, no locks, each thread reusing a freed
+//! block at once as the real driver does), so the difference between
 //! the two is what the hooks add: the current-device query, the ledger's reserve and commit, the pointer
 //! record, and the release on free. Times are CPU time per call (summed over threads), so the figure stays
 //! comparable when there are more threads than cores.

@@ -7,11 +7,27 @@
 //!
 //! A packed allocation (under 2 MiB, see [`crate::charge`]) reserves the pages it could touch at worst;
 //! once the driver has placed it, the caller commits the pages it really put in use ([`crate::pages`]).
+//!
+//! **Stocks.** One counter that every allocation and free of every thread updates is one cache line that
+//! all cores fight over. As the Linux memory cgroup does with its per-CPU charge stocks, each thread keeps
+//! a small stock of bytes already charged against the cap: while the device is far from its cap, a thread
+//! that goes to the shared counter takes [`BATCH`] more than it needs, later reservations come out of the
+//! stock, and frees go back into it (beyond [`STOCK_MAX`], the excess goes back to the shared counter). The
+//! shared counter still holds everything charged, stocks included, so it still never exceeds the cap;
+//! a reservation that would exceed it first drains every thread's stock, then tries once more. Figures
+//! shown to people ([`DeviceLedger::snapshot`]) leave the stocks out.
 
 use crate::charge::Charge;
 use crate::log::unix_ms;
-use crate::striped::{Padded, StripedCounter};
+use crate::striped::{bump, signed_sum, stripe, Padded, STRIPES};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What a thread takes for its stock when it goes to the shared counter far from the cap.
+pub const BATCH: u64 = 32 << 20;
+/// The most a thread keeps in stock; frees beyond it go back to the shared counter.
+pub const STOCK_MAX: u64 = 2 * BATCH;
+/// Stocks are only taken while the cap leaves at least this much after them.
+const STOCK_FAR: u64 = 1 << 30;
 
 /// How many CUDA ordinals a process may use.
 pub const MAX_DEVICES: usize = 64;
@@ -32,49 +48,81 @@ pub struct Refusal {
 #[derive(Debug)]
 pub struct DeviceLedger {
     cap: AtomicU64,
-    /// Everything the driver holds for this process on this device, reservations in flight included.
-    /// The one counter every allocation must update atomically, so it has a cache line to itself.
+    /// Everything the driver holds for this process on this device, reservations in flight and stocks
+    /// included: the counter the cap is checked against, on a cache line of its own.
     charged: Padded<AtomicU64>,
-    /// The sizes callers asked for, beside what they cost.
-    requested: StripedCounter,
+    /// Each thread's share of the figures that only readers sum, on a line of its own.
+    shares: [Padded<Share>; STRIPES],
     /// The part of `charged` that is the context's own memory.
     context: AtomicU64,
     peak: Padded<AtomicU64>,
-    allocations: StripedCounter,
     refusals: AtomicU64,
     last_refused_bytes: AtomicU64,
     last_refused_unix_ms: AtomicU64,
+}
+
+/// One thread's share of a device's counters.
+#[derive(Debug)]
+struct Share {
+    /// Bytes in `charged` that no allocation uses yet (see "Stocks" above).
+    stock: AtomicU64,
+    /// The sizes callers asked for, beside what they cost; may wrap (a free on another thread).
+    requested: AtomicU64,
+    allocations: AtomicU64,
+}
+
+impl Share {
+    const fn new() -> Share {
+        Share {
+            stock: AtomicU64::new(0),
+            requested: AtomicU64::new(0),
+            allocations: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A charge taken ahead of a driver call. Dropping it gives the bytes back; [`Reservation::commit`] keeps them.
 #[must_use = "a reservation is given back when dropped"]
 pub struct Reservation<'a> {
     ledger: &'a DeviceLedger,
+    /// Stays on the thread that took it (whose stripe it commits to).
+    _here: std::marker::PhantomData<*const ()>,
     charge: Charge,
+    /// The device's charge right after this reservation was taken.
+    total: u64,
 }
 
 impl Reservation<'_> {
     /// The driver call succeeded: the bytes stay charged, and `requested` bytes are recorded beside them.
     pub fn commit(self, requested: u64) -> Charge {
         let charge = self.charge;
-        self.ledger.requested.add(requested);
-        self.ledger.allocations.add(1);
+        let s = stripe();
+        let share = &self.ledger.shares[s];
+        bump(&share.requested, s, requested);
+        bump(&share.allocations, s, 1);
         std::mem::forget(self);
         charge
     }
 }
 
 impl Reservation<'_> {
+    /// What the cap left right after this reservation was taken (`None`: no cap): the caller learns how
+    /// close the device is to its cap without reading the shared counter again.
+    pub fn headroom_after(&self) -> Option<u64> {
+        self.ledger.cap().map(|c| c.saturating_sub(self.total))
+    }
+
     /// Commits what the driver really took, which may differ from the estimate reserved: the difference is
-    /// charged without a cap check, since the memory is already taken.
+    /// charged without a cap check, since the memory is already taken, or given back.
     pub fn commit_as(self, actual: Charge, requested: u64) -> Charge {
-        if actual == self.charge {
-            return self.commit(requested);
+        let (ledger, reserved, used) = (self.ledger, self.charge.worst_case(), actual.worst_case());
+        self.commit(requested);
+        if used > reserved {
+            ledger.force(used - reserved);
+        } else if used < reserved {
+            ledger.to_stock(reserved - used);
         }
-        let ledger = self.ledger;
-        let taken = ledger.reserve_uncapped(actual);
-        drop(self);
-        taken.commit(requested)
+        actual
     }
 }
 
@@ -89,10 +137,9 @@ impl DeviceLedger {
         DeviceLedger {
             cap: AtomicU64::new(UNCAPPED),
             charged: Padded(AtomicU64::new(0)),
-            requested: StripedCounter::new(),
+            shares: [const { Padded(Share::new()) }; STRIPES],
             context: AtomicU64::new(0),
             peak: Padded(AtomicU64::new(0)),
-            allocations: StripedCounter::new(),
             refusals: AtomicU64::new(0),
             last_refused_bytes: AtomicU64::new(0),
             last_refused_unix_ms: AtomicU64::new(0),
@@ -103,7 +150,8 @@ impl DeviceLedger {
         self.cap.store(cap, Relaxed);
     }
 
-    /// What the cap leaves, from two plain loads (no statistics summed): for checks on the hot path.
+    /// What the cap leaves, from two plain loads (no statistics summed, stocks counted as used): for
+    /// checks on the hot path.
     pub fn headroom(&self) -> Option<u64> {
         self.cap()
             .map(|c| c.saturating_sub(self.charged.load(Relaxed)))
@@ -114,31 +162,94 @@ impl DeviceLedger {
     }
 
     /// Adds `bytes` to `charged` if the sum stays within the cap (or always, for memory already taken),
-    /// in one compare-and-swap loop: the counter itself never shows more than the cap.
-    fn try_add(&self, bytes: u64, capped: bool) -> Result<(), Refusal> {
+    /// in one compare-and-swap loop: the counter itself never shows more than the cap. A capped charge
+    /// comes out of the thread's stock when it can, and refills the stock when far from the cap.
+    /// Returns the new total.
+    fn try_add(&self, bytes: u64, capped: bool) -> Result<u64, Refusal> {
         if bytes == 0 {
-            return Ok(());
+            return Ok(self.charged.load(Relaxed));
         }
         let cap = if capped {
             self.cap.load(Relaxed)
         } else {
             u64::MAX
         };
-        self.charged
-            .fetch_update(Relaxed, Relaxed, |cur| {
-                cur.checked_add(bytes).filter(|&next| next <= cap)
-            })
-            .map(|before| self.note_total(before + bytes))
-            .map_err(|cur| {
-                self.refusals.fetch_add(1, Relaxed);
-                self.last_refused_bytes.store(bytes, Relaxed);
-                self.last_refused_unix_ms.store(unix_ms(), Relaxed);
-                Refusal {
-                    bytes,
-                    in_use: cur,
-                    cap,
+        let own = &self.shares[stripe()].stock;
+        if capped {
+            if let Ok(before) = own.fetch_update(Relaxed, Relaxed, |s| s.checked_sub(bytes)) {
+                let total = self.charged.load(Relaxed);
+                self.note_total(total.saturating_sub(before - bytes));
+                return Ok(total);
+            }
+        }
+        let refill = |next: u64| {
+            if capped && next.saturating_add(BATCH + STOCK_FAR) <= cap {
+                BATCH
+            } else {
+                0
+            }
+        };
+        let mut drained = false;
+        loop {
+            let taken = self.charged.fetch_update(Relaxed, Relaxed, |cur| {
+                let next = cur.checked_add(bytes).filter(|&next| next <= cap)?;
+                Some(next + refill(next))
+            });
+            match taken {
+                Ok(before) => {
+                    let extra = refill(before + bytes);
+                    let stocked = if extra > 0 {
+                        own.fetch_add(extra, Relaxed) + extra
+                    } else {
+                        own.load(Relaxed)
+                    };
+                    let total = before + bytes + extra;
+                    self.note_total(total.saturating_sub(stocked));
+                    return Ok(total);
                 }
-            })
+                // Other threads' stocks may hold what this charge needs.
+                Err(_) if capped && !drained => {
+                    self.drain_stocks();
+                    drained = true;
+                }
+                Err(cur) => {
+                    self.refusals.fetch_add(1, Relaxed);
+                    self.last_refused_bytes.store(bytes, Relaxed);
+                    self.last_refused_unix_ms.store(unix_ms(), Relaxed);
+                    return Err(Refusal {
+                        bytes,
+                        in_use: cur,
+                        cap,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Gives every thread's stock back to the shared counter.
+    fn drain_stocks(&self) {
+        let stocked: u64 = self.shares.iter().map(|s| s.stock.swap(0, Relaxed)).sum();
+        if stocked > 0 {
+            self.sub(stocked);
+        }
+    }
+
+    /// Bytes in all stocks (a moment's sum).
+    fn stocked(&self) -> u64 {
+        self.shares.iter().map(|s| s.stock.load(Relaxed)).sum()
+    }
+
+    /// Returns `bytes` of a capped charge: into the thread's stock, keeping it under [`STOCK_MAX`].
+    fn to_stock(&self, bytes: u64) {
+        let own = &self.shares[stripe()].stock;
+        let now = own.fetch_add(bytes, Relaxed).wrapping_add(bytes);
+        if now > STOCK_MAX {
+            if let Ok(had) =
+                own.fetch_update(Relaxed, Relaxed, |s| (s > STOCK_MAX).then_some(BATCH))
+            {
+                self.sub(had - BATCH);
+            }
+        }
     }
 
     /// Gives back `bytes` of a charge that was taken with [`DeviceLedger::force`].
@@ -182,16 +293,20 @@ impl DeviceLedger {
             // Unreachable: without a cap nothing is refused. Charge nothing rather than panic.
             Err(_) => Reservation {
                 ledger: self,
+                _here: std::marker::PhantomData,
                 charge: Charge::Pages(0),
+                total: 0,
             },
         }
     }
 
     fn add(&self, charge: Charge, capped: bool) -> Result<Reservation<'_>, Refusal> {
-        self.try_add(charge.worst_case(), capped)?;
+        let total = self.try_add(charge.worst_case(), capped)?;
         Ok(Reservation {
             ledger: self,
+            _here: std::marker::PhantomData,
             charge,
+            total,
         })
     }
 
@@ -206,12 +321,14 @@ impl DeviceLedger {
     /// Gives back a committed charge whose memory the driver has freed.
     pub fn release(&self, charge: Charge, requested: u64) {
         self.uncharge(charge);
-        self.requested.sub(requested);
-        self.allocations.sub(1);
+        let s = stripe();
+        let share = &self.shares[s];
+        bump(&share.requested, s, requested.wrapping_neg());
+        bump(&share.allocations, s, 1u64.wrapping_neg());
     }
 
     fn uncharge(&self, charge: Charge) {
-        self.sub(charge.worst_case());
+        self.to_stock(charge.worst_case());
     }
 
     /// Moves the context's share of `charged` to `bytes` (a measurement replacing an estimate).
@@ -229,23 +346,28 @@ impl DeviceLedger {
         for counter in [&*self.charged, &self.context] {
             counter.store(0, Relaxed);
         }
-        self.requested.clear();
-        self.allocations.clear();
+        for s in &self.shares {
+            for counter in [&s.stock, &s.requested, &s.allocations] {
+                counter.store(0, Relaxed);
+            }
+        }
     }
 
     /// Raises the peak to the current charge.
     fn note_peak(&self) {
-        self.note_total(self.charged.load(Relaxed));
+        self.note_total(self.charged.load(Relaxed).saturating_sub(self.stocked()));
     }
 
     pub fn snapshot(&self) -> DeviceUsage {
+        let charged = self.charged.load(Relaxed).saturating_sub(self.stocked());
+        self.note_total(charged);
         DeviceUsage {
             cap: self.cap(),
-            charged: self.charged.load(Relaxed),
-            requested: self.requested.get(),
+            charged,
+            requested: signed_sum(self.shares.iter().map(|s| &s.requested)),
             context: self.context.load(Relaxed),
             peak: self.peak.load(Relaxed),
-            allocations: self.allocations.get(),
+            allocations: signed_sum(self.shares.iter().map(|s| &s.allocations)),
             refusals: self.refusals.load(Relaxed),
             last_refused_bytes: self.last_refused_bytes.load(Relaxed),
             last_refused_unix_ms: self.last_refused_unix_ms.load(Relaxed),
@@ -313,6 +435,45 @@ mod tests {
     use std::sync::Arc;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn stocks_never_cost_a_reservation_that_fits() {
+        const GIB: u64 = 1 << 30;
+        let l = Arc::new(DeviceLedger::new());
+        l.set_cap(4 * GIB);
+        // Far from the cap, a thread's reservation takes a stock beside it, and frees feed the stock.
+        let held: Vec<_> = (0..4)
+            .map(|_| {
+                let l = Arc::clone(&l);
+                std::thread::spawn(move || {
+                    let r = l.reserve(Charge::Pages(4 * MIB)).unwrap();
+                    r.commit(4 * MIB);
+                    let r = l.reserve(Charge::Pages(2 * MIB)).unwrap();
+                    r.commit(2 * MIB);
+                    l.release(Charge::Pages(2 * MIB), 2 * MIB);
+                })
+            })
+            .collect();
+        for h in held {
+            h.join().unwrap();
+        }
+        let shown = l.snapshot();
+        assert_eq!(shown.charged, 16 * MIB, "figures leave stocks out");
+        assert!(shown.peak >= 16 * MIB && shown.peak <= 4 * GIB);
+        assert!(
+            l.headroom().unwrap() < 4 * GIB - 16 * MIB,
+            "the threads' stocks are charged"
+        );
+        // Everything the cap leaves beside what is really held can still be reserved in one piece.
+        let rest = 4 * GIB - 16 * MIB;
+        let r = l
+            .reserve(Charge::Pages(rest))
+            .expect("stocks drained for it");
+        assert_eq!(l.headroom(), Some(0));
+        assert!(l.reserve(Charge::Pages(2 * MIB)).is_err());
+        drop(r);
+        assert_eq!(l.snapshot().charged, 16 * MIB);
+    }
 
     #[test]
     fn cap_holds_and_refusal_reports() {

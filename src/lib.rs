@@ -6,7 +6,8 @@
 //! - [`ledger`]: per-device counts with the atomic reserve-then-commit cap check;
 //! - [`pages`]: which shared pages hold live small allocations;
 //! - [`policy`]: whom the priority unloader asks to give memory back, in which order;
-//! - [`tracker`]: which handle was charged what;
+//! - [`addr_map`]: which device pointer was charged what, lock-free, for the hot path;
+//! - [`tracker`]: which handle was charged what (a locked map, for the rarer handles);
 //! - [`striped`]: counters that many threads bump without sharing a cache line;
 //! - [`shm`]: the shared segment every capped process publishes its figures in;
 //! - [`log`]: `vramcap:` lines on stderr;
@@ -14,6 +15,7 @@
 //!
 //! Nothing here talks to the driver: the hooks live in the `preload` crate, the binaries in `src/bin`.
 
+pub mod addr_map;
 pub mod charge;
 pub mod config;
 pub mod ledger;

@@ -1,11 +1,18 @@
-//! Counters spread over cache lines, one stripe per thread (round-robin), for figures that many threads
-//! bump at once but that only readers sum. A stripe is written by few threads, so allocation-heavy
-//! programs do not fight over one cache line for statistics the cap check never needs.
+//! Figures spread over cache lines, one stripe per thread, that many threads bump at once but that only
+//! readers sum.
+//!
+//! A thread owns a stripe of its own while it lives (claimed on first use, given back by a thread-local
+//! destructor), so it updates its stripe with a plain load and store: no read-modify-write, no shared
+//! cache line. Threads beyond [`OWNED`] share the last few stripes and update them atomically.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
-pub const STRIPES: usize = 32;
+/// Stripes a thread can own.
+pub const OWNED: usize = 64;
+/// Stripes shared by threads that found none to own.
+const SHARED: usize = 8;
+pub const STRIPES: usize = OWNED + SHARED;
 
 /// Keeps a value on a cache line of its own (128 bytes: adjacent-line prefetch pairs lines on x86).
 #[derive(Debug, Default)]
@@ -19,65 +26,83 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
+const UNSET: usize = usize::MAX;
+
 thread_local! {
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's stripe; a `const` `Cell` without destructor, so it is readable at any time, even while
+    /// other thread-locals are being destroyed.
+    static STRIPE: Cell<usize> = const { Cell::new(UNSET) };
+    /// Gives an owned stripe back when the thread ends.
+    static OWNER: Owner = const { Owner };
 }
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
-/// This thread's stripe, assigned round-robin on first use.
+/// Which owned stripes are taken.
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+static NEXT_SHARED: AtomicUsize = AtomicUsize::new(0);
+
+struct Owner;
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let s = STRIPE.with(|c| c.replace(shared_stripe()));
+        if s < OWNED {
+            TAKEN.fetch_and(!(1 << s), Release);
+        }
+    }
+}
+
+fn shared_stripe() -> usize {
+    OWNED + NEXT_SHARED.fetch_add(1, Relaxed) % SHARED
+}
+
+/// This thread's stripe: one it owns if any was free, else a shared one.
 pub fn stripe() -> usize {
-    STRIPE.with(|s| {
-        let mut i = s.get();
-        if i == usize::MAX {
-            i = NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES;
-            s.set(i);
-        }
-        i
-    })
+    let s = STRIPE.with(Cell::get);
+    if s != UNSET {
+        return s;
+    }
+    let s = claim();
+    STRIPE.with(|c| c.set(s));
+    s
 }
 
-/// A counter summed over stripes. Each stripe may go below zero on its own (a free on another thread
-/// than the allocation), so stripes wrap and only the sum, saturated at zero, is meaningful.
-#[derive(Debug)]
-pub struct StripedCounter {
-    stripes: [Padded<AtomicU64>; STRIPES],
+/// Whether stripe `s` is owned by the calling thread (it is, if it is this thread's and below [`OWNED`]).
+pub fn owned(s: usize) -> bool {
+    s < OWNED
 }
 
-impl StripedCounter {
-    pub const fn new() -> StripedCounter {
-        StripedCounter {
-            stripes: [const { Padded(AtomicU64::new(0)) }; STRIPES],
+fn claim() -> usize {
+    // Register the destructor first: if this thread is already past its thread-locals' destruction, own
+    // nothing (nothing would give the stripe back).
+    if OWNER.try_with(|_| ()).is_err() {
+        return shared_stripe();
+    }
+    let mut taken = TAKEN.load(Relaxed);
+    while taken != u64::MAX {
+        let bit = (!taken).trailing_zeros() as usize;
+        match TAKEN.compare_exchange_weak(taken, taken | 1 << bit, Acquire, Relaxed) {
+            Ok(_) => return bit,
+            Err(now) => taken = now,
         }
     }
+    shared_stripe()
+}
 
-    pub fn add(&self, n: u64) {
-        self.stripes[stripe()].0.fetch_add(n, Relaxed);
-    }
-
-    pub fn sub(&self, n: u64) {
-        self.stripes[stripe()].0.fetch_sub(n, Relaxed);
-    }
-
-    /// The sum, read as signed so a free counted before its allocation never shows as a huge number.
-    pub fn get(&self) -> u64 {
-        let sum = self
-            .stripes
-            .iter()
-            .fold(0u64, |acc, s| acc.wrapping_add(s.0.load(Relaxed)));
-        u64::try_from(sum as i64).unwrap_or(0)
-    }
-
-    pub fn clear(&self) {
-        for s in &self.stripes {
-            s.0.store(0, Relaxed);
-        }
+/// Adds `n` (wrapping) to `cell`, this thread's cell of a striped figure on stripe `s` (from [`stripe`]):
+/// a plain load and store on a stripe the thread owns, an atomic add on a shared one.
+pub fn bump(cell: &AtomicU64, s: usize, n: u64) {
+    if owned(s) {
+        cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
+    } else {
+        cell.fetch_add(n, Relaxed);
     }
 }
 
-impl Default for StripedCounter {
-    fn default() -> Self {
-        StripedCounter::new()
-    }
+/// The sum of a striped figure's cells, read as signed so that a free counted before its allocation never
+/// shows as a huge number.
+pub fn signed_sum<'a>(cells: impl Iterator<Item = &'a AtomicU64>) -> u64 {
+    let sum = cells.fold(0u64, |acc, c| acc.wrapping_add(c.load(Relaxed)));
+    u64::try_from(sum as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -87,13 +112,14 @@ mod tests {
 
     #[test]
     fn sums_across_threads_and_never_shows_negative() {
-        let c = Arc::new(StripedCounter::new());
+        let c = Arc::new([const { Padded(AtomicU64::new(0)) }; STRIPES]);
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let c = Arc::clone(&c);
                 std::thread::spawn(move || {
+                    let s = stripe();
                     for _ in 0..1000 {
-                        c.add(3);
+                        bump(&c[s], s, 3);
                     }
                 })
             })
@@ -101,12 +127,47 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        assert_eq!(c.get(), 24_000);
-        let c2 = StripedCounter::new();
-        c2.sub(5);
-        assert_eq!(c2.get(), 0);
-        c2.add(7);
-        assert_eq!(c2.get(), 2);
+        assert_eq!(signed_sum(c.iter().map(|p| &p.0)), 24_000);
+        let c2 = [AtomicU64::new(0), AtomicU64::new(0)];
+        bump(&c2[0], 0, 5u64.wrapping_neg());
+        assert_eq!(signed_sum(c2.iter()), 0);
+        bump(&c2[1], 1, 7);
+        assert_eq!(signed_sum(c2.iter()), 2);
+    }
+
+    #[test]
+    fn threads_own_stripes_and_give_them_back() {
+        let mine = stripe();
+        assert!(owned(mine));
+        let other = std::thread::spawn(stripe).join().unwrap();
+        assert_ne!(other, mine);
+        // Ended threads give their stripes back: far more threads than stripes, one after another, all own one.
+        for _ in 0..4 * OWNED {
+            assert!(owned(std::thread::spawn(stripe).join().unwrap()));
+        }
+        // More threads alive than stripes to own: the rest share, and sums stay exact.
+        let c = Arc::new([const { Padded(AtomicU64::new(0)) }; STRIPES]);
+        let barrier = Arc::new(std::sync::Barrier::new(OWNED + 8));
+        let handles: Vec<_> = (0..OWNED + 8)
+            .map(|_| {
+                let (c, barrier) = (Arc::clone(&c), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    let s = stripe();
+                    barrier.wait();
+                    for _ in 0..1000 {
+                        bump(&c[s], s, 2);
+                        bump(&c[s], s, 1u64.wrapping_neg());
+                    }
+                    s
+                })
+            })
+            .collect();
+        let stripes: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(stripes.iter().any(|&s| !owned(s)));
+        assert_eq!(
+            signed_sum(c.iter().map(|p| &p.0)),
+            (OWNED as u64 + 8) * 1000
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! hold when the cap seems reached, and answer `CUDA_ERROR_OUT_OF_MEMORY` with a rate-limited line.
 
 use crate::cuda::*;
+use crate::overhead::{InFlight, NEAR_CAP};
 use crate::state::{self, Phase};
 use core_lib::charge::Charge;
 use core_lib::ledger::{Refusal, Reservation, MAX_DEVICES};
@@ -11,6 +12,29 @@ use core_lib::vlog;
 
 static REFUSAL_LINES: [RateLimit; MAX_DEVICES] = [const { RateLimit::new() }; MAX_DEVICES];
 
+/// Starts an allocating operation of `requested` bytes on `dev`: marks it in flight and reserves `charge`.
+/// Near the cap, what the driver holds outside our counts must be current first (see `overhead`), which
+/// needs no operation in flight; far from it (the common case), the device's counter is touched once.
+pub fn admit(
+    dev: CUdevice,
+    charge: Charge,
+    requested: u64,
+) -> Result<(InFlight, Reservation<'static>), CUresult> {
+    let op = crate::overhead::in_flight();
+    if let Ok(r) = reserve(dev, charge) {
+        let room_before = r
+            .headroom_after()
+            .map(|h| h.saturating_add(charge.worst_case()));
+        if room_before.is_none_or(|room| room >= requested.saturating_add(NEAR_CAP)) {
+            return Ok((op, r));
+        }
+    }
+    drop(op);
+    prepare(dev, requested);
+    let op = crate::overhead::in_flight();
+    reserve(dev, charge).map(|r| (op, r))
+}
+
 /// Called by an allocating hook before its operation starts (before [`crate::overhead::in_flight`]):
 /// near the cap, what the driver holds outside our counts must be current (see `overhead`).
 pub fn prepare(dev: CUdevice, bytes: u64) {
@@ -18,7 +42,7 @@ pub fn prepare(dev: CUdevice, bytes: u64) {
         return;
     };
     if let Some(headroom) = ledger.headroom() {
-        if headroom < bytes.saturating_add(crate::overhead::NEAR_CAP) {
+        if headroom < bytes.saturating_add(NEAR_CAP) {
             crate::overhead::measure_if_stale(dev, bytes);
         }
     }

@@ -28,7 +28,7 @@ use crate::real;
 use crate::state::{self, LEDGER};
 use core_lib::ledger::{DeviceUsage, MAX_DEVICES};
 use core_lib::log::monotonic_ns;
-use core_lib::striped::{stripe, Padded, STRIPES};
+use core_lib::striped::{owned, stripe, Padded, STRIPES};
 use core_lib::vlog;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CString};
@@ -51,37 +51,90 @@ const IDLE_PERIOD: u64 = 5_000_000_000;
 /// Read-held by every allocating or freeing hook while its bookkeeping and driver call are in flight;
 /// write-held by a reading. A big-reader lock: a reader touches only its thread's stripe (and reads the
 /// writer flag), so hooks on many threads do not share a cache line; the rare writer sets the flag and
-/// waits for every stripe to drain. Dekker-style, both sides use SeqCst so one always sees the other.
+/// waits for every stripe to drain.
+///
+/// Reader and writer each store a flag and then read the other's (Dekker), which needs a full fence on
+/// both sides. The reader's side runs on every allocation, so where the kernel offers it, the writer pays
+/// for both: `membarrier(PRIVATE_EXPEDITED)` makes every running thread of the process execute a full fence,
+/// so a reader on a stripe it owns gets by with a plain store and a compiler fence (the asymmetric fence
+/// of liburcu and folly). Without membarrier, or on a shared stripe, readers use locked read-modify-writes.
 struct OpsLock {
     readers: [Padded<AtomicU64>; STRIPES],
     writer: AtomicBool,
     writers: Mutex<()>,
+    /// Set once, at start-up, when membarrier is registered.
+    asymmetric: AtomicBool,
 }
 
 static OPS: OpsLock = OpsLock {
     readers: [const { Padded(AtomicU64::new(0)) }; STRIPES],
     writer: AtomicBool::new(false),
     writers: Mutex::new(()),
+    asymmetric: AtomicBool::new(false),
 };
+
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier(2) takes (cmd, flags, cpu_id) and touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) }
+}
+
+/// Turns the asymmetric fence on if the kernel has it. Called once at start-up, before any hook can
+/// hold the lock (so no reader is mid-way while the mode changes).
+pub fn use_membarrier() {
+    let offered = membarrier(MEMBARRIER_CMD_QUERY);
+    let wanted = (MEMBARRIER_CMD_PRIVATE_EXPEDITED | MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED)
+        as libc::c_long;
+    if offered >= 0
+        && offered & wanted == wanted
+        && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+    {
+        OPS.asymmetric.store(true, Ordering::SeqCst);
+    } else {
+        vlog!(
+            Debug,
+            "membarrier unavailable; allocation hooks use locked fences"
+        );
+    }
+}
 
 /// An allocating or freeing operation in flight (see [`in_flight`]).
 pub struct InFlight(usize);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        OPS.readers[self.0].fetch_sub(1, Ordering::SeqCst);
+        let r = &OPS.readers[self.0];
+        if light(self.0) {
+            r.store(r.load(Ordering::Relaxed) - 1, Ordering::Release);
+        } else {
+            r.fetch_sub(1, Ordering::SeqCst);
+        }
     }
+}
+
+/// Whether a reader on stripe `s` may use the plain store (see [`OpsLock`]).
+fn light(s: usize) -> bool {
+    owned(s) && OPS.asymmetric.load(Ordering::Relaxed)
 }
 
 /// Marks an allocating or freeing driver call (with its bookkeeping) as in flight while it lives.
 pub fn in_flight() -> InFlight {
     let s = stripe();
+    let r = &OPS.readers[s];
     loop {
-        OPS.readers[s].fetch_add(1, Ordering::SeqCst);
+        if light(s) {
+            r.store(r.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        } else {
+            r.fetch_add(1, Ordering::SeqCst);
+        }
         if !OPS.writer.load(Ordering::SeqCst) {
             return InFlight(s);
         }
-        OPS.readers[s].fetch_sub(1, Ordering::SeqCst);
+        drop(InFlight(s));
         while OPS.writer.load(Ordering::Relaxed) {
             std::thread::yield_now();
         }
@@ -105,6 +158,10 @@ fn quiet(wait: bool) -> Option<Quiet<'static>> {
         OPS.writers.try_lock()?
     };
     OPS.writer.store(true, Ordering::SeqCst);
+    if OPS.asymmetric.load(Ordering::SeqCst) {
+        // Every reader's flag store is now visible here, or that reader will see ours.
+        membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+    }
     let guard = Quiet(exclusive);
     while OPS.readers.iter().any(|r| r.load(Ordering::SeqCst) != 0) {
         if !wait {

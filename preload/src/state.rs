@@ -69,6 +69,7 @@ pub fn start() -> Phase {
         Ok(config) => {
             core_lib::log::set_level(config.log);
             resolve_driver(config.real_libcuda.as_deref());
+            crate::overhead::use_membarrier();
             let _ = CONFIG.set(config);
             Phase::Ready
         }

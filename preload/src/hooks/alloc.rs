@@ -36,9 +36,7 @@ fn charged_alloc(
     let Some(dev) = driver::current_device() else {
         return call();
     };
-    enforce::prepare(dev, requested);
-    let _op = crate::overhead::in_flight();
-    let reservation = match enforce::reserve(dev, estimate) {
+    let (_op, reservation) = match enforce::admit(dev, estimate, requested) {
         Ok(r) => r,
         Err(code) => return code,
     };

@@ -43,9 +43,7 @@ fn charged_create(
     let Some(dev) = driver::current_device() else {
         return call();
     };
-    enforce::prepare(dev, bytes);
-    let _op = crate::overhead::in_flight();
-    let reservation = match enforce::reserve(dev, Charge::pages(bytes)) {
+    let (_op, reservation) = match enforce::admit(dev, Charge::pages(bytes), bytes) {
         Ok(r) => r,
         Err(code) => return code,
     };

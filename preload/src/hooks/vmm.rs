@@ -68,10 +68,8 @@ pub fn mem_create(
     }
     // Charged to the device named in the properties, whichever context is current.
     let dev = props.location.id;
-    enforce::prepare(dev, size as u64);
-    let _op = crate::overhead::in_flight();
     let charge = Charge::pages(size as u64);
-    let reservation = match enforce::reserve(dev, charge) {
+    let (_op, reservation) = match enforce::admit(dev, charge, size as u64) {
         Ok(r) => r,
         Err(code) => return code,
     };

@@ -683,13 +683,39 @@ fn bench_mode() -> bool {
     *BENCH.get_or_init(|| std::env::var_os("FAKECUDA_BENCH").is_some_and(|v| v == "1"))
 }
 
+/// Bench mode's allocator: each thread takes addresses from a 1 GiB range of its own, as a stack, so a
+/// freed block is handed out again at once, as the real driver reuses a freed block of the same size.
 static BENCH_VA: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x7e00_0000_0000);
+
+thread_local! {
+    /// (base of this thread's range, bytes in use from it).
+    static BENCH_STACK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn bench_alloc(size: u64) -> u64 {
+    BENCH_STACK.with(|c| {
+        let (mut base, top) = c.get();
+        if base == 0 {
+            base = BENCH_VA.fetch_add(1 << 30, std::sync::atomic::Ordering::Relaxed);
+        }
+        c.set((base, top + size.div_ceil(512) * 512));
+        base + top
+    })
+}
+
+fn bench_free(ptr: u64) {
+    BENCH_STACK.with(|c| {
+        let (base, top) = c.get();
+        if ptr >= base && ptr < base + top {
+            c.set((base, ptr - base));
+        }
+    })
+}
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut u64, size: usize) -> CUresult {
     if bench_mode() {
-        let va = BENCH_VA.fetch_add(size as u64 + 4096, std::sync::atomic::Ordering::Relaxed);
-        return unsafe { out(dptr, va) };
+        return unsafe { out(dptr, bench_alloc(size as u64)) };
     }
     alloc_current("cuMemAlloc_v2", dptr, size as u64)
 }
@@ -743,6 +769,7 @@ pub unsafe extern "C" fn cuMemAllocManaged(
 #[no_mangle]
 pub extern "C" fn cuMemFree_v2(ptr: u64) -> CUresult {
     if bench_mode() {
+        bench_free(ptr);
         return OK;
     }
     call("cuMemFree_v2", |s| s.free(ptr))
