@@ -10,7 +10,7 @@
  */
 #define VRAMCAP_MAGIC 3553411863310062166
 
-#define VRAMCAP_VERSION 1
+#define VRAMCAP_VERSION 2
 
 #define VRAMCAP_SLOTS 1024
 
@@ -36,6 +36,41 @@
  * Slot flags.
  */
 #define VRAMCAP_FLAG_PROTECTED 1
+
+/**
+ * How the unloader asks a worker to give its memory back (`unload_kind`; `unload` holds the detail).
+ */
+#define VRAMCAP_UNLOAD_NONE 0
+
+/**
+ * HTTP POST to the URL in `unload`.
+ */
+#define VRAMCAP_UNLOAD_URL 1
+
+/**
+ * The signal named in `unload` (`USR1`, `SIGTERM`, `10`).
+ */
+#define VRAMCAP_UNLOAD_SIGNAL 2
+
+/**
+ * The shell command in `unload`.
+ */
+#define VRAMCAP_UNLOAD_CMD 3
+
+/**
+ * The unloader's answers to a request (`answer`).
+ */
+#define VRAMCAP_ANSWER_NONE 0
+
+/**
+ * Memory was freed: retry the allocation.
+ */
+#define VRAMCAP_ANSWER_FREED 1
+
+/**
+ * Not enough can be freed for this request: fail now.
+ */
+#define VRAMCAP_ANSWER_CANNOT 2
 
 /**
  * The segment's first bytes.
@@ -112,7 +147,7 @@ typedef struct VramcapSlot {
    */
   uint32_t flags;
   /**
-   * How to ask the process to unload (0 none; the unloader issue defines the others).
+   * How to ask the process to unload: [`VRAMCAP_UNLOAD_NONE`], [`VRAMCAP_UNLOAD_URL`], …
    */
   uint32_t unload_kind;
   uint64_t updated_unix_ms;
@@ -125,6 +160,25 @@ typedef struct VramcapSlot {
    */
   uint8_t unload[VRAMCAP_UNLOAD_LEN];
   struct VramcapDevice devices[VRAMCAP_SLOT_DEVICES];
+  /**
+   * The pressure handshake. The process writes the request's device and bytes, then bumps
+   * `request_seq`; the unloader acts, writes `answer`, then sets `answer_seq` to that `request_seq`.
+   * A request is pending while the two differ.
+   */
+  uint32_t request_seq;
+  uint32_t answer_seq;
+  uint8_t request_uuid[16];
+  uint64_t request_bytes;
+  uint64_t request_unix_ms;
+  /**
+   * [`VRAMCAP_ANSWER_FREED`] or [`VRAMCAP_ANSWER_CANNOT`].
+   */
+  uint32_t answer;
+  uint32_t reserved_u32;
+  /**
+   * Room for later fields without a new layout version.
+   */
+  uint64_t reserved[8];
 } VramcapSlot;
 
 #endif  /* VRAMCAP_H */

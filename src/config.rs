@@ -14,6 +14,24 @@ pub const ENV_NAME: &str = "VRAMCAP_NAME";
 pub const ENV_PRIORITY: &str = "VRAMCAP_PRIORITY";
 pub const ENV_CONTEXT_BYTES: &str = "VRAMCAP_CONTEXT_BYTES";
 pub const ENV_NVML: &str = "VRAMCAP_NVML";
+pub const ENV_PROTECT: &str = "VRAMCAP_PROTECT";
+pub const ENV_UNLOAD_URL: &str = "VRAMCAP_UNLOAD_URL";
+pub const ENV_UNLOAD_SIGNAL: &str = "VRAMCAP_UNLOAD_SIGNAL";
+pub const ENV_UNLOAD_CMD: &str = "VRAMCAP_UNLOAD_CMD";
+pub const ENV_WAIT: &str = "VRAMCAP_WAIT";
+
+/// How the unloader may ask this worker to give its memory back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum UnloadHook {
+    #[default]
+    None,
+    /// HTTP POST to this `http://` URL.
+    Url(String),
+    /// This signal (its number), as given (`USR1`, `SIGTERM`, `10`).
+    Signal(i32, String),
+    /// This shell command, run with `VRAMCAP_PID` and `VRAMCAP_NAME` set.
+    Cmd(String),
+}
 
 /// What a CUDA context costs before it is measured: an H100 with driver 580 took 527 MiB for a bare context
 /// (`shared/measurements/h100-driver-footprint.txt`). Charged at context creation, then replaced by the
@@ -75,6 +93,11 @@ pub struct Config {
     pub nvml: bool,
     pub name: Option<String>,
     pub priority: i32,
+    /// Never asked to unload.
+    pub protect: bool,
+    pub unload: UnloadHook,
+    /// How long an allocation refused by a full device waits for the unloader (`None`: fail at once).
+    pub wait: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -141,6 +164,42 @@ impl Config {
                 .parse()
                 .map_err(|_| invalid(ENV_PRIORITY, &v, "expected an integer".into()))?,
         };
+        let protect = match lookup(ENV_PROTECT).as_deref().map(str::trim) {
+            None | Some("") | Some("0") | Some("off") => false,
+            Some("1") | Some("on") => true,
+            Some(v) => return Err(invalid(ENV_PROTECT, v, "expected 1 or 0".into())),
+        };
+        let hooks = [ENV_UNLOAD_URL, ENV_UNLOAD_SIGNAL, ENV_UNLOAD_CMD].map(|var| {
+            lookup(var)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (var, v))
+        });
+        let mut given = hooks.into_iter().flatten();
+        let unload = match (given.next(), given.next()) {
+            (None, _) => UnloadHook::None,
+            (Some((var, v)), Some((other, _))) => {
+                return Err(invalid(
+                    var,
+                    &v,
+                    format!("{other} is set too; give one way to unload"),
+                ))
+            }
+            (Some((var, v)), None) => match var {
+                ENV_UNLOAD_URL => {
+                    parse_http_url(&v).map_err(|reason| invalid(var, &v, reason))?;
+                    UnloadHook::Url(v.trim().to_string())
+                }
+                ENV_UNLOAD_SIGNAL => {
+                    let n = parse_signal(&v).map_err(|reason| invalid(var, &v, reason))?;
+                    UnloadHook::Signal(n, v.trim().to_string())
+                }
+                _ => UnloadHook::Cmd(v),
+            },
+        };
+        let wait = match lookup(ENV_WAIT) {
+            None => None,
+            Some(v) => Some(parse_duration(&v).map_err(|reason| invalid(ENV_WAIT, &v, reason))?),
+        };
         Ok(Config {
             limit,
             real_libcuda,
@@ -149,6 +208,9 @@ impl Config {
             nvml,
             name: lookup(ENV_NAME).filter(|n| !n.is_empty()),
             priority,
+            protect,
+            unload,
+            wait,
         })
     }
 }
@@ -204,6 +266,92 @@ fn parse_device_key(key: &str) -> Result<DeviceKey, String> {
             "'{key}' is neither a CUDA ordinal nor a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
         ))
     }
+}
+
+/// Parses a duration: `30s`, `500ms`, `2m`, `1.5s`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("'{t}' is not a duration (like 30s, 500ms, 2m)"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        u => return Err(format!("unknown unit '{u}' (use ms, s, m or h)")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
+        return Err(format!("'{t}' is too long"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Parses a signal: `USR1`, `SIGUSR1`, `sigterm` or a number.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("signal number {n} is out of range (1-64)"))
+        };
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let n = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        _ => {
+            return Err(format!(
+                "'{t}' is not a signal name (USR1, USR2, HUP, TERM, …)"
+            ))
+        }
+    };
+    Ok(n)
+}
+
+/// Splits an `http://host:port/path` URL into (host, port, path). Only plain HTTP: unload endpoints are
+/// local services.
+pub fn parse_http_url(text: &str) -> Result<(String, u16, String), String> {
+    let t = text.trim();
+    let rest = t
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("'{t}' is not an http:// URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("'{t}' has an unclosed [IPv6] host"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("'{t}' names no host"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => p.parse().map_err(|_| format!("'{t}' has a bad port"))?,
+    };
+    Ok((host.to_string(), port, path.to_string()))
 }
 
 /// Formats a 16-byte CUDA UUID the way nvidia-smi does: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
@@ -287,6 +435,46 @@ mod tests {
         assert!(parse_limit("gpu0=1G").unwrap_err().contains("neither"));
         assert!(parse_limit("0=").is_err());
         assert!(parse_limit("GPU-1234=1G").is_err());
+    }
+
+    #[test]
+    fn worker_declarations() {
+        let c = Config::from_lookup(env(&[
+            (ENV_PROTECT, "1"),
+            (ENV_UNLOAD_URL, "http://127.0.0.1:8001/memory/unload"),
+            (ENV_WAIT, "1.5s"),
+        ]))
+        .unwrap();
+        assert!(c.protect);
+        assert_eq!(
+            c.unload,
+            UnloadHook::Url("http://127.0.0.1:8001/memory/unload".into())
+        );
+        assert_eq!(c.wait, Some(std::time::Duration::from_millis(1500)));
+        let c = Config::from_lookup(env(&[(ENV_UNLOAD_SIGNAL, "sigusr1")])).unwrap();
+        assert_eq!(
+            c.unload,
+            UnloadHook::Signal(libc::SIGUSR1, "sigusr1".into())
+        );
+        for (var, value, says) in [
+            (ENV_UNLOAD_SIGNAL, "USR9", "not a signal"),
+            (ENV_UNLOAD_URL, "https://x/unload", "not an http"),
+            (ENV_WAIT, "soon", "not a duration"),
+            (ENV_WAIT, "3 fortnights", "unknown unit"),
+            (ENV_PROTECT, "yes please", "expected 1 or 0"),
+        ] {
+            let e = Config::from_lookup(env(&[(var, value)])).unwrap_err();
+            assert_eq!((e.var, e.value.as_str()), (var, value));
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let e = Config::from_lookup(env(&[(ENV_UNLOAD_URL, "http://h/"), (ENV_UNLOAD_CMD, "x")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("give one way"), "{e}");
+        assert_eq!(
+            parse_http_url("http://[::1]:9/u").unwrap(),
+            ("::1".into(), 9, "/u".into())
+        );
+        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod entry_points;
 pub mod guard;
 pub mod hooks;
 pub mod overhead;
+pub mod pressure;
 pub mod publish;
 pub mod real;
 pub mod state;

@@ -60,10 +60,13 @@ pub fn join() {
     }
     let Some(seg) = segment() else { return };
     let config = state::config();
-    let who = Identity::of_this_process(
+    let mut who = Identity::of_this_process(
         config.and_then(|c| c.name.as_deref()),
         config.map_or(0, |c| c.priority),
     );
+    if let Some(c) = config {
+        who = who.declaring(c.protect, &c.unload);
+    }
     match seg.claim(&who) {
         Some(slot) => {
             SLOT.store(slot, Ordering::Release);
@@ -121,4 +124,19 @@ pub fn publish() {
         .collect();
     seg.write_devices(SLOT.load(Ordering::Acquire), &entries);
     *last = usage;
+}
+
+/// Posts a request for `bytes` on the device `uuid` for the unloader; returns its sequence number, or
+/// `None` if this process has no slot.
+pub fn post_request(uuid: [u8; 16], bytes: u64) -> Option<u32> {
+    if SLOT_PID.load(Ordering::Acquire) != std::process::id() {
+        return None;
+    }
+    let seg = segment()?;
+    Some(seg.post_request(SLOT.load(Ordering::Acquire), uuid, bytes))
+}
+
+/// The unloader's answer to request `seq`, once given.
+pub fn answer_to(seq: u32) -> Option<u32> {
+    segment()?.answer_to(SLOT.load(Ordering::Acquire), seq)
 }

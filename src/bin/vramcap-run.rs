@@ -1,4 +1,5 @@
-//! `vramcap-run [--limit SIZE] [--name NAME] [--priority N] -- CMD ARGS…`
+//! `vramcap-run [--limit SIZE] [--name NAME] [--priority N] [--protect]
+//!  [--unload-url URL | --unload-signal SIG | --unload-cmd CMD] [--wait DURATION] -- CMD ARGS…`
 //!
 //! Validates the cap exactly as the library will, puts libvramcap.so in front of `LD_PRELOAD`, sets the
 //! variables and execs the command, so its signals and exit code are the command's own.
@@ -28,6 +29,22 @@ struct Args {
     /// Higher keeps its memory longer when workers compete.
     #[arg(long, allow_negative_numbers = true)]
     priority: Option<i32>,
+    /// Never asked to unload by the unloader.
+    #[arg(long)]
+    protect: bool,
+    /// How the unloader asks this worker to give its memory back: an HTTP POST to this URL
+    /// (loopback unless the unloader runs with --allow-remote).
+    #[arg(long, value_name = "URL", group = "unload")]
+    unload_url: Option<String>,
+    /// … or this signal (USR1, SIGUSR2, TERM, 10).
+    #[arg(long, value_name = "SIG", group = "unload")]
+    unload_signal: Option<String>,
+    /// … or this shell command (run with VRAMCAP_PID and VRAMCAP_NAME set).
+    #[arg(long, value_name = "CMD", group = "unload")]
+    unload_cmd: Option<String>,
+    /// When the device itself is full, wait this long (30s, 500ms) for the unloader before failing.
+    #[arg(long, value_name = "DURATION")]
+    wait: Option<String>,
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -79,6 +96,24 @@ fn main() -> ExitCode {
             );
         }
     }
+    if let Some(url) = &args.unload_url {
+        if let Err(reason) = config::parse_http_url(url) {
+            return fail(2, format_args!("--unload-url {url:?} is invalid: {reason}"));
+        }
+    }
+    if let Some(sig) = &args.unload_signal {
+        if let Err(reason) = config::parse_signal(sig) {
+            return fail(
+                2,
+                format_args!("--unload-signal {sig:?} is invalid: {reason}"),
+            );
+        }
+    }
+    if let Some(wait) = &args.wait {
+        if let Err(reason) = config::parse_duration(wait) {
+            return fail(2, format_args!("--wait {wait:?} is invalid: {reason}"));
+        }
+    }
     let library = match find_library() {
         Ok(p) => p,
         Err(e) => return fail(2, e),
@@ -99,6 +134,26 @@ fn main() -> ExitCode {
     }
     if let Some(priority) = args.priority {
         command.env(config::ENV_PRIORITY, priority.to_string());
+    }
+    if args.protect {
+        command.env(config::ENV_PROTECT, "1");
+    }
+    // One way to unload: the one given here replaces any inherited.
+    let hooks = [
+        (config::ENV_UNLOAD_URL, &args.unload_url),
+        (config::ENV_UNLOAD_SIGNAL, &args.unload_signal),
+        (config::ENV_UNLOAD_CMD, &args.unload_cmd),
+    ];
+    if hooks.iter().any(|(_, v)| v.is_some()) {
+        for (var, value) in hooks {
+            match value {
+                Some(v) => command.env(var, v),
+                None => command.env_remove(var),
+            };
+        }
+    }
+    if let Some(wait) = &args.wait {
+        command.env(config::ENV_WAIT, wait);
     }
     // exec only returns on failure.
     let error = command.exec();

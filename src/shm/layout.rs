@@ -6,7 +6,7 @@
 
 /// "VRAMCAP1", little-endian.
 pub const VRAMCAP_MAGIC: u64 = 0x3150_4143_4d41_5256;
-pub const VRAMCAP_VERSION: u32 = 1;
+pub const VRAMCAP_VERSION: u32 = 2;
 pub const VRAMCAP_SLOTS: u32 = 1024;
 /// Devices one slot describes (a process that sees more has the rest uncounted here).
 pub const VRAMCAP_SLOT_DEVICES: usize = 8;
@@ -20,6 +20,22 @@ pub const VRAMCAP_SLOT_LIVE: u32 = 2;
 
 /// Slot flags.
 pub const VRAMCAP_FLAG_PROTECTED: u32 = 1;
+
+/// How the unloader asks a worker to give its memory back (`unload_kind`; `unload` holds the detail).
+pub const VRAMCAP_UNLOAD_NONE: u32 = 0;
+/// HTTP POST to the URL in `unload`.
+pub const VRAMCAP_UNLOAD_URL: u32 = 1;
+/// The signal named in `unload` (`USR1`, `SIGTERM`, `10`).
+pub const VRAMCAP_UNLOAD_SIGNAL: u32 = 2;
+/// The shell command in `unload`.
+pub const VRAMCAP_UNLOAD_CMD: u32 = 3;
+
+/// The unloader's answers to a request (`answer`).
+pub const VRAMCAP_ANSWER_NONE: u32 = 0;
+/// Memory was freed: retry the allocation.
+pub const VRAMCAP_ANSWER_FREED: u32 = 1;
+/// Not enough can be freed for this request: fail now.
+pub const VRAMCAP_ANSWER_CANNOT: u32 = 2;
 
 /// The segment's first bytes.
 #[repr(C)]
@@ -73,7 +89,7 @@ pub struct VramcapSlot {
     pub priority: i32,
     /// [`VRAMCAP_FLAG_PROTECTED`], …
     pub flags: u32,
-    /// How to ask the process to unload (0 none; the unloader issue defines the others).
+    /// How to ask the process to unload: [`VRAMCAP_UNLOAD_NONE`], [`VRAMCAP_UNLOAD_URL`], …
     pub unload_kind: u32,
     pub updated_unix_ms: u64,
     /// NUL-padded.
@@ -81,6 +97,19 @@ pub struct VramcapSlot {
     /// NUL-padded URL, signal name or command.
     pub unload: [u8; VRAMCAP_UNLOAD_LEN],
     pub devices: [VramcapDevice; VRAMCAP_SLOT_DEVICES],
+    /// The pressure handshake. The process writes the request's device and bytes, then bumps
+    /// `request_seq`; the unloader acts, writes `answer`, then sets `answer_seq` to that `request_seq`.
+    /// A request is pending while the two differ.
+    pub request_seq: u32,
+    pub answer_seq: u32,
+    pub request_uuid: [u8; 16],
+    pub request_bytes: u64,
+    pub request_unix_ms: u64,
+    /// [`VRAMCAP_ANSWER_FREED`] or [`VRAMCAP_ANSWER_CANNOT`].
+    pub answer: u32,
+    pub reserved_u32: u32,
+    /// Room for later fields without a new layout version.
+    pub reserved: [u64; 8],
 }
 
 const _: () = {
@@ -90,6 +119,8 @@ const _: () = {
     assert!(offset_of!(VramcapSlot, start_time) == 16);
     assert!(offset_of!(VramcapSlot, name) == 48);
     assert!(offset_of!(VramcapSlot, devices) == 368);
-    assert!(size_of::<VramcapSlot>() == 368 + 8 * 96);
+    assert!(offset_of!(VramcapSlot, request_seq) == 368 + 8 * 96);
+    assert!(offset_of!(VramcapSlot, request_bytes) == 1160);
+    assert!(size_of::<VramcapSlot>() == 1248);
     assert!(align_of::<VramcapSlot>() == 8);
 };

@@ -11,7 +11,7 @@ use crate::log::unix_ms;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 pub const ENV_SHM: &str = "VRAMCAP_SHM";
 pub const ENV_SHM_MODE: &str = "VRAMCAP_SHM_MODE";
@@ -126,6 +126,26 @@ impl Segment {
         }
         let result = Segment::map_fd(path, fd, mode, true, created);
         // SAFETY: the mapping (if any) keeps its own reference; the descriptor is ours to close.
+        unsafe { libc::close(fd) };
+        result
+    }
+
+    /// Opens an existing segment to read it and answer requests in it (the unloader).
+    pub fn open_existing_rw(path: &Path) -> Result<Segment, ShmError> {
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
+        // SAFETY: a NUL-terminated path and plain flags.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io(path)(last_error()));
+        }
+        let allowed = segment_mode().unwrap_or(0o660).max(0o660);
+        let result = Segment::map_fd(path, fd, allowed, true, false);
+        // SAFETY: the descriptor is ours to close.
         unsafe { libc::close(fd) };
         result
     }
@@ -408,6 +428,18 @@ impl Segment {
             (*s).name = padded(&who.name);
             (*s).unload = padded(&who.unload);
             (*s).devices = [VramcapDevice::default(); VRAMCAP_SLOT_DEVICES];
+            (*s).request_uuid = [0; 16];
+            (*s).request_bytes = 0;
+            (*s).request_unix_ms = 0;
+            (*s).answer = VRAMCAP_ANSWER_NONE;
+            (*s).reserved_u32 = 0;
+            (*s).reserved = [0; 8];
+            // No request pending: both sequences equal (whatever a previous owner left).
+            let seq = self
+                .u32_at(std::ptr::addr_of_mut!((*s).request_seq))
+                .load(Ordering::Relaxed);
+            self.u32_at(std::ptr::addr_of_mut!((*s).answer_seq))
+                .store(seq, Ordering::Relaxed);
             self.u64_at(std::ptr::addr_of_mut!((*s).start_time))
                 .store(who.start_time, Ordering::Release);
             self.u32_at(std::ptr::addr_of_mut!((*s).pid))
@@ -465,6 +497,96 @@ impl Segment {
         seq.fetch_add(1, Ordering::Release);
     }
 
+    fn request_seq(&self, i: usize) -> &AtomicU32 {
+        // SAFETY: in range (slot asserts).
+        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).request_seq) })
+    }
+
+    fn answer_seq(&self, i: usize) -> &AtomicU32 {
+        // SAFETY: in range (slot asserts).
+        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).answer_seq) })
+    }
+
+    /// Posts a request for `bytes` on the device `uuid` in slot `i` (its owner only); returns the
+    /// request's sequence number, which [`Segment::answer_to`] waits for.
+    pub fn post_request(&self, i: usize, uuid: [u8; 16], bytes: u64) -> u32 {
+        if !self.writable {
+            return 0;
+        }
+        let s = self.slot(i);
+        // SAFETY: in range; the owner is the only writer of the request fields, and publishes them with
+        // the Release increment below (the unloader reads them after an Acquire load of the sequence).
+        unsafe {
+            for (k, b) in uuid.iter().enumerate() {
+                AtomicU8::from_ptr(std::ptr::addr_of_mut!((*s).request_uuid[k]))
+                    .store(*b, Ordering::Relaxed);
+            }
+            self.u64_at(std::ptr::addr_of_mut!((*s).request_bytes))
+                .store(bytes, Ordering::Relaxed);
+            self.u64_at(std::ptr::addr_of_mut!((*s).request_unix_ms))
+                .store(unix_ms(), Ordering::Relaxed);
+            self.u32_at(std::ptr::addr_of_mut!((*s).answer))
+                .store(VRAMCAP_ANSWER_NONE, Ordering::Relaxed);
+        }
+        self.request_seq(i)
+            .fetch_add(1, Ordering::Release)
+            .wrapping_add(1)
+    }
+
+    /// The unloader's answer to request `seq` of slot `i`, once given.
+    pub fn answer_to(&self, i: usize, seq: u32) -> Option<u32> {
+        if self.answer_seq(i).load(Ordering::Acquire) != seq {
+            return None;
+        }
+        // SAFETY: in range; written before the Release store of answer_seq.
+        Some(
+            self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).answer) })
+                .load(Ordering::Relaxed),
+        )
+    }
+
+    /// The request pending in slot `i`, if any.
+    pub fn pending_request(&self, i: usize) -> Option<Request> {
+        let seq = self.request_seq(i).load(Ordering::Acquire);
+        if self.answer_seq(i).load(Ordering::Acquire) == seq {
+            return None;
+        }
+        let s = self.slot(i);
+        // SAFETY: in range; the fields were written before the Release increment we loaded.
+        let (uuid, bytes, unix_ms) = unsafe {
+            let mut uuid = [0u8; 16];
+            for (k, b) in uuid.iter_mut().enumerate() {
+                *b = AtomicU8::from_ptr(std::ptr::addr_of_mut!((*s).request_uuid[k]))
+                    .load(Ordering::Relaxed);
+            }
+            (
+                uuid,
+                self.u64_at(std::ptr::addr_of_mut!((*s).request_bytes))
+                    .load(Ordering::Relaxed),
+                self.u64_at(std::ptr::addr_of_mut!((*s).request_unix_ms))
+                    .load(Ordering::Relaxed),
+            )
+        };
+        // A newer request overwrote the fields while we read them: take it on the next look.
+        (self.request_seq(i).load(Ordering::Acquire) == seq).then_some(Request {
+            seq,
+            uuid,
+            bytes,
+            unix_ms,
+        })
+    }
+
+    /// Answers request `seq` of slot `i` (the unloader).
+    pub fn answer(&self, i: usize, seq: u32, answer: u32) {
+        if !self.writable {
+            return;
+        }
+        // SAFETY: in range.
+        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).answer) })
+            .store(answer, Ordering::Relaxed);
+        self.answer_seq(i).store(seq, Ordering::Release);
+    }
+
     /// A consistent copy of slot `i` if it is live, its owner is alive, and a read got past the seqlock.
     pub fn read(&self, i: usize) -> Option<VramcapSlot> {
         self.read_with(i, &mut pid_exists)
@@ -500,6 +622,15 @@ impl Segment {
     }
 }
 
+/// A process's request for memory on a device (the pressure handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub seq: u32,
+    pub uuid: [u8; 16],
+    pub bytes: u64,
+    pub unix_ms: u64,
+}
+
 /// Who holds a slot.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
@@ -515,6 +646,21 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Records how the unloader may treat this worker.
+    pub fn declaring(mut self, protect: bool, hook: &crate::config::UnloadHook) -> Identity {
+        use crate::config::UnloadHook;
+        if protect {
+            self.flags |= VRAMCAP_FLAG_PROTECTED;
+        }
+        (self.unload_kind, self.unload) = match hook {
+            UnloadHook::None => (VRAMCAP_UNLOAD_NONE, String::new()),
+            UnloadHook::Url(u) => (VRAMCAP_UNLOAD_URL, u.clone()),
+            UnloadHook::Signal(_, name) => (VRAMCAP_UNLOAD_SIGNAL, name.clone()),
+            UnloadHook::Cmd(c) => (VRAMCAP_UNLOAD_CMD, c.clone()),
+        };
+        self
+    }
+
     /// This process, named `name` (default: its command name).
     pub fn of_this_process(name: Option<&str>, priority: i32) -> Identity {
         let pid = std::process::id();

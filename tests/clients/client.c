@@ -13,6 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/wait.h>
+#include <signal.h>
+#include <poll.h>
+#include <time.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
 #define MIB (1ull << 20)
 
@@ -426,6 +432,66 @@ static int scenario_ctx(void) {
   return 0;
 }
 
+/* A worker for the unloader's tests: holds MIB in 64 MiB allocations and frees them when asked, by
+ * SIGUSR1 or by an HTTP POST on 127.0.0.1:$WORKER_PORT ($WORKER_HANG=1: accepts and never answers). */
+static volatile sig_atomic_t asked;
+static void on_usr1(int sig) { (void)sig; asked = 1; }
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static int scenario_worker(unsigned long long mib) {
+  static CUdeviceptr p[1024];
+  int n = 0;
+  for (unsigned long long left = mib; left > 0 && n < 1024; n++) {
+    unsigned long long chunk = left < 64 ? left : 64;
+    CUresult r = cu.alloc(&p[n], chunk * MIB);
+    if (r) { printf("alloc_failed=%d\n", r); return 3; }
+    left -= chunk;
+  }
+  signal(SIGUSR1, on_usr1);
+  int listener = -1;
+  const char *port = getenv("WORKER_PORT");
+  if (port) {
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    listener = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(listener, (struct sockaddr *)&a, sizeof a) || listen(listener, 8)) { perror("listen"); return 3; }
+  }
+  printf("READY pid=%d held_mib=%llu\n", getpid(), mib);
+  int hang = getenv("WORKER_HANG") != NULL;
+  for (;;) {
+    if (listener >= 0) {
+      struct pollfd pf = {listener, POLLIN, 0};
+      if (poll(&pf, 1, 20) > 0) {
+        int c = accept(listener, NULL, NULL);
+        char buf[1024];
+        if (c >= 0 && read(c, buf, sizeof buf) > 0 && !hang) {
+          const char *ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+          if (write(c, ok, strlen(ok)) < 0) perror("write");
+          close(c);
+          asked = 1;
+        }
+        /* A hanging worker keeps the connection open and never answers. */
+      }
+    } else {
+      usleep(20000);
+    }
+    if (asked && n > 0) {
+      for (int i = 0; i < n; i++) cu.free(p[i]);
+      printf("UNLOADED pid=%d at_ms=%.0f\n", getpid(), now_ms());
+      n = 0;
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc < 3) { fprintf(stderr, "usage: client link|dlsym|gpa SCENARIO [ARG]\n"); return 2; }
@@ -516,6 +582,17 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (!strcmp(s, "info")) { report_info(); printf("charged=%llu\n", charged()); return 0; }
+  if (!strcmp(s, "worker")) return scenario_worker(argc > 3 ? strtoull(argv[3], NULL, 10) : 64);
+  if (!strcmp(s, "want")) {
+    /* One allocation of MIB, timed: with VRAMCAP_WAIT it may wait for the unloader. */
+    CUdeviceptr p;
+    unsigned long long mib = argc > 3 ? strtoull(argv[3], NULL, 10) : 64;
+    double t0 = now_ms();
+    CUresult r = cu.alloc(&p, mib * MIB);
+    printf("want_r=%d\nwant_ms=%.0f\n", r, now_ms() - t0);
+    hold_if_asked();
+    return 0;
+  }
   printf("unknown scenario %s\n", s);
   return 2;
 }

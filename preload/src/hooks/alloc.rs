@@ -21,12 +21,13 @@ type AllocManaged = unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUr
 type Free = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
 
 /// The usual shape of an allocating hook: reserve `charge` on the current device, call the driver, commit
-/// what it really took (`actual`, from the driver's answer) and record the pointer.
+/// what it really took (`actual`, from the driver's answer) and record the pointer. If the cap allowed it
+/// but the device itself is full, the unloader is asked (see `pressure`) and the call retried once.
 fn charged_alloc(
     dptr: *mut CUdeviceptr,
     requested: u64,
     estimate: Charge,
-    call: impl FnOnce() -> CUresult,
+    call: impl Fn() -> CUresult,
     actual: impl FnOnce() -> Charge,
 ) -> CUresult {
     if crate::state::refusing() {
@@ -36,11 +37,23 @@ fn charged_alloc(
     let Some(dev) = driver::current_device() else {
         return call();
     };
-    let (_op, reservation) = match enforce::admit(dev, estimate, requested) {
-        Ok(r) => r,
-        Err(code) => return code,
+    let mut asked = false;
+    let (_op, reservation, r) = loop {
+        let (op, reservation) = match enforce::admit(dev, estimate, requested) {
+            Ok(admitted) => admitted,
+            Err(code) => return code,
+        };
+        let r = call();
+        if r != CUDA_ERROR_OUT_OF_MEMORY || asked {
+            break (op, reservation, r);
+        }
+        // Nothing of ours is held while the unloader works.
+        drop((op, reservation));
+        asked = true;
+        if !crate::pressure::relieve(dev, estimate.worst_case()) {
+            return r;
+        }
     };
-    let r = call();
     if r == CUDA_SUCCESS {
         if let Some(ptr) = read_out(dptr) {
             let charge = actual();

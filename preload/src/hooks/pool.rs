@@ -93,7 +93,23 @@ pub fn forget_device(dev: CUdevice) {
     POOLS.lock().retain(|p| p.dev != dev);
 }
 
+/// [`pooled_once`], asking the unloader (see `pressure`) and retrying once if the device itself is full.
 fn pooled_alloc(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    dev: CUdevice,
+    pool: CUmemoryPool,
+    call: impl Fn() -> CUresult,
+) -> CUresult {
+    let r = pooled_once(dptr, bytes, dev, pool, &call);
+    if r == CUDA_ERROR_OUT_OF_MEMORY && crate::pressure::relieve(dev, round_up_pages(bytes as u64))
+    {
+        return pooled_once(dptr, bytes, dev, pool, &call);
+    }
+    r
+}
+
+fn pooled_once(
     dptr: *mut CUdeviceptr,
     bytes: usize,
     dev: CUdevice,

@@ -68,6 +68,21 @@ pub fn mem_create(
     }
     // Charged to the device named in the properties, whichever context is current.
     let dev = props.location.id;
+    let r = create_once(handle, size, dev, pass);
+    if r == CUDA_ERROR_OUT_OF_MEMORY
+        && crate::pressure::relieve(dev, Charge::pages(size as u64).worst_case())
+    {
+        return create_once(handle, size, dev, pass);
+    }
+    r
+}
+
+fn create_once(
+    handle: *mut CUmemGenericAllocationHandle,
+    size: usize,
+    dev: CUdevice,
+    pass: impl FnOnce() -> CUresult,
+) -> CUresult {
     let charge = Charge::pages(size as u64);
     let (_op, reservation) = match enforce::admit(dev, charge, size as u64) {
         Ok(r) => r,

@@ -1,13 +1,16 @@
-//! `vramcap`: see what capped processes hold, and check configuration.
+//! `vramcap`: see what capped processes hold, settle memory conflicts by priority, check configuration.
 
+mod hooks;
+mod unloader;
 mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
-use vramcap::config::{parse_limit, Limit};
+use vramcap::config::{parse_duration, parse_limit, Limit};
 use vramcap::shm::{segment_path, Segment, ShmError};
 use vramcap::size::{human, Size};
+use vramcap::size::{parse_size, HumanBytes};
 use vramcap::status;
 
 #[derive(Parser, Debug)]
@@ -38,11 +41,78 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
     },
+    /// The priority unloader, in the foreground: serves the requests of workers whose device is full by
+    /// asking lower-priority workers to unload. Stops on SIGTERM or Ctrl-C.
+    Unloader {
+        #[command(flatten)]
+        hooks: HookArgs,
+        /// How often to look for requests (e.g. 50ms).
+        #[arg(long, default_value = "50ms")]
+        poll: String,
+    },
+    /// Free memory on a device now, as the unloader would for a request.
+    Reclaim {
+        /// NVML index or GPU-<uuid>.
+        #[arg(long)]
+        device: String,
+        /// How much must be free, e.g. 6GiB.
+        #[arg(long)]
+        bytes: String,
+        /// Free it for this worker (only workers of lower priority are asked); default: any unprotected one.
+        #[arg(long = "for", value_name = "NAME")]
+        for_name: Option<String>,
+        /// Show whom it would ask, and ask nobody.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        hooks: HookArgs,
+    },
+    /// Ask the named worker to unload.
+    Unload {
+        name: String,
+        #[command(flatten)]
+        hooks: HookArgs,
+    },
+    /// Ask every unprotected worker to unload.
+    Cleanup {
+        #[command(flatten)]
+        hooks: HookArgs,
+    },
     /// Check a VRAMCAP_LIMIT value and show how it reads.
     CheckLimit {
         /// The value, e.g. 10GiB or 0=10GiB,1=25%.
         spec: String,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct HookArgs {
+    /// How long a hook may take (its HTTP answer, its command) and how long to wait for memory to fall.
+    #[arg(long, default_value = "30s")]
+    hook_timeout: String,
+    /// Allow unload URLs that are not loopback addresses.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Do not ask NVML for free memory (free exactly what was asked for).
+    #[arg(long)]
+    no_nvml: bool,
+}
+
+impl HookArgs {
+    fn options(&self, poll: &str) -> Result<unloader::Options, ExitCode> {
+        let duration = |flag: &str, v: &str| {
+            parse_duration(v).map_err(|reason| {
+                eprintln!("vramcap: {flag} {v:?} is invalid: {reason}");
+                ExitCode::from(2)
+            })
+        };
+        Ok(unloader::Options {
+            poll: duration("--poll", poll)?.max(Duration::from_millis(1)),
+            hook_timeout: duration("--hook-timeout", &self.hook_timeout)?,
+            allow_remote: self.allow_remote,
+            nvml: !self.no_nvml,
+        })
+    }
 }
 
 fn describe(size: Size) -> String {
@@ -54,8 +124,18 @@ fn describe(size: Size) -> String {
 
 /// Exit codes: 0 fine, 1 no segment (no capped process has started), 2 a segment refused or bad input.
 fn open_segment() -> Result<(Segment, String), ExitCode> {
+    open_segment_as(false)
+}
+
+/// The segment, writable where the command answers requests in it.
+fn open_segment_as(writable: bool) -> Result<(Segment, String), ExitCode> {
     let path = segment_path();
-    match Segment::open_existing(&path) {
+    let opened = if writable {
+        Segment::open_existing_rw(&path)
+    } else {
+        Segment::open_existing(&path)
+    };
+    match opened {
         Ok(seg) => Ok((seg, path.display().to_string())),
         Err(ShmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             eprintln!(
@@ -106,6 +186,27 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Cmd::Unloader { hooks, poll } => {
+            let opts = match hooks.options(&poll) {
+                Ok(o) => o,
+                Err(code) => return code,
+            };
+            let (seg, _) = match open_segment_as(true) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            unloader::run(&seg, &opts);
+            ExitCode::SUCCESS
+        }
+        Cmd::Reclaim {
+            device,
+            bytes,
+            for_name,
+            dry_run,
+            hooks,
+        } => reclaim(&device, &bytes, for_name.as_deref(), dry_run, &hooks),
+        Cmd::Unload { name, hooks } => unload(Some(&name), &hooks),
+        Cmd::Cleanup { hooks } => unload(None, &hooks),
         Cmd::CheckLimit { spec } => match parse_limit(&spec) {
             Ok(Limit::All(size)) => {
                 println!("every device: {}", describe(size));
@@ -123,5 +224,127 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// `vramcap reclaim`: exit 0 if the device has the room asked for (or would, with --dry-run), 3 if not.
+fn reclaim(
+    device: &str,
+    bytes: &str,
+    for_name: Option<&str>,
+    dry_run: bool,
+    hooks: &HookArgs,
+) -> ExitCode {
+    let opts = match hooks.options("50ms") {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let bytes = match parse_size(bytes) {
+        Ok(Size::Bytes(b)) => b,
+        Ok(Size::Percent(_)) | Err(_) => {
+            eprintln!("vramcap: --bytes {bytes:?} is invalid: expected a size such as 6GiB");
+            return ExitCode::from(2);
+        }
+    };
+    let (seg, _) = match open_segment() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let log = unloader::Log::new();
+    let mem = unloader::Memory::open(opts.nvml, &log);
+    let uuid = if device.to_ascii_lowercase().starts_with("gpu-") {
+        device.to_ascii_lowercase().replace("gpu-", "GPU-")
+    } else {
+        match device.parse::<u32>().ok().and_then(|i| mem.uuid_of(i)) {
+            Some(u) => u,
+            None => {
+                eprintln!("vramcap: --device {device:?}: no such NVML device (give GPU-<uuid> without NVML)");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let (priority, requester) = match for_name {
+        None => (i32::MAX, None),
+        Some(name) => match unloader::workers(&seg).into_iter().find(|w| w.name == name) {
+            Some(w) => (w.priority, Some(w.slot)),
+            None => {
+                eprintln!("vramcap: --for {name:?}: no such worker");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let outcome = unloader::reclaim(
+        &seg, &mem, &opts, &log, &uuid, bytes, priority, requester, dry_run,
+    );
+    println!(
+        "{}: {} {} by asking [{}]",
+        if outcome.enough {
+            "enough"
+        } else {
+            "not enough"
+        },
+        if dry_run { "would free" } else { "freed" },
+        HumanBytes(outcome.freed),
+        outcome.asked.join(", ")
+    );
+    if outcome.enough {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
+}
+
+/// `vramcap unload NAME` (one name) and `vramcap cleanup` (every unprotected worker with a hook).
+fn unload(name: Option<&str>, hooks: &HookArgs) -> ExitCode {
+    let opts = match hooks.options("50ms") {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let (seg, _) = match open_segment() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let log = unloader::Log::new();
+    let mem = unloader::Memory::open(opts.nvml, &log);
+    let chosen: Vec<_> = unloader::workers(&seg)
+        .into_iter()
+        .filter(|w| match name {
+            Some(n) => w.name == n,
+            None => !w.protected && w.hook.is_some(),
+        })
+        .collect();
+    if let Some(n) = name {
+        if chosen.is_empty() {
+            eprintln!("vramcap: no worker named {n:?}");
+            return ExitCode::from(2);
+        }
+        if let Some(w) = chosen.iter().find(|w| w.protected) {
+            eprintln!(
+                "vramcap: {} (pid {}) is protected; not asking it",
+                w.name, w.pid
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let mut failed = false;
+    let mut freed = 0;
+    for w in &chosen {
+        match unloader::unload_one(&seg, &mem, w, &opts, &log) {
+            Ok(b) => freed += b,
+            Err(e) => {
+                eprintln!("vramcap: {e}");
+                failed = true;
+            }
+        }
+    }
+    println!(
+        "freed {} from {} worker(s)",
+        HumanBytes(freed),
+        chosen.len()
+    );
+    if failed {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -158,17 +158,25 @@ impl Fake {
 
     /// Takes `bytes` from the device, or fails with OUT_OF_MEMORY.
     fn take(&mut self, dev: usize, bytes: u64) -> Result<(), CUresult> {
+        let others = shared::used_by_others(dev);
         let d = &mut self.devices[dev];
-        if d.used + bytes > self.total {
+        if others + d.used + bytes > self.total {
             return Err(OUT_OF_MEMORY);
         }
         d.used += bytes;
+        shared::publish(dev, d.used);
         Ok(())
     }
 
     fn give(&mut self, dev: usize, bytes: u64) {
         let d = &mut self.devices[dev];
         d.used = d.used.saturating_sub(bytes);
+        shared::publish(dev, d.used);
+    }
+
+    /// What the whole device holds: this process, and with `FAKECUDA_SHARED` every other one.
+    fn device_used(&self, dev: usize) -> u64 {
+        self.devices[dev].used + shared::used_by_others(dev)
     }
 
     fn va(&mut self, size: u64) -> u64 {
@@ -322,6 +330,7 @@ impl Fake {
             self.allocs.retain(|_, a| a.dev != dev);
             self.page_users.clear();
             self.devices[dev] = Device::default();
+            shared::publish(dev, 0);
         }
     }
 }
@@ -655,7 +664,7 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
             return INVALID_CONTEXT;
         };
         unsafe {
-            out(free, (s.total - s.devices[d].used) as usize);
+            out(free, s.total.saturating_sub(s.device_used(d)) as usize);
             out(total, s.total as usize)
         }
     })
@@ -1440,7 +1449,7 @@ pub struct NvmlMemoryV2 {
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(h: usize, m: *mut NvmlMemory) -> NvmlReturn {
     let Some(d) = nvml_dev(h) else { return 2 };
     let s = fake();
-    let used = s.devices[d].used;
+    let used = s.device_used(d);
     unsafe {
         out(
             m,
@@ -1457,7 +1466,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(h: usize, m: *mut NvmlMemory) -
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(h: usize, m: *mut NvmlMemoryV2) -> NvmlReturn {
     let Some(d) = nvml_dev(h) else { return 2 };
     let s = fake();
-    let used = s.devices[d].used;
+    let used = s.device_used(d);
     let version = unsafe { m.as_ref() }.map_or(0, |m| m.version);
     unsafe {
         out(
@@ -1508,4 +1517,59 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
         };
     }
     0
+}
+
+/// `FAKECUDA_SHARED=DIR`: one device shared by several processes. Each process writes what it holds per
+/// device into `DIR/<pid>`; a process sees the others' files (of live PIDs) when it allocates and in
+/// NVML's free memory, so a device can be full because of other processes, as a real one can.
+mod shared {
+    use std::os::unix::fs::FileExt;
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    fn dir() -> Option<&'static PathBuf> {
+        static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+        DIR.get_or_init(|| std::env::var_os("FAKECUDA_SHARED").map(PathBuf::from))
+            .as_ref()
+    }
+
+    fn alive(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks existence.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+
+    pub fn publish(dev: usize, used: u64) {
+        let Some(dir) = dir() else { return };
+        let path = dir.join(std::process::id().to_string());
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+        {
+            let _ = f.write_all_at(&used.to_le_bytes(), dev as u64 * 8);
+        }
+    }
+
+    pub fn used_by_others(dev: usize) -> u64 {
+        let Some(dir) = dir() else { return 0 };
+        let me = std::process::id().to_string();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let pid: i32 = name.parse().ok()?;
+                if name == me || !alive(pid) {
+                    return None;
+                }
+                let f = std::fs::File::open(e.path()).ok()?;
+                let mut b = [0u8; 8];
+                f.read_exact_at(&mut b, dev as u64 * 8).ok()?;
+                Some(u64::from_le_bytes(b))
+            })
+            .sum()
+    }
 }

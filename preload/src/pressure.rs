@@ -1,0 +1,63 @@
+//! The pressure handshake with the unloader (`vramcap unloader`): an allocation that our cap allowed but
+//! the driver refused because the device itself is full posts a request (device, bytes) in this process's
+//! slot. With `VRAMCAP_WAIT` set, the allocation waits up to that long for the unloader's answer and is
+//! retried once if memory was freed; otherwise, or on timeout, the caller gets the driver's
+//! `CUDA_ERROR_OUT_OF_MEMORY` as before. The wait holds no lock of ours.
+
+use crate::cuda::CUdevice;
+use crate::{publish, state};
+use core_lib::shm::VRAMCAP_ANSWER_FREED;
+use core_lib::size::HumanBytes;
+use core_lib::vlog;
+use std::time::{Duration, Instant};
+
+/// How often a waiting allocation looks for the answer.
+const POLL: Duration = Duration::from_millis(5);
+
+/// The device refused `bytes` on `dev`: asks the unloader for them. True if the caller should retry.
+pub fn relieve(dev: CUdevice, bytes: u64) -> bool {
+    let Some(uuid) = state::devices().and_then(|d| d.raw_uuids.get(dev as usize).copied()) else {
+        return false;
+    };
+    let Some(seq) = publish::post_request(uuid, bytes) else {
+        return false;
+    };
+    let Some(wait) = state::config().and_then(|c| c.wait) else {
+        vlog!(
+            Info,
+            "device {dev} is full: asked the unloader for {}; VRAMCAP_WAIT is unset, so this allocation fails now",
+            HumanBytes(bytes)
+        );
+        return false;
+    };
+    vlog!(
+        Info,
+        "device {dev} is full: asked the unloader for {}, waiting up to {wait:?}",
+        HumanBytes(bytes)
+    );
+    let start = Instant::now();
+    loop {
+        if let Some(answer) = publish::answer_to(seq) {
+            let freed = answer == VRAMCAP_ANSWER_FREED;
+            vlog!(
+                Info,
+                "the unloader answered after {:?}: {}",
+                start.elapsed(),
+                if freed {
+                    "memory freed, retrying"
+                } else {
+                    "not enough can be freed"
+                }
+            );
+            return freed;
+        }
+        if start.elapsed() >= wait {
+            vlog!(
+                Warn,
+                "no answer from the unloader within VRAMCAP_WAIT ({wait:?}); the allocation fails"
+            );
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}

@@ -1,0 +1,424 @@
+//! The priority unloader: asks lower-priority workers to give their memory back when another worker needs
+//! more than its device has free. Whom to ask is `vramcap::policy`; this module reads the segment and
+//! the device's free memory, asks workers through their declared hooks, watches their usage fall, and
+//! answers the requester (the pressure handshake of `vramcap::shm`).
+//!
+//! It acts only on a worker it can verify: a live slot of the same user whose PID still has the start
+//! time the slot recorded (a reused PID or a forged slot is ignored). URLs must be loopback unless
+//! `--allow-remote`; every hook is bounded by `--hook-timeout`. Requests are served one at a time.
+
+use crate::hooks::{ask, Hook};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use vramcap::config::format_uuid;
+use vramcap::policy::{plan_reclaim, Worker};
+use vramcap::shm::{
+    live_slots, process_alive, text, Segment, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
+    VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_UNLOAD_NONE,
+};
+use vramcap::size::HumanBytes;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub poll: Duration,
+    pub hook_timeout: Duration,
+    pub allow_remote: bool,
+    pub nvml: bool,
+}
+
+/// The log's clock: seconds since the unloader started.
+pub struct Log(Instant);
+
+impl Log {
+    pub fn new() -> Log {
+        Log(Instant::now())
+    }
+
+    pub fn line(&self, text: impl std::fmt::Display) {
+        eprintln!(
+            "vramcap unloader [{:8.3}s] {text}",
+            self.0.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Each device's free memory, from NVML (absent: unknown, and the unloader frees what was asked).
+pub struct Memory {
+    nvml: Option<nvml_wrapper::Nvml>,
+}
+
+impl Memory {
+    pub fn open(use_nvml: bool, log: &Log) -> Memory {
+        let nvml = use_nvml
+            .then(|| match nvml_wrapper::Nvml::init() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    log.line(format_args!(
+                        "NVML unavailable ({e}): freeing the bytes asked for, without looking at free memory"
+                    ));
+                    None
+                }
+            })
+            .flatten();
+        Memory { nvml }
+    }
+
+    pub fn free(&self, uuid: &str) -> Option<u64> {
+        let nvml = self.nvml.as_ref()?;
+        let d = nvml.device_by_uuid(uuid).ok()?;
+        d.memory_info().ok().map(|m| m.free)
+    }
+
+    /// The UUID of NVML's device `index`.
+    pub fn uuid_of(&self, index: u32) -> Option<String> {
+        let nvml = self.nvml.as_ref()?;
+        let uuid = nvml.device_by_index(index).ok()?.uuid().ok()?;
+        Some(uuid.to_ascii_lowercase().replace("gpu-", "GPU-"))
+    }
+}
+
+/// A worker as the segment shows it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub slot: usize,
+    pub pid: u32,
+    pub start_time: u64,
+    pub uid: u32,
+    pub name: String,
+    pub priority: i32,
+    pub protected: bool,
+    pub hook: Option<Hook>,
+    /// Per device UUID: what it holds beyond its context (what unloading can free).
+    pub held: BTreeMap<String, u64>,
+}
+
+impl Seen {
+    fn of(slot: usize, s: &VramcapSlot) -> Seen {
+        Seen {
+            slot,
+            pid: s.pid,
+            start_time: s.start_time,
+            uid: s.uid,
+            name: text(&s.name),
+            priority: s.priority,
+            protected: s.flags & VRAMCAP_FLAG_PROTECTED != 0,
+            hook: (s.unload_kind != VRAMCAP_UNLOAD_NONE)
+                .then(|| Hook::of(s.unload_kind, &text(&s.unload))),
+            held: s
+                .devices
+                .iter()
+                .filter(|d| d.uuid != [0; 16])
+                .map(|d| (format_uuid(&d.uuid), d.charged.saturating_sub(d.context)))
+                .collect(),
+        }
+    }
+
+    /// Why the unloader will not act on this worker, if it will not.
+    pub fn unverified(&self) -> Option<String> {
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        if self.uid != uid {
+            return Some(format!("its uid {} is not ours ({uid})", self.uid));
+        }
+        if self.start_time == 0 || !process_alive(self.pid, self.start_time) {
+            return Some(format!(
+                "pid {} does not have the start time its slot records",
+                self.pid
+            ));
+        }
+        None
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (pid {}, priority {})",
+            self.name, self.pid, self.priority
+        )
+    }
+}
+
+/// Every worker in the segment.
+pub fn workers(seg: &Segment) -> Vec<Seen> {
+    live_slots(seg)
+        .iter()
+        .map(|(i, s)| Seen::of(*i, s))
+        .collect()
+}
+
+/// What one reclaim did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub enough: bool,
+    pub freed: u64,
+    pub asked: Vec<String>,
+}
+
+/// Current non-context usage of `slot` on `uuid`; 0 if the process is gone.
+fn held_now(seg: &Segment, w: &Seen, uuid: &str) -> u64 {
+    match seg.read(w.slot) {
+        Some(s) if s.pid == w.pid => Seen::of(w.slot, &s).held.get(uuid).copied().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Frees `bytes` on `uuid` for a requester of `priority` (its own slot `requester` excluded): plans with
+/// `vramcap::policy`, asks each victim in turn, and stops once the device has room (or, without NVML,
+/// once the victims freed what was missing).
+#[allow(clippy::too_many_arguments)]
+pub fn reclaim(
+    seg: &Segment,
+    mem: &Memory,
+    opts: &Options,
+    log: &Log,
+    uuid: &str,
+    bytes: u64,
+    priority: i32,
+    requester: Option<usize>,
+    dry_run: bool,
+) -> Outcome {
+    let free = mem.free(uuid);
+    let need = bytes.saturating_sub(free.unwrap_or(0));
+    let room = |mem: &Memory, freed: u64| match mem.free(uuid) {
+        Some(f) => f >= bytes,
+        None => freed >= need,
+    };
+    if need == 0 {
+        log.line(format_args!(
+            "{} free on {uuid} already covers {}",
+            HumanBytes(free.unwrap_or(0)),
+            HumanBytes(bytes)
+        ));
+        return Outcome {
+            enough: true,
+            ..Outcome::default()
+        };
+    }
+    let mut seen: Vec<Seen> = Vec::new();
+    for w in workers(seg) {
+        if Some(w.slot) == requester || !w.held.contains_key(uuid) {
+            continue;
+        }
+        match w.unverified() {
+            Some(why) => log.line(format_args!("ignoring {}: {why}", w.describe())),
+            None => seen.push(w),
+        }
+    }
+    let candidates: Vec<Worker> = seen
+        .iter()
+        .map(|w| Worker {
+            pid: w.pid,
+            name: w.name.clone(),
+            priority: w.priority,
+            protected: w.protected,
+            held: w.held.get(uuid).copied().unwrap_or(0),
+            can_unload: w.hook.is_some(),
+        })
+        .collect();
+    let plan = plan_reclaim(&candidates, priority, need);
+    // All of them, in the policy's order, in case a victim fails to free what it holds.
+    let order = plan_reclaim(&candidates, priority, u64::MAX).victims;
+    let names: Vec<String> = plan.victims.iter().map(|&i| seen[i].describe()).collect();
+    log.line(format_args!(
+        "{} needed on {uuid} ({} free): {} by asking [{}]",
+        HumanBytes(bytes),
+        free.map_or("unknown".into(), |f| HumanBytes(f).to_string()),
+        if plan.enough {
+            format!("{} can be freed", HumanBytes(plan.freed))
+        } else {
+            format!(
+                "only {} of the missing {} can be freed",
+                HumanBytes(plan.freed),
+                HumanBytes(need)
+            )
+        },
+        names.join(", ")
+    ));
+    let mut outcome = Outcome::default();
+    if !plan.enough || dry_run {
+        outcome.enough = plan.enough;
+        outcome.freed = plan.freed;
+        outcome.asked = names;
+        return outcome;
+    }
+    for i in order {
+        let w = &seen[i];
+        let Some(hook) = &w.hook else { continue };
+        let before = held_now(seg, w, uuid);
+        if before == 0 {
+            continue;
+        }
+        outcome.asked.push(w.describe());
+        let start = Instant::now();
+        log.line(format_args!(
+            "asking {} to unload ({}, holds {} on {uuid}) by {hook}",
+            w.describe(),
+            if w.protected {
+                "protected"
+            } else {
+                "unprotected"
+            },
+            HumanBytes(before)
+        ));
+        if let Err(e) = ask(hook, w.pid, &w.name, opts) {
+            log.line(format_args!("{}: the hook failed: {e}", w.describe()));
+            continue;
+        }
+        let after = wait_for_fall(seg, mem, w, uuid, before, bytes, opts.hook_timeout);
+        let freed = before.saturating_sub(after);
+        outcome.freed += freed;
+        log.line(format_args!(
+            "{} freed {} in {:.3}s",
+            w.describe(),
+            HumanBytes(freed),
+            start.elapsed().as_secs_f64()
+        ));
+        if room(mem, outcome.freed) {
+            outcome.enough = true;
+            break;
+        }
+    }
+    outcome.enough = outcome.enough || room(mem, outcome.freed);
+    outcome
+}
+
+/// Waits until `w`'s usage on `uuid` has fallen (to a tenth, or it stopped falling for half a second
+/// after a drop), the device has room for `wanted`, or `timeout` passed; returns its usage then.
+fn wait_for_fall(
+    seg: &Segment,
+    mem: &Memory,
+    w: &Seen,
+    uuid: &str,
+    before: u64,
+    wanted: u64,
+    timeout: Duration,
+) -> u64 {
+    let start = Instant::now();
+    let mut last = before;
+    let mut still_since = Instant::now();
+    loop {
+        let now = held_now(seg, w, uuid);
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+        let fell = now < before;
+        if now <= before / 10
+            || (fell && still_since.elapsed() > Duration::from_millis(500))
+            || (fell && mem.free(uuid).is_some_and(|f| f >= wanted))
+            || start.elapsed() >= timeout
+        {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// The daemon: serves requests until SIGTERM or SIGINT.
+pub fn run(seg: &Segment, opts: &Options) {
+    let log = Log::new();
+    // SAFETY: installs a handler that only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
+    }
+    let mem = Memory::open(opts.nvml, &log);
+    log.line(format_args!(
+        "watching (poll {:?}, hook timeout {:?}{})",
+        opts.poll,
+        opts.hook_timeout,
+        if opts.allow_remote {
+            ", remote URLs allowed"
+        } else {
+            ""
+        }
+    ));
+    while !STOP.load(Ordering::SeqCst) {
+        for (slot, s) in live_slots(seg) {
+            let Some(req) = seg.pending_request(slot) else {
+                continue;
+            };
+            let uuid = format_uuid(&req.uuid);
+            let who = Seen::of(slot, &s);
+            log.line(format_args!(
+                "request from {} for {} on {uuid}",
+                who.describe(),
+                HumanBytes(req.bytes)
+            ));
+            let start = Instant::now();
+            let outcome = reclaim(
+                seg,
+                &mem,
+                opts,
+                &log,
+                &uuid,
+                req.bytes,
+                s.priority,
+                Some(slot),
+                false,
+            );
+            let answer = if outcome.enough {
+                VRAMCAP_ANSWER_FREED
+            } else {
+                VRAMCAP_ANSWER_CANNOT
+            };
+            seg.answer(slot, req.seq, answer);
+            log.line(format_args!(
+                "answered {}: {} after {:.3}s ({} freed by asking {})",
+                who.describe(),
+                if outcome.enough {
+                    "memory freed, retry"
+                } else {
+                    "cannot free enough"
+                },
+                start.elapsed().as_secs_f64(),
+                HumanBytes(outcome.freed),
+                if outcome.asked.is_empty() {
+                    "nobody".into()
+                } else {
+                    outcome.asked.join(", ")
+                }
+            ));
+        }
+        std::thread::sleep(opts.poll);
+    }
+    log.line("stopping");
+}
+
+/// Asks one verified worker to unload and waits for its usage to fall on every device; returns the bytes
+/// freed.
+pub fn unload_one(
+    seg: &Segment,
+    mem: &Memory,
+    w: &Seen,
+    opts: &Options,
+    log: &Log,
+) -> Result<u64, String> {
+    if let Some(why) = w.unverified() {
+        return Err(format!("not asking {}: {why}", w.describe()));
+    }
+    let hook = w
+        .hook
+        .as_ref()
+        .ok_or_else(|| format!("{} declared no way to unload", w.describe()))?;
+    log.line(format_args!("asking {} to unload by {hook}", w.describe()));
+    let before: BTreeMap<String, u64> = w
+        .held
+        .keys()
+        .map(|u| (u.clone(), held_now(seg, w, u)))
+        .collect();
+    ask(hook, w.pid, &w.name, opts)?;
+    let mut freed = 0;
+    for (uuid, b) in before {
+        let after = wait_for_fall(seg, mem, w, &uuid, b, u64::MAX, opts.hook_timeout);
+        freed += b.saturating_sub(after);
+    }
+    log.line(format_args!("{} freed {}", w.describe(), HumanBytes(freed)));
+    Ok(freed)
+}

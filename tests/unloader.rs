@@ -1,0 +1,495 @@
+//! The priority unloader against the fake driver with one small device shared by several processes
+//! (`FAKECUDA_SHARED`): workers started with vramcap-run (name, priority, protection, hook), the
+//! `vramcap unloader` daemon, and requesters whose allocation finds the device full.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// One shared device of 1 GiB; every context costs 16 MiB.
+struct Card {
+    shm: PathBuf,
+    shared: PathBuf,
+}
+
+impl Card {
+    fn new(name: &str) -> Card {
+        let shared = env()
+            .dir
+            .join(format!("shared-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&shared);
+        std::fs::create_dir_all(&shared).unwrap();
+        Card {
+            shm: shm_path(name),
+            shared,
+        }
+    }
+
+    fn vars(&self, cmd: &mut Command) {
+        cmd.env("LD_LIBRARY_PATH", &env().dir)
+            .env("VRAMCAP_LIB", &env().preload)
+            .env("VRAMCAP_SHM", &self.shm)
+            .env("FAKECUDA_SHARED", &self.shared)
+            .env("FAKECUDA_MEM", "1G")
+            .env("FAKECUDA_CONTEXT_BYTES", "16M")
+            .env("VRAMCAP_CONTEXT_BYTES", "16M")
+            .env("VRAMCAP_LOG", "info")
+            .env_remove("VRAMCAP_LIMIT")
+            .env_remove("LD_PRELOAD");
+    }
+
+    /// `vramcap-run FLAGS -- client dlsym SCENARIO ARGS`, its stdout and stderr lines on a channel.
+    fn start(&self, flags: &[&str], scenario: &[&str], extra: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap-run"));
+        cmd.args(flags)
+            .arg("--")
+            .arg(&env().client)
+            .arg("dlsym")
+            .args(scenario);
+        self.vars(&mut cmd);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Proc::spawn(cmd)
+    }
+
+    fn unloader(&self, flags: &[&str]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+        cmd.arg("unloader").args(["--poll", "10ms"]).args(flags);
+        self.vars(&mut cmd);
+        Proc::spawn(cmd)
+    }
+
+    fn vramcap(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+        cmd.args(args);
+        self.vars(&mut cmd);
+        cmd.output().unwrap()
+    }
+
+    /// Starts a worker holding `mib` and waits until it holds it and is listed.
+    fn worker(&self, name: &str, flags: &[&str], mib: u64, extra: &[(&str, &str)]) -> Proc {
+        let mut all = vec!["--name", name];
+        all.extend_from_slice(flags);
+        let mut p = self.start(&all, &["worker", &mib.to_string()], extra);
+        p.wait_for("READY", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{name} never got ready:\n{}", p.seen.join("\n")));
+        // The background thread publishes within a tick; NVML readings settle the context share.
+        std::thread::sleep(Duration::from_millis(300));
+        p
+    }
+}
+
+impl Drop for Card {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.shared);
+        let _ = std::fs::remove_file(&self.shm);
+    }
+}
+
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let (tx, rx) = channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `text`; returns it.
+    fn wait_for(&mut self, text: &str, timeout: Duration) -> Option<String> {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(text)) {
+            return Some(l.clone());
+        }
+        let end = Instant::now() + timeout;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        None
+    }
+
+    /// Everything printed so far (waiting `settle` for more).
+    fn drain(&mut self, settle: Duration) -> String {
+        while let Ok(line) = self.lines.recv_timeout(settle) {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
+    fn value(&mut self, key: &str, timeout: Duration) -> i64 {
+        let line = self
+            .wait_for(&format!("{key}="), timeout)
+            .unwrap_or_else(|| panic!("no {key}:\n{}", self.seen.join("\n")));
+        line.split_once('=').unwrap().1.trim().parse().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port().to_string()
+}
+
+fn unloaded_at(p: &mut Proc, timeout: Duration) -> Option<f64> {
+    let line = p.wait_for("UNLOADED", timeout)?;
+    line.split("at_ms=").nth(1)?.trim().parse().ok()
+}
+
+fn position(log: &str, text: &str) -> Option<usize> {
+    log.find(text)
+}
+
+#[test]
+fn lower_priorities_unload_first_and_the_waiting_requester_succeeds() {
+    let card = Card::new("order");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/memory/unload");
+    let mut image = card.worker(
+        "image",
+        &["--priority", "10", "--protect", "--unload-signal", "USR1"],
+        200,
+        &[],
+    );
+    let mut chat = card.worker(
+        "chat",
+        &["--priority", "1", "--unload-url", &url],
+        300,
+        &[("WORKER_PORT", &port)],
+    );
+    let mut video = card.worker(
+        "video",
+        &["--priority", "2", "--unload-signal", "USR1"],
+        300,
+        &[],
+    );
+    let mut unloader = card.unloader(&["--hook-timeout", "5s"]);
+    unloader
+        .wait_for("watching", Duration::from_secs(10))
+        .expect("unloader up");
+    // 848 MiB held; the requester's context leaves 160 MiB: 500 MiB needs both chat and video.
+    let mut burst = card.start(
+        &["--name", "burst", "--priority", "5", "--wait", "10s"],
+        &["want", "500"],
+        &[],
+    );
+    let r = burst.value("want_r", Duration::from_secs(20));
+    let status = unloader.child.try_wait();
+    assert_eq!(
+        r,
+        0,
+        "{}\n{}\n{status:?}",
+        burst.drain(Duration::ZERO),
+        unloader.drain(Duration::from_millis(3000))
+    );
+    let waited = burst.value("want_ms", Duration::from_secs(1));
+    let chat_at = unloaded_at(&mut chat, Duration::from_secs(2)).expect("chat unloaded");
+    let video_at = unloaded_at(&mut video, Duration::from_secs(2)).expect("video unloaded");
+    assert!(
+        chat_at <= video_at,
+        "chat ({chat_at}) before video ({video_at})"
+    );
+    assert!(
+        unloaded_at(&mut image, Duration::from_millis(300)).is_none(),
+        "the protected worker is never asked"
+    );
+    let log = unloader.drain(Duration::from_millis(200));
+    let asked_chat = position(&log, "asking chat").expect(&log);
+    let asked_video = position(&log, "asking video").expect(&log);
+    assert!(asked_chat < asked_video, "{log}");
+    assert!(!log.contains("asking image"), "{log}");
+    assert!(log.contains("answered burst"), "{log}");
+    assert!(log.contains("memory freed, retry"), "{log}");
+    println!("blocked allocation to success: {waited} ms\n{log}");
+    // SIGTERM stops the daemon cleanly.
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(unloader.child.id() as i32, libc::SIGTERM) };
+    let status = unloader.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(unloader
+        .wait_for("stopping", Duration::from_secs(2))
+        .is_some());
+}
+
+#[test]
+fn a_request_that_cannot_be_met_fails_fast_and_asks_nobody() {
+    let card = Card::new("cannot");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 600, &[]);
+    let mut chat = card.worker(
+        "chat",
+        &["--priority", "1", "--unload-signal", "USR1"],
+        300,
+        &[],
+    );
+    let mut unloader = card.unloader(&[]);
+    unloader
+        .wait_for("watching", Duration::from_secs(10))
+        .expect("unloader up");
+    let mut big = card.start(
+        &["--name", "big", "--priority", "5", "--wait", "20s"],
+        &["want", "800"],
+        &[],
+    );
+    assert_eq!(
+        big.value("want_r", Duration::from_secs(20)),
+        2,
+        "CUDA_ERROR_OUT_OF_MEMORY"
+    );
+    let waited = big.value("want_ms", Duration::from_secs(1));
+    assert!(
+        waited < 3000,
+        "answered at once, not after VRAMCAP_WAIT: {waited} ms"
+    );
+    assert!(unloaded_at(&mut chat, Duration::from_millis(300)).is_none());
+    let log = unloader.drain(Duration::from_millis(200));
+    assert!(log.contains("only 300.00 MiB of the missing"), "{log}");
+    assert!(log.contains("cannot free enough"), "{log}");
+    // A requester of the lowest priority cannot make anyone unload either.
+    let mut low = card.start(
+        &["--name", "low", "--priority", "0", "--wait", "20s"],
+        &["want", "200"],
+        &[],
+    );
+    assert_eq!(low.value("want_r", Duration::from_secs(20)), 2);
+    assert!(unloaded_at(&mut chat, Duration::from_millis(300)).is_none());
+}
+
+#[test]
+fn a_hanging_hook_times_out_and_the_next_worker_is_asked() {
+    let card = Card::new("hang");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/memory/unload");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 200, &[]);
+    let _chat = card.worker(
+        "chat",
+        &["--priority", "1", "--unload-url", &url],
+        300,
+        &[("WORKER_PORT", &port), ("WORKER_HANG", "1")],
+    );
+    let mut video = card.worker(
+        "video",
+        &["--priority", "2", "--unload-signal", "USR1"],
+        300,
+        &[],
+    );
+    let mut unloader = card.unloader(&["--hook-timeout", "1s"]);
+    unloader
+        .wait_for("watching", Duration::from_secs(10))
+        .expect("unloader up");
+    let mut burst = card.start(
+        &["--name", "burst", "--priority", "5", "--wait", "15s"],
+        &["want", "400"],
+        &[],
+    );
+    assert_eq!(
+        burst.value("want_r", Duration::from_secs(20)),
+        0,
+        "{}",
+        burst.drain(Duration::ZERO)
+    );
+    let waited = burst.value("want_ms", Duration::from_secs(1));
+    assert!(
+        waited >= 1000,
+        "the hanging hook was waited for, boundedly: {waited} ms"
+    );
+    assert!(unloaded_at(&mut video, Duration::from_secs(2)).is_some());
+    let log = unloader.drain(Duration::from_millis(200));
+    assert!(log.contains("no answer within 1s"), "{log}");
+    assert!(
+        position(&log, "asking chat") < position(&log, "asking video"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_forged_slot_is_ignored() {
+    use vramcap::shm::{Identity, Segment, VramcapDevice, VRAMCAP_UNLOAD_SIGNAL};
+    let card = Card::new("forged");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 800, &[]);
+    // A process that USR1 would kill, claimed in a slot with the wrong start time.
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let seg = Segment::open_existing_rw(Path::new(&card.shm)).unwrap();
+    let uuid = vramcap::shm::live_slots(&seg)[0].1.devices[0].uuid;
+    let pid = bystander.id();
+    let real_start = vramcap::shm::segment::start_time_of(pid).unwrap();
+    let slot = seg
+        .claim(&Identity {
+            pid,
+            start_time: real_start + 1,
+            // SAFETY: getuid has no preconditions.
+            uid: unsafe { libc::getuid() },
+            priority: 0,
+            name: "forged".into(),
+            unload_kind: VRAMCAP_UNLOAD_SIGNAL,
+            unload: "USR1".into(),
+            ..Identity::default()
+        })
+        .unwrap();
+    seg.write_devices(
+        slot,
+        &[VramcapDevice {
+            uuid,
+            charged: 400 * MIB,
+            cap: u64::MAX,
+            ..VramcapDevice::default()
+        }],
+    );
+    let mut unloader = card.unloader(&[]);
+    unloader
+        .wait_for("watching", Duration::from_secs(10))
+        .expect("unloader up");
+    let mut want = card.start(
+        &["--name", "want", "--priority", "5", "--wait", "10s"],
+        &["want", "300"],
+        &[],
+    );
+    assert_eq!(want.value("want_r", Duration::from_secs(20)), 2);
+    let log = unloader.drain(Duration::from_millis(200));
+    assert!(log.contains("ignoring forged"), "{log}");
+    assert!(log.contains("start time"), "{log}");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the forged slot's PID was not signalled"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    seg.release(slot, pid);
+}
+
+#[test]
+fn operator_commands_reclaim_unload_and_cleanup() {
+    let card = Card::new("operator");
+    let _image = card.worker(
+        "image",
+        &["--priority", "10", "--protect", "--unload-signal", "USR1"],
+        200,
+        &[],
+    );
+    let mut chat = card.worker(
+        "chat",
+        &["--priority", "1", "--unload-signal", "USR1"],
+        300,
+        &[],
+    );
+    let mut video = card.worker(
+        "video",
+        &["--priority", "2", "--unload-signal", "USR1"],
+        300,
+        &[],
+    );
+    // 176 MiB free: 600 MiB needs both, chat first.
+    let out = card.vramcap(&["reclaim", "--device", "0", "--bytes", "600MiB", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (c, v) = (
+        text.find("chat").expect(&text),
+        text.find("video").expect(&text),
+    );
+    assert!(c < v && text.contains("would free 600.00 MiB"), "{text}");
+    assert!(
+        unloaded_at(&mut chat, Duration::from_millis(300)).is_none(),
+        "a dry run asks nobody"
+    );
+    let out = card.vramcap(&["reclaim", "--device", "0", "--bytes", "2GiB", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(3), "cannot be met");
+    let out = card.vramcap(&["unload", "image"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is protected"));
+    let out = card.vramcap(&["unload", "chat", "--hook-timeout", "5s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("freed 300.00 MiB"));
+    assert!(unloaded_at(&mut chat, Duration::from_secs(2)).is_some());
+    let out = card.vramcap(&["cleanup", "--hook-timeout", "5s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(unloaded_at(&mut video, Duration::from_secs(2)).is_some());
+}
+
+#[test]
+fn vramcap_run_validates_worker_declarations() {
+    for (args, says) in [
+        (
+            vec!["--unload-signal", "USR9"],
+            "--unload-signal \"USR9\" is invalid",
+        ),
+        (
+            vec!["--unload-url", "ftp://x"],
+            "--unload-url \"ftp://x\" is invalid",
+        ),
+        (vec!["--wait", "forever"], "--wait \"forever\" is invalid"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vramcap-run"))
+            .args(&args)
+            .args(["--", "true"])
+            .env("VRAMCAP_LIB", &env().preload)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vramcap-run"))
+        .args(["--unload-signal", "USR1", "--unload-cmd", "x", "--", "true"])
+        .env("VRAMCAP_LIB", &env().preload)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "one way to unload");
+}
