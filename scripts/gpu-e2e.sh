@@ -121,6 +121,35 @@ touch "$LOG/w1.go" "$LOG/w2.go"; wait
 row "status beside nvidia-smi" "${cmp#* }" "${cmp%% *}"
 unset VRAMCAP_SHM
 
+# 4c. The priority unloader, scaled to the card: image (protected, 20 GiB), chat (priority 1, 24 GiB) and
+# video (priority 2, 24 GiB) hold tensors, each with an HTTP unload endpoint; a requester of priority 5
+# asks for 40 GiB, which needs chat and video to unload (chat first), never image.
+export VRAMCAP_SHM=vramcap-e2e-unload-$$
+uw() { # name priority GiB port flags...
+  local name=$1 prio=$2 gib=$3 port=$4; shift 4
+  "$RUN" --limit 30GiB --name "$name" --priority "$prio" "$@" --unload-url "http://127.0.0.1:$port/memory/unload" -- \
+    python3 "$B/py/unload_worker.py" "$name" "$gib" "$port" >"$LOG/unload-$name.log" 2>&1 &
+}
+uw image 3 20 8101 --protect; uw chat 1 24 8102; uw video 2 24 8103
+for _ in $(seq 1 900); do [ "$(grep -l '^READY' "$LOG"/unload-{image,chat,video}.log 2>/dev/null | wc -l)" = 3 ] && break; sleep 0.1; done
+sleep 0.5
+"$B/vramcap" unloader --poll 20ms --hook-timeout 30s 2>"$LOG/unloader.log" &
+UNLOADER=$!
+sleep 0.5
+"$RUN" --limit 45GiB --name burst --priority 5 --wait 60s -- python3 "$B/py/unload_request.py" 40 >"$LOG/unload-request.log" 2>&1
+kill -TERM $UNLOADER; wait $UNLOADER; urc=$?
+pkill -f unload_worker.py; wait 2>/dev/null
+{ grep -h '^EVENT\|^READY' "$LOG"/unload-*.log | sort -t= -k2 -n; cat "$LOG/unloader.log"; } >"$LOG/unload-timeline.txt"
+cat "$LOG/unload-timeline.txt"
+took=$(val blocked_to_success_s "$LOG/unload-request.log")
+order=0; c=$(grep -n 'asking chat' "$LOG/unloader.log" | head -1 | cut -d: -f1); v=$(grep -n 'asking video' "$LOG/unloader.log" | head -1 | cut -d: -f1)
+[ -n "$c" ] && [ -n "$v" ] && [ "$c" -lt "$v" ] && order=1
+kept=0; grep -q 'asking image' "$LOG/unloader.log" || grep -q 'image unloaded' "$LOG"/unload-image.log || kept=1
+intact=$(grep -c 'data_ok=1' "$LOG"/unload-chat.log "$LOG"/unload-video.log | awk -F: '{s+=$2} END {print s+0}')
+ok=0; [ "$took" != fail ] && [ -n "$took" ] && [ $order = 1 ] && [ $kept = 1 ] && [ "$urc" = 0 ] && ok=1
+row "unloader: 40GiB for prio 5" "blocked->success ${took}s; chat then video: $order; image kept: $kept; unloaded intact $intact/2; clean stop rc $urc" $ok
+unset VRAMCAP_SHM
+
 # 5. Concurrency: 4 processes x 16 threads allocating and freeing at random, 768 MiB cap each.
 rm -f "$LOG/conc.stop"
 pids=()
@@ -145,50 +174,48 @@ done
 ok=0; [ $rcs = 0 ] && [ $errors = 0 ] && [ "$refusals" -gt 0 ] && le "$peak" 768 && ok=1
 row "concurrency 4 proc x 16 thr" "smi peak ${peak}MiB (cap 768) refusals $refusals errors $errors crashes/hangs $rcs in $((t1 - t0))s" $ok
 
-# 6. Overhead, as ratios against the same workload without vramcap. The machine is noisy (the same
-# program varies by tens of percent between runs), so each process reports its fastest round, the two
-# variants alternate, and each side keeps its fastest process: interference only ever adds time.
+# 6. Overhead, as ratios against the same workload without vramcap. Each process reports its fastest
+# round (interference only ever adds time); the two variants alternate, pinned to the same CPUs, and each
+# side keeps its fastest process. Where the workload can be switched inside one process (which pointer it
+# calls), the comparison is made there, alternating rounds, so process-to-process noise cannot enter.
 fastest() { sort -n | head -1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
+PIN="taskset -c 2-5"
 ab() { # key, alternations, command...; sets WITH and WITHOUT
   local key=$1 n=$2; shift 2
   local w=() wo=()
   for _ in $(seq 1 "$n"); do
-    wo+=("$("$@" | grep -o "$key=[0-9.]*" | cut -d= -f2)")
-    w+=("$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB "$@" | grep -o "$key=[0-9.]*" | cut -d= -f2)")
+    wo+=("$($PIN "$@" | grep -o "$key=[0-9.]*" | cut -d= -f2)")
+    w+=("$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$@" | grep -o "$key=[0-9.]*" | cut -d= -f2)")
   done
   WITHOUT=$(printf '%s\n' "${wo[@]}" | fastest); WITH=$(printf '%s\n' "${w[@]}" | fastest)
-  # The A/A noise floor of this run: how far the second-fastest run without vramcap is from the fastest.
-  NOISE=$(printf '%s\n' "${wo[@]}" | sort -n | head -2 | awk 'NR==1 {a=$1} NR==2 {printf "%.4f", $1 / a - 1}')
-  echo "$key without: ${wo[*]} | with: ${w[*]}" >>"$LOG/overhead.txt"
+  # The median of the differences between neighbours in time (with - without): robust to drift.
+  MEDDIFF=$(paste <(printf '%s\n' "${w[@]}") <(printf '%s\n' "${wo[@]}") | awk '{print $1 - $2}' | sort -g | awk '{d[NR]=$1} END {print d[int((NR + 1) / 2)]}')
+  echo "$key without: ${wo[*]} | with: ${w[*]} | median paired difference $MEDDIFF" >>"$LOG/overhead.txt"
 }
-ab bench-launch_us 5 "$B/gpu-probe" bench-launch 20000
-r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" 'BEGIN {print (r <= 1.01) ? 1 : 0}')
-to=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB "$B/gpu-probe" bench-launch 10 | grep -o 'launch_resolves_to=[^ ]*' | cut -d= -f2)
-# cuLaunchKernel is not wrapped: the program gets the driver's own pointer, so no instruction of ours
-# runs per launch. The timing is shown for the record; on this machine runs of the same binary differ by
-# a few percent, so the row passes on the pointer and a ratio within that noise (3%).
-ok=0; [[ "$to" == libcuda.so* ]] && awk -v r="$r" 'BEGIN {exit !(r <= 1.03)}' && ok=1
-row "overhead: empty kernel launch" "${WITH}us vs ${WITHOUT}us = ${r}x (target 1.00x); pointer from $to" "$ok"
-ab bench-alloc_us 5 "$B/gpu-probe" bench-alloc 5000
-r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" 'BEGIN {print (r <= 1.01) ? 1 : 0}')
-row "overhead: cuMemAlloc+Free 1MiB" "${WITH}us vs ${WITHOUT}us = ${r}x (target <= 1.01x)" "$ok"
-# The same comparison inside one process (vramcap's wrappers against libcuda's own functions, alternating
-# rounds), which process-to-process noise cannot swamp.
-abl=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB "$B/gpu-probe" bench-alloc-ab 2000)
+# cuLaunchKernel is not wrapped: the program gets libcuda's own pointer, so no instruction of ours runs per
+# launch. Measured in one process: launches through the pointer the program got against libcuda's own.
+la=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$B/gpu-probe" bench-launch-ab 20000)
+echo "$la" >>"$LOG/overhead.txt"
+r=$(echo "$la" | grep -o 'launch_ratio=[0-9.]*' | cut -d= -f2)
+same=$(echo "$la" | grep -o 'same_pointer=[01]' | cut -d= -f2)
+to=$(echo "$la" | grep -o 'launch_resolves_to=[^ ]*' | cut -d= -f2)
+ok=0; [ "$same" = 1 ] && [[ "$to" == libcuda.so* ]] && awk -v r="$r" 'BEGIN {exit !(r <= 1.01)}' && ok=1
+row "overhead: empty kernel launch" "$(echo "$la" | tr ' ' '\n' | grep -E 'launch_(seen|own)_us' | tr '\n' ' ')= ${r}x (target 1.00x); same pointer $same, from $to" "$ok"
+# cuMemAlloc+cuMemFree of 1 MiB inside one process: vramcap's wrappers against libcuda's own functions in
+# alternating rounds (process-to-process noise on this machine is larger than the 1% asked; the
+# separate-process figures are logged in overhead.txt for reference).
+ab bench-alloc_us 3 "$B/gpu-probe" bench-alloc 5000
+abl=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$B/gpu-probe" bench-alloc-ab 2000)
 r=$(echo "$abl" | grep -o 'ab_ratio=[0-9.]*' | cut -d= -f2)
 ok=$(awk -v r="$r" -v w="$(echo "$abl" | grep -o 'wrapped=[01]' | cut -d= -f2)" 'BEGIN {print (w == 1 && r <= 1.01) ? 1 : 0}')
-row "overhead: alloc+free, in-process A/B" "$(echo "$abl" | tr ' ' '\n' | grep -E 'ab_(hooked|direct)_us' | tr '\n' ' ')= ${r}x (target <= 1.01x)" "$ok"
-ctxdev=$("$B/gpu-probe" bench-ctxdev 100000 | grep -o 'bench-ctxdev_us=[0-9.]*' | cut -d= -f2)
-row "info: driver cuCtxGetDevice" "${ctxdev}us a call (the hook asks it once per allocation)" 1
-ab mlp_step_us 5 python3 "$B/py/mlp_step.py" 15
-# A training step calls no hooked function once warm, so no code of ours runs in it; the comparison is
-# judged against the A/A noise of the same run.
-r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" -v n="$NOISE" 'BEGIN {print (r <= 1.005 + n) ? 1 : 0}')
-row "overhead: torch MLP training step" "${WITH}us vs ${WITHOUT}us = ${r}x (target <= 1.005x; A/A noise ${NOISE})" "$ok"
-ab start_ms 11 bash "$B/py/start_tensor.sh"
-ok=$(awk -v a="$WITH" -v b="$WITHOUT" -v n="$NOISE" 'BEGIN {print (a - b <= 50 + n * b) ? 1 : 0}')
-row "overhead: start to first tensor" "${WITH}ms vs ${WITHOUT}ms = $((WITH - WITHOUT))ms (target <= +50ms; A/A noise ${NOISE})" "$ok"
+row "overhead: cuMemAlloc+Free 1MiB" "$(echo "$abl" | tr ' ' '\n' | grep -E 'ab_(hooked|direct)_us' | tr '\n' ' ')= ${r}x (target <= 1.01x)" "$ok"
+ab mlp_step_us 6 python3 "$B/py/mlp_step.py" 15
+r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" 'BEGIN {print (r <= 1.005) ? 1 : 0}')
+row "overhead: torch MLP training step" "${WITH}us vs ${WITHOUT}us = ${r}x (target <= 1.005x)" "$ok"
+ab start_ms 13 bash "$B/py/start_tensor.sh"
+ok=$(awk -v d="$MEDDIFF" 'BEGIN {print (d <= 50) ? 1 : 0}')
+row "overhead: start to first tensor" "fastest ${WITH}ms vs ${WITHOUT}ms; median paired difference ${MEDDIFF}ms (target <= +50ms)" "$ok"
 
 # Logs come back as one file (the device tool returns few files).
 for f in "$LOG"/*.log "$LOG"/*.txt; do echo "=== $f"; head -n 30 "$f"; echo "..."; tail -n 12 "$f"; done >"${OUT:-/tmp/vramcap-e2e}/e2e-logs.txt" 2>/dev/null

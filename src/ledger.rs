@@ -176,10 +176,15 @@ impl DeviceLedger {
         };
         let own = &self.shares[stripe()].stock;
         if capped {
-            if let Ok(before) = own.fetch_update(Relaxed, Relaxed, |s| s.checked_sub(bytes)) {
-                let total = self.charged.load(Relaxed);
-                self.note_total(total.saturating_sub(before - bytes));
-                return Ok(total);
+            // A stock is only good while everything charged fits the cap: memory charged after the fact
+            // (`force`: a pool that grew, a measured context) can push the total past it, and then every
+            // reservation must face the cap again.
+            let total = self.charged.load(Relaxed);
+            if total <= cap {
+                if let Ok(before) = own.fetch_update(Relaxed, Relaxed, |s| s.checked_sub(bytes)) {
+                    self.note_total(total.saturating_sub(before - bytes));
+                    return Ok(total);
+                }
             }
         }
         let refill = |next: u64| {
@@ -473,6 +478,30 @@ mod tests {
         assert!(l.reserve(Charge::Pages(2 * MIB)).is_err());
         drop(r);
         assert_eq!(l.snapshot().charged, 16 * MIB);
+    }
+
+    #[test]
+    fn a_stock_is_no_pass_once_forced_charges_pass_the_cap() {
+        const GIB: u64 = 1 << 30;
+        let l = DeviceLedger::new();
+        l.set_cap(2 * GIB);
+        // As a pool allocation does: reserve what the pool may need, charge its real growth, give the
+        // reservation back (into the stock).
+        let mut taken = 0;
+        for _ in 0..200 {
+            let Ok(r) = l.reserve(Charge::Pages(32 * MIB)) else {
+                break;
+            };
+            l.force(32 * MIB);
+            drop(r);
+            taken += 32 * MIB;
+        }
+        assert!(
+            taken <= 2 * GIB,
+            "took {} MiB under a 2 GiB cap",
+            taken >> 20
+        );
+        assert!(l.snapshot().charged <= 2 * GIB);
     }
 
     #[test]

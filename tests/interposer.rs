@@ -368,6 +368,29 @@ fn a_pool_that_grows_past_the_cap_is_rolled_back() {
 }
 
 #[test]
+fn pools_growing_by_steps_stay_under_the_cap() {
+    // Each growth of the pool is charged after the fact and the reservation made for it given back: the
+    // bytes given back must never let later allocations past the cap.
+    let vars = [("VRAMCAP_LIMIT", "1536MiB"), ("FAKECUDA_POOL_STEP", "32M")];
+    for path in PATHS {
+        let r = client(path, &["async_fill"], &vars);
+        assert_eq!(
+            r.int("last_r"),
+            2,
+            "{path}: refused in the end: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(r.get("device_used") <= 1536 * MIB, "{path}: {}", r.stdout);
+        assert!(
+            r.get("allocated") >= 500,
+            "{path}: most of the cap is usable: {}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
 fn context_estimate_is_replaced_by_the_drivers_figure() {
     // The library guesses 100 MiB for a context that really costs 300 MiB; NVML's per-process figure
     // corrects it, and the cap then holds on what the driver really holds.

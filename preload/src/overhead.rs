@@ -316,18 +316,24 @@ pub fn measure(dev: i32, wait: bool) -> bool {
     let Some(uuid) = state::devices().and_then(|d| d.uuids.get(i).cloned()) else {
         return false;
     };
+    // The device's handle before the quiet point: its first lookup can be slow, and nothing waits on it.
+    let handle = {
+        let mut readings = READINGS.lock();
+        let r = &mut readings[i];
+        if r.handle == 0 {
+            r.handle = nvml.device(&uuid).unwrap_or(0);
+        }
+        r.handle
+    };
+    if handle == 0 {
+        return false;
+    }
     // The quiet point first, and only then our own lock: hooks that hold an operation may take READINGS.
     let Some(_quiet) = quiet(wait) else {
         return true;
     };
-    let mut readings = READINGS.lock();
-    let r = &mut readings[i];
-    if r.handle == 0 {
-        r.handle = nvml.device(&uuid).unwrap_or(0);
-    }
-    if r.handle == 0 {
-        return false;
-    }
+    let readings = READINGS.lock();
+    let r = &readings[i];
     crate::hooks::pool::refresh(dev);
     let before = counted(ledger.snapshot());
     let used = nvml.used_by(r.handle, std::process::id());

@@ -565,6 +565,15 @@ int main(int argc, char **argv) {
     printf("allocated=%d\npeak_device_used=%llu\n", n, peak);
     return 0;
   }
+  if (!strcmp(s, "async_fill")) {
+    /* Stream-ordered allocations, never freed, until refused: the pool grows in steps under the cap. */
+    static CUdeviceptr p[8192];
+    int n = 0;
+    CUresult r = 0;
+    while (n < 8192 && (r = cu.alloc_async(&p[n], 2 * MIB, NULL)) == 0) n++;
+    printf("allocated=%d\nlast_r=%d\ndevice_used=%llu\n", n, r, used_now());
+    return 0;
+  }
   if (!strcmp(s, "async_cap")) {
     CUdeviceptr a, b;
     printf("first_r=%d\n", cu.alloc_async(&a, 3 * MIB, NULL));

@@ -7,6 +7,8 @@
 //!   NAME: small4k, small64k, odd, large, mixed, async, vmm.
 //! - `gpu-probe bench-launch N` / `gpu-probe bench-alloc N`: microseconds per empty-kernel launch and per
 //!   1 MiB cuMemAlloc+cuMemFree pair (fastest of 9 rounds of N).
+//! - `gpu-probe bench-launch-ab N`: in one process, alternating rounds of empty-kernel launches through
+//!   the `cuLaunchKernel` a program gets and through libcuda's own.
 //! - `gpu-probe bench-alloc-ab N`: in one process, alternating rounds of 1 MiB alloc+free through the
 //!   pointers a program gets (vramcap's, when preloaded) and through libcuda's own.
 
@@ -382,6 +384,28 @@ fn resolved_in(name: &std::ffi::CStr) -> String {
     }
 }
 
+/// Runs `a` and `b` (each returns microseconds per operation of one round) in alternating order, ABBA, so
+/// neither side always runs first; returns the median round of each.
+fn ab_medians(rounds: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (f64, f64) {
+    a();
+    b();
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        if i % 2 == 0 {
+            ta.push(a());
+            tb.push(b());
+        } else {
+            tb.push(b());
+            ta.push(a());
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(ta), median(tb))
+}
+
 type AllocFn = unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult;
 type FreeFn = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
 
@@ -413,7 +437,7 @@ fn alloc_pairs() -> ((AllocFn, FreeFn), (AllocFn, FreeFn)) {
 
 /// In one process, alternating rounds of 1 MiB alloc+free through vramcap's wrappers and straight into
 /// libcuda: both sides share the context, the GPU and the machine's moment, so the ratio is not at the
-/// mercy of process-to-process noise. Prints the fastest round of each and their ratio.
+/// mercy of process-to-process noise. Prints the median round of each and their ratio.
 fn bench_alloc_ab(n: u32) {
     init_context();
     let (hooked, direct) = alloc_pairs();
@@ -429,18 +453,91 @@ fn bench_alloc_ab(n: u32) {
         }
         t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
     };
-    round(hooked);
-    round(direct);
-    let (mut best_hooked, mut best_direct) = (f64::MAX, f64::MAX);
-    for _ in 0..15 {
-        best_hooked = best_hooked.min(round(hooked));
-        best_direct = best_direct.min(round(direct));
-    }
+    let (best_hooked, best_direct) = ab_medians(30, || round(hooked), || round(direct));
     let wrapped = hooked.0 as usize != direct.0 as usize;
     println!(
         "ab_hooked_us={best_hooked:.4} ab_direct_us={best_direct:.4} ab_ratio={:.4} wrapped={}",
         best_hooked / best_direct,
         u8::from(wrapped)
+    );
+}
+
+type LaunchFn = unsafe extern "C" fn(
+    sys::CUfunction,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    sys::CUstream,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CUresult;
+
+/// `name` as a program gets it (`dlsym` on libcuda) and as libcuda defines it (glibc's own `dlsym`).
+fn seen_and_own(name: &std::ffi::CStr) -> (*mut c_void, *mut c_void) {
+    // SAFETY: dlopen/dlsym/dlvsym with NUL-terminated names.
+    unsafe {
+        let h = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW);
+        let glibc_dlsym = libc::dlvsym(
+            libc::RTLD_DEFAULT,
+            c"dlsym".as_ptr(),
+            c"GLIBC_2.34".as_ptr(),
+        );
+        let glibc_dlsym: unsafe extern "C" fn(*mut c_void, *const std::ffi::c_char) -> *mut c_void =
+            std::mem::transmute(glibc_dlsym);
+        (libc::dlsym(h, name.as_ptr()), glibc_dlsym(h, name.as_ptr()))
+    }
+}
+
+/// In one process, alternating rounds of empty-kernel launches through the `cuLaunchKernel` a program
+/// gets and through libcuda's own: prints the median round of each, their ratio, and whether the two
+/// pointers are the same function.
+fn bench_launch_ab(n: u32) {
+    let gpu = init();
+    let (seen, own) = seen_and_own(c"cuLaunchKernel");
+    // SAFETY: both are cuLaunchKernel (or vramcap's answer for it), of this C type.
+    let (seen_fn, own_fn) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, LaunchFn>(seen),
+            std::mem::transmute::<*mut c_void, LaunchFn>(own),
+        )
+    };
+    let round = |launch: LaunchFn| {
+        let t = Instant::now();
+        for _ in 0..n {
+            // SAFETY: the empty kernel takes no parameters; one block of one thread on the null stream.
+            ok(
+                unsafe {
+                    launch(
+                        gpu.empty,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        1,
+                        0,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    )
+                },
+                "launch",
+            );
+        }
+        // SAFETY: waits for the launches.
+        unsafe { ok(sys::cuCtxSynchronize(), "synchronize") };
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    };
+    let (best_seen, best_own) = ab_medians(30, || round(seen_fn), || round(own_fn));
+    println!(
+        "launch_seen_us={best_seen:.4} launch_own_us={best_own:.4} launch_ratio={:.4} same_pointer={} launch_resolves_to={}",
+        best_seen / best_own,
+        u8::from(seen == own),
+        resolved_in(c"cuLaunchKernel")
     );
 }
 
@@ -489,6 +586,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("pattern") if args.len() == 4 => pattern(&args[2], &args[3]),
+        Some("bench-launch-ab") => {
+            bench_launch_ab(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000))
+        }
         Some("bench-alloc-ab") => {
             bench_alloc_ab(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2_000))
         }
