@@ -136,6 +136,15 @@ pub fn current_pool(dev: CUdevice) -> Option<CUmemoryPool> {
     Some(pool)
 }
 
+/// The device whose current (by default, its default) pool is `pool`, if any: a pool we did not see
+/// created still belongs to a device, which need not be the stream's.
+pub fn pool_device(pool: CUmemoryPool) -> Option<CUdevice> {
+    let mut count = 0;
+    // SAFETY: writes one int.
+    ok(unsafe { fns().get_count?(&mut count) })?;
+    (0..count).find(|&d| current_pool(d) == Some(pool))
+}
+
 /// A pool's (reserved, used) bytes.
 pub fn pool_usage(pool: CUmemoryPool) -> Option<(u64, u64)> {
     let f = fns().pool_get_attribute?;

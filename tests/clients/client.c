@@ -45,6 +45,9 @@ CUresult cuMemMap(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, uns
 CUresult cuMemUnmap(CUdeviceptr, size_t);
 CUresult cuArrayCreate_v2(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
 CUresult cuArrayDestroy(CUarray);
+CUresult cuMemPoolCreate(CUmemoryPool *, const CUmemPoolProps *);
+CUresult cuMemAllocFromPoolAsync(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+CUresult cuDeviceGetMemPool(CUmemoryPool *, CUdevice);
 
 static struct {
   CUresult (*init)(unsigned);
@@ -69,6 +72,9 @@ static struct {
   CUresult (*unmap)(CUdeviceptr, size_t);
   CUresult (*array_create)(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
   CUresult (*array_destroy)(CUarray);
+  CUresult (*pool_create)(CUmemoryPool *, const CUmemPoolProps *);
+  CUresult (*alloc_from_pool)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+  CUresult (*get_mem_pool)(CUmemoryPool *, CUdevice);
 } cu;
 
 typedef CUresult (*gpa_t)(const char *, void **, int, unsigned long long, int *);
@@ -102,6 +108,8 @@ static void load(const char *path) {
     cu.free_async = cuMemFreeAsync; cu.sync = cuStreamSynchronize; cu.create = cuMemCreate;
     cu.release = cuMemRelease; cu.reserve = cuMemAddressReserve; cu.map = cuMemMap; cu.unmap = cuMemUnmap;
     cu.array_create = cuArrayCreate_v2; cu.array_destroy = cuArrayDestroy;
+    cu.pool_create = cuMemPoolCreate; cu.alloc_from_pool = cuMemAllocFromPoolAsync;
+    cu.get_mem_pool = cuDeviceGetMemPool;
   } else if (!strcmp(path, "dlsym")) {
     DL(init, "cuInit"); DL(count, "cuDeviceGetCount"); DL(retain, "cuDevicePrimaryCtxRetain");
     DL(set_current, "cuCtxSetCurrent"); DL(ctx_create, "cuCtxCreate_v2"); DL(ctx_destroy, "cuCtxDestroy_v2");
@@ -110,7 +118,8 @@ static void load(const char *path) {
     DL(alloc_async, "cuMemAllocAsync"); DL(free_async, "cuMemFreeAsync"); DL(sync, "cuStreamSynchronize");
     DL(create, "cuMemCreate"); DL(release, "cuMemRelease"); DL(reserve, "cuMemAddressReserve");
     DL(map, "cuMemMap"); DL(unmap, "cuMemUnmap"); DL(array_create, "cuArrayCreate_v2");
-    DL(array_destroy, "cuArrayDestroy");
+    DL(array_destroy, "cuArrayDestroy"); DL(pool_create, "cuMemPoolCreate");
+    DL(alloc_from_pool, "cuMemAllocFromPoolAsync"); DL(get_mem_pool, "cuDeviceGetMemPool");
   } else if (!strcmp(path, "gpa")) {
     /* cuInit must be resolvable before initialisation, as the runtime does it. */
     GPA(init, "cuInit", 12000); GPA(count, "cuDeviceGetCount", 12000);
@@ -123,6 +132,8 @@ static void load(const char *path) {
     GPA(create, "cuMemCreate", 12000); GPA(release, "cuMemRelease", 12000);
     GPA(reserve, "cuMemAddressReserve", 12000); GPA(map, "cuMemMap", 12000); GPA(unmap, "cuMemUnmap", 12000);
     GPA(array_create, "cuArrayCreate", 12000); GPA(array_destroy, "cuArrayDestroy", 12000);
+    GPA(pool_create, "cuMemPoolCreate", 12000); GPA(alloc_from_pool, "cuMemAllocFromPoolAsync", 12000);
+    GPA(get_mem_pool, "cuDeviceGetMemPool", 12000);
   } else {
     printf("unknown path %s\n", path);
     exit(2);
@@ -432,6 +443,64 @@ static int scenario_ctx(void) {
   return 0;
 }
 
+/* Memory charged to the device it lives on, whichever device is current: with device 0 current, fill
+ * device 1 by cuMemCreate (location 1), by a thread that has device 1 current, by a pool created on
+ * device 1 and by device 1's default pool; each until refused, printing what each device holds. */
+static CUcontext ctx1;
+static void *alloc_on_1(void *arg) {
+  (void)arg;
+  cu.set_current(ctx1);
+  static CUdeviceptr p[256];
+  int n = 0;
+  while (n < 256 && cu.alloc(&p[n], 64 * MIB) == 0) n++;
+  printf("thread_count=%d\nthread_used1=%llu\n", n, device_used ? device_used(1) : 0);
+  for (int i = 0; i < n; i++) cu.free(p[i]);
+  return NULL;
+}
+
+static int fill_pool(const char *what, CUmemoryPool pool) {
+  static CUdeviceptr p[256];
+  int n = 0;
+  while (n < 256 && cu.alloc_from_pool(&p[n], 64 * MIB, pool, NULL) == 0) n++;
+  printf("%s_count=%d\n%s_used0=%llu\n%s_used1=%llu\n", what, n, what, device_used(0), what, device_used(1));
+  for (int i = 0; i < n; i++) cu.free_async(p[i], NULL);
+  cu.sync(NULL);
+  return n;
+}
+
+static int scenario_cross(void) {
+  if (cu.retain(&ctx1, 1)) { printf("no_device_1=1\n"); return 3; }
+  cu.set_current(ctx);
+  /* cuMemCreate on device 1 with device 0 current. */
+  static CUmemGenericAllocationHandle h[256];
+  CUmemAllocationProp prop = {0};
+  prop.type = 1;
+  prop.location.type = 1;
+  prop.location.id = 1;
+  int n = 0;
+  while (n < 256 && cu.create(&h[n], 64 * MIB, &prop, 0) == 0) n++;
+  printf("create_count=%d\ncreate_used0=%llu\ncreate_used1=%llu\n", n, device_used(0), device_used(1));
+  for (int i = 0; i < n; i++) cu.release(h[i]);
+  /* Another thread with device 1 current. */
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_on_1, NULL);
+  pthread_join(t, NULL);
+  /* A pool created on device 1, and device 1's own pool, used while device 0 is current. */
+  CUmemPoolProps props = {0};
+  props.allocType = 1;
+  props.location.type = 1;
+  props.location.id = 1;
+  CUmemoryPool mine, dflt;
+  if (cu.pool_create(&mine, &props)) { printf("pool_create_failed=1\n"); return 3; }
+  fill_pool("pool", mine);
+  if (cu.get_mem_pool(&dflt, 1)) { printf("get_mem_pool_failed=1\n"); return 3; }
+  fill_pool("default_pool", dflt);
+  /* Device 0 is untouched, and still has its own room. */
+  CUdeviceptr q;
+  printf("dev0_alloc=%d\n", cu.alloc(&q, 64 * MIB));
+  return 0;
+}
+
 /* A worker for the unloader's tests: holds MIB in 64 MiB allocations and frees them when asked, by
  * SIGUSR1 or by an HTTP POST on 127.0.0.1:$WORKER_PORT ($WORKER_HANG=1: accepts and never answers). */
 static volatile sig_atomic_t asked;
@@ -591,6 +660,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (!strcmp(s, "info")) { report_info(); printf("charged=%llu\n", charged()); return 0; }
+  if (!strcmp(s, "cross")) return scenario_cross();
   if (!strcmp(s, "worker")) return scenario_worker(argc > 3 ? strtoull(argv[3], NULL, 10) : 64);
   if (!strcmp(s, "want")) {
     /* One allocation of MIB, timed: with VRAMCAP_WAIT it may wait for the unloader. */

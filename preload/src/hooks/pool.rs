@@ -244,7 +244,10 @@ pub fn alloc_from_pool_async(
         .iter()
         .find(|p| p.pool == pool as usize)
         .map(|p| p.dev);
-    let Some(dev) = known.or_else(|| driver::stream_device(stream)) else {
+    let dev = known
+        .or_else(|| driver::pool_device(pool))
+        .or_else(|| driver::stream_device(stream));
+    let Some(dev) = dev else {
         return pass();
     };
     pooled_alloc(dptr, bytes, dev, pool, pass)

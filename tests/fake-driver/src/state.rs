@@ -74,6 +74,10 @@ struct Handle {
 }
 
 pub struct Fake {
+    /// The physical device behind each CUDA ordinal (`CUDA_VISIBLE_DEVICES` over `FAKECUDA_DEVICES`).
+    physical: Vec<usize>,
+    /// Physical devices on the machine (what NVML lists).
+    machine_devices: usize,
     total: u64,
     /// How much a pool grows at a time (`FAKECUDA_POOL_STEP`, default one page).
     pool_step: u64,
@@ -99,7 +103,9 @@ static FAKE: OnceLock<Mutex<Fake>> = OnceLock::new();
 
 fn fake() -> parking_lot::MutexGuard<'static, Fake> {
     FAKE.get_or_init(|| {
-        let n = env_bytes("FAKECUDA_DEVICES", 1).clamp(1, 8) as usize;
+        let machine = env_bytes("FAKECUDA_DEVICES", 1).clamp(1, 8) as usize;
+        let physical = visible_devices(machine);
+        let n = physical.len();
         let mut pools = HashMap::new();
         for dev in 0..n {
             pools.insert(
@@ -113,6 +119,8 @@ fn fake() -> parking_lot::MutexGuard<'static, Fake> {
             );
         }
         Mutex::new(Fake {
+            physical,
+            machine_devices: machine,
             total: env_bytes("FAKECUDA_MEM", 4 << 30),
             pool_step: env_bytes("FAKECUDA_POOL_STEP", PAGE).max(PAGE),
             context_bytes: env_bytes("FAKECUDA_CONTEXT_BYTES", 300 * MIB),
@@ -133,6 +141,31 @@ fn fake() -> parking_lot::MutexGuard<'static, Fake> {
         })
     })
     .lock()
+}
+
+/// The physical devices a process sees, in its ordinal order, as the real driver reads
+/// `CUDA_VISIBLE_DEVICES`: indices or `GPU-` UUID prefixes, up to the first entry that names none.
+fn visible_devices(machine: usize) -> Vec<usize> {
+    let Ok(list) = std::env::var("CUDA_VISIBLE_DEVICES") else {
+        return (0..machine).collect();
+    };
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let found = match item.parse::<usize>() {
+            Ok(i) => (i < machine).then_some(i),
+            Err(_) => (0..machine).find(|&d| {
+                !item.is_empty()
+                    && fake_uuid_string(d)
+                        .to_ascii_lowercase()
+                        .starts_with(&item.to_ascii_lowercase())
+            }),
+        };
+        match found {
+            Some(d) if !out.contains(&d) => out.push(d),
+            _ => break,
+        }
+    }
+    out
 }
 
 fn default_pool(dev: usize) -> usize {
@@ -158,25 +191,35 @@ impl Fake {
 
     /// Takes `bytes` from the device, or fails with OUT_OF_MEMORY.
     fn take(&mut self, dev: usize, bytes: u64) -> Result<(), CUresult> {
-        let others = shared::used_by_others(dev);
+        let others = shared::used_by_others(self.physical[dev]);
         let d = &mut self.devices[dev];
         if others + d.used + bytes > self.total {
             return Err(OUT_OF_MEMORY);
         }
         d.used += bytes;
-        shared::publish(dev, d.used);
+        shared::publish(self.physical[dev], d.used);
         Ok(())
     }
 
     fn give(&mut self, dev: usize, bytes: u64) {
         let d = &mut self.devices[dev];
         d.used = d.used.saturating_sub(bytes);
-        shared::publish(dev, d.used);
+        shared::publish(self.physical[dev], d.used);
     }
 
-    /// What the whole device holds: this process, and with `FAKECUDA_SHARED` every other one.
-    fn device_used(&self, dev: usize) -> u64 {
-        self.devices[dev].used + shared::used_by_others(dev)
+    /// The ordinal this process sees physical device `p` as, if it sees it.
+    fn ordinal_of(&self, p: usize) -> Option<usize> {
+        self.physical.iter().position(|&q| q == p)
+    }
+
+    /// What this process holds on physical device `p`.
+    fn own_used(&self, p: usize) -> u64 {
+        self.ordinal_of(p).map_or(0, |o| self.devices[o].used)
+    }
+
+    /// What the whole physical device `p` holds: this process, and with `FAKECUDA_SHARED` every other one.
+    fn device_used(&self, p: usize) -> u64 {
+        self.own_used(p) + shared::used_by_others(p)
     }
 
     fn va(&mut self, size: u64) -> u64 {
@@ -330,7 +373,7 @@ impl Fake {
             self.allocs.retain(|_, a| a.dev != dev);
             self.page_users.clear();
             self.devices[dev] = Device::default();
-            shared::publish(dev, 0);
+            shared::publish(self.physical[dev], 0);
         }
     }
 }
@@ -450,7 +493,7 @@ pub unsafe extern "C" fn cuDeviceGet(d: *mut i32, ordinal: i32) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], dev: i32) -> CUresult {
     call("cuDeviceGetUuid_v2", |s| match dev_ok(s, dev) {
-        Some(d) => unsafe { out(uuid, fake_uuid(d)) },
+        Some(d) => unsafe { out(uuid, fake_uuid(s.physical[d])) },
         None => INVALID_DEVICE,
     })
 }
@@ -664,7 +707,10 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
             return INVALID_CONTEXT;
         };
         unsafe {
-            out(free, s.total.saturating_sub(s.device_used(d)) as usize);
+            out(
+                free,
+                s.total.saturating_sub(s.device_used(s.physical[d])) as usize,
+            );
             out(total, s.total as usize)
         }
     })
@@ -1380,20 +1426,21 @@ pub extern "C" fn nvmlShutdown() -> NvmlReturn {
     0
 }
 
+/// The physical device behind an NVML handle (NVML ignores CUDA_VISIBLE_DEVICES).
 fn nvml_dev(handle: usize) -> Option<usize> {
     handle
         .checked_sub(0x6000)
-        .filter(|&d| d < fake().devices.len())
+        .filter(|&d| d < fake().machine_devices)
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(n: *mut u32) -> NvmlReturn {
-    unsafe { out(n, fake().devices.len() as u32) }
+    unsafe { out(n, fake().machine_devices as u32) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: u32, h: *mut usize) -> NvmlReturn {
-    if (i as usize) < fake().devices.len() {
+    if (i as usize) < fake().machine_devices {
         unsafe { out(h, 0x6000 + i as usize) }
     } else {
         2
@@ -1408,7 +1455,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
     let uuid = unsafe { CStr::from_ptr(uuid) }
         .to_string_lossy()
         .to_ascii_lowercase();
-    let n = fake().devices.len();
+    let n = fake().machine_devices;
     match (0..n).find(|&d| fake_uuid_string(d).eq_ignore_ascii_case(&uuid)) {
         Some(d) => unsafe { out(h, 0x6000 + d) },
         None => 6,
@@ -1498,7 +1545,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
 ) -> NvmlReturn {
     let Some(d) = nvml_dev(h) else { return 2 };
     let s = fake();
-    let used = s.devices[d].used;
+    let used = s.own_used(d);
     let n = u32::from(used > 0);
     let room = unsafe { *count };
     unsafe { *count = n };
