@@ -38,6 +38,12 @@
 #define VRAMCAP_FLAG_PROTECTED 1
 
 /**
+ * The unloader may suspend this worker (move its device memory to host) when its hook, if any, does
+ * not free memory in time (`vramcap-run --on-pressure suspend`).
+ */
+#define VRAMCAP_FLAG_SUSPENDABLE 2
+
+/**
  * How the unloader asks a worker to give its memory back (`unload_kind`; `unload` holds the detail).
  */
 #define VRAMCAP_UNLOAD_NONE 0
@@ -176,9 +182,18 @@ typedef struct VramcapSlot {
   uint32_t answer;
   uint32_t reserved_u32;
   /**
+   * When the unloader suspended this process (its device memory is in host memory); 0 while running.
+   * Written by the unloader, not by the process (which cannot run CUDA calls while suspended).
+   */
+  uint64_t suspended_unix_ms;
+  /**
+   * Bytes the suspension moved to host memory.
+   */
+  uint64_t suspended_bytes;
+  /**
    * Room for later fields without a new layout version.
    */
-  uint64_t reserved[8];
+  uint64_t reserved[6];
 } VramcapSlot;
 
 #endif  /* VRAMCAP_H */

@@ -150,6 +150,34 @@ ok=0; [ "$took" != fail ] && [ -n "$took" ] && [ $order = 1 ] && [ $kept = 1 ] &
 row "unloader: 40GiB for prio 5" "blocked->success ${took}s; chat then video: $order; image kept: $kept; unloaded intact $intact/2; clean stop rc $urc" $ok
 unset VRAMCAP_SHM
 
+# 4d. Suspend and resume without the worker's help (the driver's checkpoint API): a busy lower worker with
+# no hook holds 12 GiB; a higher one holds 30 GiB, then asks for 40 GiB more. The lower one is suspended,
+# the higher one's allocation succeeds, the higher one exits, the lower one is resumed and checks its data.
+export VRAMCAP_SHM=vramcap-e2e-suspend-$$
+rm -f "$LOG/lower.done"
+"$RUN" --limit 20GiB --name lower --priority 1 --on-pressure suspend -- \
+  python3 "$B/py/suspend_worker.py" 12 "$LOG/lower.done" >"$LOG/suspend-lower.log" 2>&1 &
+LOWER=$!
+for _ in $(seq 1 600); do grep -q '^READY' "$LOG/suspend-lower.log" && break; sleep 0.1; done
+"$B/vramcap" unloader --poll 20ms --hook-timeout 60s 2>"$LOG/suspend-unloader.log" &
+UNLOADER=$!
+sleep 0.5
+"$RUN" --limit 75GiB --name higher --priority 5 --wait 120s -- python3 "$B/py/unload_request.py" 40 30 \
+  >"$LOG/suspend-higher.log" 2>&1
+for _ in $(seq 1 600); do grep -q 'resumed lower' "$LOG/suspend-unloader.log" && break; sleep 0.1; done
+sleep 1
+touch "$LOG/lower.done"; wait $LOWER
+kill -TERM $UNLOADER; wait $UNLOADER
+{ grep -h '^EVENT\|^READY' "$LOG"/suspend-lower.log "$LOG"/suspend-higher.log | sort -t= -k2 -n; cat "$LOG/suspend-unloader.log"; } | tee "$LOG/suspend-timeline.txt"
+took=$(val blocked_to_success_s "$LOG/suspend-higher.log")
+t_free=$(grep -o 'suspended lower.* in [0-9.]*s' "$LOG/suspend-unloader.log" | grep -o '[0-9.]*s$')
+t_back=$(grep -o 'resumed lower.* in [0-9.]*s' "$LOG/suspend-unloader.log" | grep -o '[0-9.]*s$')
+moved=$(grep -o 'suspended lower.*: [0-9.]* [KMGT]iB moved' "$LOG/suspend-unloader.log" | grep -o '[0-9.]* [KMGT]iB')
+intact=$(val verified_ok "$LOG/suspend-lower.log")
+ok=0; [ -n "$took" ] && [ "$took" != fail ] && [ -n "$t_free" ] && [ -n "$t_back" ] && [ "$intact" = 1 ] && ok=1
+row "suspend/resume: no-hook worker" "moved ${moved:-?} to host in ${t_free:-?}, back in ${t_back:-?}; higher waited ${took}s; data intact $intact" $ok
+unset VRAMCAP_SHM
+
 # 5. Concurrency: 4 processes x 16 threads allocating and freeing at random, 768 MiB cap each.
 rm -f "$LOG/conc.stop"
 pids=()

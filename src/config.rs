@@ -19,6 +19,7 @@ pub const ENV_UNLOAD_URL: &str = "VRAMCAP_UNLOAD_URL";
 pub const ENV_UNLOAD_SIGNAL: &str = "VRAMCAP_UNLOAD_SIGNAL";
 pub const ENV_UNLOAD_CMD: &str = "VRAMCAP_UNLOAD_CMD";
 pub const ENV_WAIT: &str = "VRAMCAP_WAIT";
+pub const ENV_ON_PRESSURE: &str = "VRAMCAP_ON_PRESSURE";
 
 /// How the unloader may ask this worker to give its memory back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -96,6 +97,8 @@ pub struct Config {
     /// Never asked to unload.
     pub protect: bool,
     pub unload: UnloadHook,
+    /// The unloader may suspend this worker (`VRAMCAP_ON_PRESSURE=suspend`).
+    pub suspendable: bool,
     /// How long an allocation refused by a full device waits for the unloader (`None`: fail at once).
     pub wait: Option<std::time::Duration>,
 }
@@ -196,6 +199,17 @@ impl Config {
                 _ => UnloadHook::Cmd(v),
             },
         };
+        let suspendable = match lookup(ENV_ON_PRESSURE).as_deref().map(str::trim) {
+            None | Some("") | Some("fail") => false,
+            Some("suspend") => true,
+            Some(v) => {
+                return Err(invalid(
+                    ENV_ON_PRESSURE,
+                    v,
+                    "expected suspend (or fail, the default)".into(),
+                ))
+            }
+        };
         let wait = match lookup(ENV_WAIT) {
             None => None,
             Some(v) => Some(parse_duration(&v).map_err(|reason| invalid(ENV_WAIT, &v, reason))?),
@@ -210,6 +224,7 @@ impl Config {
             priority,
             protect,
             unload,
+            suspendable,
             wait,
         })
     }

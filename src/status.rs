@@ -34,6 +34,10 @@ pub struct ProcessView {
     pub protected: bool,
     pub uid: u32,
     pub updated_unix_ms: u64,
+    /// Suspended by the unloader since then (Unix ms): its device memory is in host memory.
+    pub suspended_unix_ms: Option<u64>,
+    /// What the suspension moved to host memory.
+    pub suspended_bytes: u64,
     pub devices: Vec<DeviceView>,
 }
 
@@ -122,6 +126,8 @@ pub fn collect(seg: &Segment, path: &str, with_nvml: bool) -> Status {
                 protected: s.flags & VRAMCAP_FLAG_PROTECTED != 0,
                 uid: s.uid,
                 updated_unix_ms: s.updated_unix_ms,
+                suspended_unix_ms: (s.suspended_unix_ms != 0).then_some(s.suspended_unix_ms),
+                suspended_bytes: s.suspended_bytes,
                 devices: s
                     .devices
                     .iter()
@@ -147,7 +153,8 @@ pub fn collect(seg: &Segment, path: &str, with_nvml: bool) -> Status {
         })
         .collect();
     let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
-    for p in &processes {
+    // A suspended worker holds nothing on its devices (its memory is in host memory).
+    for p in processes.iter().filter(|p| p.suspended_unix_ms.is_none()) {
         for d in &p.devices {
             let t = totals.entry(d.uuid.clone()).or_insert_with(|| Totals {
                 uuid: d.uuid.clone(),
@@ -218,6 +225,18 @@ pub fn render(s: &Status) -> String {
     }
     if s.processes.is_empty() {
         out.push_str("(no capped process is running)\n");
+    }
+    for p in &s.processes {
+        if let Some(since) = p.suspended_unix_ms {
+            let _ = writeln!(
+                out,
+                "{} (pid {}) is suspended: {} in host memory, for {}s",
+                p.name,
+                p.pid,
+                HumanBytes(p.suspended_bytes),
+                crate::log::unix_ms().saturating_sub(since) / 1000
+            );
+        }
     }
     out.push('\n');
     for t in &s.totals {

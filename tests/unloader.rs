@@ -493,3 +493,227 @@ fn vramcap_run_validates_worker_declarations() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "one way to unload");
 }
+
+// ---- suspend and resume (the driver's checkpoint API, implemented by the fake over FAKECUDA_SHARED) ----
+
+/// How many TICKs a worker printed, reading its output for `during` first.
+fn ticks(p: &mut Proc, during: Duration) -> usize {
+    let end = Instant::now() + during;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match p.lines.recv_timeout(left) {
+            Ok(line) => p.seen.push(line),
+            Err(_) => break,
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    p.seen.iter().filter(|l| l.starts_with("TICK")).count()
+}
+
+fn status_text(card: &Card) -> String {
+    String::from_utf8_lossy(&card.vramcap(&["status"]).stdout).into_owned()
+}
+
+#[test]
+fn an_unhookable_worker_is_suspended_and_resumed_when_the_requester_leaves() {
+    let card = Card::new("suspend");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 150, &[]);
+    let mut chat = card.worker(
+        "chat",
+        &["--priority", "1", "--unload-signal", "USR1"],
+        200,
+        &[],
+    );
+    let mut video = card.worker(
+        "video",
+        &["--priority", "2", "--on-pressure", "suspend"],
+        300,
+        &[("WORKER_TICK", "1")],
+    );
+    let mut unloader = card.unloader(&["--hook-timeout", "2s"]);
+    unloader
+        .wait_for("watching", Duration::from_secs(10))
+        .expect("unloader up");
+    // 698 MiB held; 700 MiB for burst needs chat's memory and video's.
+    let hold = env()
+        .dir
+        .join(format!("hold-suspend-{}", std::process::id()));
+    let _ = std::fs::remove_file(&hold);
+    let hold_s = hold.display().to_string();
+    let mut burst = card.start(
+        &["--name", "burst", "--priority", "5", "--wait", "10s"],
+        &["want", "700"],
+        &[("VRAMCAP_E2E_HOLD", &hold_s)],
+    );
+    let r = burst.value("want_r", Duration::from_secs(20));
+    assert_eq!(
+        r,
+        0,
+        "{}\n{}",
+        burst.drain(Duration::ZERO),
+        unloader.drain(Duration::from_millis(500))
+    );
+    assert!(
+        unloaded_at(&mut chat, Duration::from_secs(2)).is_some(),
+        "chat (hooked) asked first"
+    );
+    let log = unloader.drain(Duration::from_millis(200));
+    assert!(log.contains("suspended video"), "{log}");
+    assert!(
+        position(&log, "asking chat") < position(&log, "suspending video"),
+        "{log}"
+    );
+    let status = status_text(&card);
+    assert!(
+        status.contains("video (pid") && status.contains("is suspended"),
+        "{status}"
+    );
+    // A suspended worker's CUDA calls wait.
+    let before = ticks(&mut video, Duration::from_millis(300));
+    assert_eq!(
+        ticks(&mut video, Duration::from_millis(300)),
+        before,
+        "no CUDA call gets through"
+    );
+    // The requester leaves: video fits again and comes back, and runs on.
+    std::fs::write(&hold, b"").unwrap();
+    burst.child.wait().unwrap();
+    assert!(
+        unloader
+            .wait_for("resumed video", Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        unloader.drain(Duration::ZERO)
+    );
+    assert!(
+        ticks(&mut video, Duration::from_millis(500)) > before,
+        "video runs again"
+    );
+    assert!(!status_text(&card).contains("is suspended"));
+    let _ = std::fs::remove_file(&hold);
+}
+
+#[test]
+fn a_hook_that_frees_nothing_in_time_falls_back_to_suspend() {
+    let card = Card::new("fallback");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/memory/unload");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 500, &[]);
+    let mut chat = card.worker(
+        "chat",
+        &[
+            "--priority",
+            "1",
+            "--unload-url",
+            &url,
+            "--on-pressure",
+            "suspend",
+        ],
+        300,
+        &[
+            ("WORKER_PORT", &port),
+            ("WORKER_HANG", "1"),
+            ("WORKER_TICK", "1"),
+        ],
+    );
+    let out = card.vramcap(&[
+        "reclaim",
+        "--device",
+        "0",
+        "--bytes",
+        "400MiB",
+        "--hook-timeout",
+        "1s",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{err}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        position(&err, "the hook failed") < position(&err, "suspended chat"),
+        "{err}"
+    );
+    let out = card.vramcap(&["resume", "chat"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = ticks(&mut chat, Duration::ZERO);
+    assert!(
+        ticks(&mut chat, Duration::from_millis(400)) > before,
+        "chat runs again"
+    );
+}
+
+#[test]
+fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
+    use vramcap::shm::{Identity, Segment};
+    let card = Card::new("refuse");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 100, &[]);
+    let mut video = card.worker(
+        "video",
+        &["--priority", "2", "--on-pressure", "suspend"],
+        100,
+        &[("WORKER_TICK", "1")],
+    );
+    let refused = |args: &[&str], vars: &[(&str, &str)], says: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+        cmd.args(args);
+        card.vars(&mut cmd);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    refused(
+        &["suspend", "video"],
+        &[("FAKECUDA_NO_CHECKPOINT", "1")],
+        "does not support checkpointing",
+    );
+    refused(
+        &["suspend", "video", "--min-host-free", "1000TiB"],
+        &[],
+        "would not fit in host memory",
+    );
+    refused(
+        &["suspend", "video"],
+        &[("FAKECUDA_CHECKPOINT_FAIL", "1")],
+        "unlocked again, running as before",
+    );
+    refused(&["suspend", "image"], &[], "protected");
+    refused(&["resume", "video"], &[], "is not suspended");
+    let before = ticks(&mut video, Duration::ZERO);
+    assert!(
+        ticks(&mut video, Duration::from_millis(400)) > before,
+        "video was never held up"
+    );
+    // A worker in another PID namespace cannot be reached by the checkpoint API from here.
+    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    let seg = Segment::open_existing_rw(Path::new(&card.shm)).unwrap();
+    let pid = other.id();
+    let slot = seg
+        .claim(&Identity {
+            pid,
+            host_pid: pid + 100_000,
+            start_time: vramcap::shm::segment::start_time_of(pid).unwrap(),
+            // SAFETY: getuid has no preconditions.
+            uid: unsafe { libc::getuid() },
+            name: "elsewhere".into(),
+            ..Identity::default()
+        })
+        .unwrap();
+    refused(&["suspend", "elsewhere"], &[], "another PID namespace");
+    seg.release(slot, pid);
+    other.kill().unwrap();
+    other.wait().unwrap();
+}

@@ -65,7 +65,7 @@ pub fn join() {
         config.map_or(0, |c| c.priority),
     );
     if let Some(c) = config {
-        who = who.declaring(c.protect, &c.unload);
+        who = who.declaring(c.protect, c.suspendable, &c.unload);
     }
     match seg.claim(&who) {
         Some(slot) => {

@@ -1,5 +1,6 @@
 //! `vramcap-run [--limit SIZE] [--name NAME] [--priority N] [--protect]
-//!  [--unload-url URL | --unload-signal SIG | --unload-cmd CMD] [--wait DURATION] -- CMD ARGS…`
+//!  [--unload-url URL | --unload-signal SIG | --unload-cmd CMD] [--on-pressure suspend] [--wait DURATION]
+//!  -- CMD ARGS…`
 //!
 //! Validates the cap exactly as the library will, puts libvramcap.so in front of `LD_PRELOAD`, sets the
 //! variables and execs the command, so its signals and exit code are the command's own.
@@ -42,6 +43,11 @@ struct Args {
     /// … or this shell command (run with VRAMCAP_PID and VRAMCAP_NAME set).
     #[arg(long, value_name = "CMD", group = "unload")]
     unload_cmd: Option<String>,
+    /// What the unloader may do when this worker must give memory back and its hook (if any) does not
+    /// free it in time: `suspend` moves its device memory to host memory through the driver's
+    /// checkpoint API, and back when there is room again.
+    #[arg(long, value_name = "ACTION", value_parser = ["suspend", "fail"])]
+    on_pressure: Option<String>,
     /// When the device itself is full, wait this long (30s, 500ms) for the unloader before failing.
     #[arg(long, value_name = "DURATION")]
     wait: Option<String>,
@@ -154,6 +160,9 @@ fn main() -> ExitCode {
     }
     if let Some(wait) = &args.wait {
         command.env(config::ENV_WAIT, wait);
+    }
+    if let Some(action) = &args.on_pressure {
+        command.env(config::ENV_ON_PRESSURE, action);
     }
     // exec only returns on failure.
     let error = command.exec();

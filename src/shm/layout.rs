@@ -20,6 +20,9 @@ pub const VRAMCAP_SLOT_LIVE: u32 = 2;
 
 /// Slot flags.
 pub const VRAMCAP_FLAG_PROTECTED: u32 = 1;
+/// The unloader may suspend this worker (move its device memory to host) when its hook, if any, does
+/// not free memory in time (`vramcap-run --on-pressure suspend`).
+pub const VRAMCAP_FLAG_SUSPENDABLE: u32 = 2;
 
 /// How the unloader asks a worker to give its memory back (`unload_kind`; `unload` holds the detail).
 pub const VRAMCAP_UNLOAD_NONE: u32 = 0;
@@ -108,8 +111,13 @@ pub struct VramcapSlot {
     /// [`VRAMCAP_ANSWER_FREED`] or [`VRAMCAP_ANSWER_CANNOT`].
     pub answer: u32,
     pub reserved_u32: u32,
+    /// When the unloader suspended this process (its device memory is in host memory); 0 while running.
+    /// Written by the unloader, not by the process (which cannot run CUDA calls while suspended).
+    pub suspended_unix_ms: u64,
+    /// Bytes the suspension moved to host memory.
+    pub suspended_bytes: u64,
     /// Room for later fields without a new layout version.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 6],
 }
 
 const _: () = {

@@ -433,7 +433,9 @@ impl Segment {
             (*s).request_unix_ms = 0;
             (*s).answer = VRAMCAP_ANSWER_NONE;
             (*s).reserved_u32 = 0;
-            (*s).reserved = [0; 8];
+            (*s).suspended_unix_ms = 0;
+            (*s).suspended_bytes = 0;
+            (*s).reserved = [0; 6];
             // No request pending: both sequences equal (whatever a previous owner left).
             let seq = self
                 .u32_at(std::ptr::addr_of_mut!((*s).request_seq))
@@ -576,6 +578,25 @@ impl Segment {
         })
     }
 
+    /// Records that the unloader suspended slot `i`'s process `pid` (moved `bytes` to host), or, with
+    /// `bytes == None`, that it resumed it. Ignored if the slot no longer belongs to `pid`.
+    pub fn mark_suspended(&self, i: usize, pid: u32, bytes: Option<u64>) {
+        if !self.writable || i >= self.slots || self.owner(i).0 != pid {
+            return;
+        }
+        let s = self.slot(i);
+        // SAFETY: in range; these two fields are written only by the unloader, read atomically.
+        unsafe {
+            self.u64_at(std::ptr::addr_of_mut!((*s).suspended_bytes))
+                .store(bytes.unwrap_or(0), Ordering::Relaxed);
+            self.u64_at(std::ptr::addr_of_mut!((*s).suspended_unix_ms))
+                .store(
+                    if bytes.is_some() { unix_ms() } else { 0 },
+                    Ordering::Release,
+                );
+        }
+    }
+
     /// Answers request `seq` of slot `i` (the unloader).
     pub fn answer(&self, i: usize, seq: u32, answer: u32) {
         if !self.writable {
@@ -647,10 +668,18 @@ pub struct Identity {
 
 impl Identity {
     /// Records how the unloader may treat this worker.
-    pub fn declaring(mut self, protect: bool, hook: &crate::config::UnloadHook) -> Identity {
+    pub fn declaring(
+        mut self,
+        protect: bool,
+        suspendable: bool,
+        hook: &crate::config::UnloadHook,
+    ) -> Identity {
         use crate::config::UnloadHook;
         if protect {
             self.flags |= VRAMCAP_FLAG_PROTECTED;
+        }
+        if suspendable {
+            self.flags |= VRAMCAP_FLAG_SUSPENDABLE;
         }
         (self.unload_kind, self.unload) = match hook {
             UnloadHook::None => (VRAMCAP_UNLOAD_NONE, String::new()),

@@ -536,7 +536,16 @@ static int scenario_worker(unsigned long long mib) {
   }
   printf("READY pid=%d held_mib=%llu\n", getpid(), mib);
   int hang = getenv("WORKER_HANG") != NULL;
+  /* $WORKER_TICK: a CUDA call every 50 ms, printed, so a test sees when the worker is held up. */
+  int tick = getenv("WORKER_TICK") != NULL, ticks = 0;
+  double last_tick = now_ms();
   for (;;) {
+    if (tick && now_ms() - last_tick >= 50) {
+      CUdeviceptr t;
+      if (cu.alloc(&t, MIB) == 0) cu.free(t);
+      last_tick = now_ms();
+      printf("TICK %d at_ms=%.0f\n", ++ticks, last_tick);
+    }
     if (listener >= 0) {
       struct pollfd pf = {listener, POLLIN, 0};
       if (poll(&pf, 1, 20) > 0) {

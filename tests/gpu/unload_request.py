@@ -1,11 +1,16 @@
-"""The requester of the unloader check: one allocation of GIB that finds the device full; with
-VRAMCAP_WAIT it waits for the unloader. Prints how long the blocked allocation took. Usage: unload_request.py GIB"""
+"""The requester of the unloader checks: optionally holds HOLD_GIB first (and does some work), then one
+allocation of GIB that finds the device full; with VRAMCAP_WAIT it waits for the unloader. Prints how
+long the blocked allocation took. Usage: unload_request.py GIB [HOLD_GIB]"""
 import sys
 import time
 import torch
 
 gib = float(sys.argv[1])
-torch.zeros(1, device="cuda")
+held = torch.ones(int(float(sys.argv[2]) * (1 << 30)) // 4, device="cuda") if len(sys.argv) > 2 else None
+w = torch.randn(1024, 1024, device="cuda")
+for _ in range(20):
+    w = torch.tanh(w @ w)
+torch.cuda.synchronize()
 t0 = time.time()
 print(f"EVENT t={t0:.3f} requester asks for {gib} GiB", flush=True)
 try:

@@ -1,5 +1,6 @@
 //! `vramcap`: see what capped processes hold, settle memory conflicts by priority, check configuration.
 
+mod checkpoint;
 mod hooks;
 mod unloader;
 mod watch;
@@ -78,6 +79,19 @@ enum Cmd {
         #[command(flatten)]
         hooks: HookArgs,
     },
+    /// Move the named worker's device memory to host memory (the driver's checkpoint API), without its
+    /// help; --hook-timeout bounds the wait for its CUDA calls to pause.
+    Suspend {
+        name: String,
+        #[command(flatten)]
+        hooks: HookArgs,
+    },
+    /// Bring a suspended worker back onto its device.
+    Resume {
+        name: String,
+        #[command(flatten)]
+        hooks: HookArgs,
+    },
     /// Check a VRAMCAP_LIMIT value and show how it reads.
     CheckLimit {
         /// The value, e.g. 10GiB or 0=10GiB,1=25%.
@@ -96,6 +110,9 @@ struct HookArgs {
     /// Do not ask NVML for free memory (free exactly what was asked for).
     #[arg(long)]
     no_nvml: bool,
+    /// Host memory to leave free when suspending a worker (its device memory moves to host memory).
+    #[arg(long, default_value = "1GiB")]
+    min_host_free: String,
 }
 
 impl HookArgs {
@@ -106,11 +123,22 @@ impl HookArgs {
                 ExitCode::from(2)
             })
         };
+        let min_host_free = match parse_size(&self.min_host_free) {
+            Ok(Size::Bytes(b)) => b,
+            _ => {
+                eprintln!(
+                    "vramcap: --min-host-free {:?} is invalid: expected a size such as 1GiB",
+                    self.min_host_free
+                );
+                return Err(ExitCode::from(2));
+            }
+        };
         Ok(unloader::Options {
             poll: duration("--poll", poll)?.max(Duration::from_millis(1)),
             hook_timeout: duration("--hook-timeout", &self.hook_timeout)?,
             allow_remote: self.allow_remote,
             nvml: !self.no_nvml,
+            min_host_free,
         })
     }
 }
@@ -207,6 +235,8 @@ fn main() -> ExitCode {
         } => reclaim(&device, &bytes, for_name.as_deref(), dry_run, &hooks),
         Cmd::Unload { name, hooks } => unload(Some(&name), &hooks),
         Cmd::Cleanup { hooks } => unload(None, &hooks),
+        Cmd::Suspend { name, hooks } => suspend_or_resume(&name, true, &hooks),
+        Cmd::Resume { name, hooks } => suspend_or_resume(&name, false, &hooks),
         Cmd::CheckLimit { spec } => match parse_limit(&spec) {
             Ok(Limit::All(size)) => {
                 println!("every device: {}", describe(size));
@@ -246,7 +276,7 @@ fn reclaim(
             return ExitCode::from(2);
         }
     };
-    let (seg, _) = match open_segment() {
+    let (seg, _) = match open_segment_as(true) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -273,8 +303,9 @@ fn reclaim(
             }
         },
     };
+    let sus = unloader::Suspender::default();
     let outcome = unloader::reclaim(
-        &seg, &mem, &opts, &log, &uuid, bytes, priority, requester, dry_run,
+        &seg, &mem, &opts, &log, &uuid, bytes, priority, requester, dry_run, &sus,
     );
     println!(
         "{}: {} {} by asking [{}]",
@@ -342,6 +373,55 @@ fn unload(name: Option<&str>, hooks: &HookArgs) -> ExitCode {
         HumanBytes(freed),
         chosen.len()
     );
+    if failed {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `vramcap suspend NAME` / `vramcap resume NAME`: exit 0 when done, 2 for no such worker, 3 when refused
+/// or failed (the reason on stderr).
+fn suspend_or_resume(name: &str, suspend: bool, hooks: &HookArgs) -> ExitCode {
+    let opts = match hooks.options("50ms") {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let (seg, _) = match open_segment_as(true) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let log = unloader::Log::new();
+    let sus = unloader::Suspender::default();
+    let chosen: Vec<_> = unloader::workers(&seg)
+        .into_iter()
+        .filter(|w| w.name == name)
+        .collect();
+    if chosen.is_empty() {
+        eprintln!("vramcap: no worker named {name:?}");
+        return ExitCode::from(2);
+    }
+    let mut failed = false;
+    for w in &chosen {
+        let done = if suspend {
+            unloader::suspend_one(&seg, w, &opts, &log, &sus).map(|b| {
+                println!(
+                    "{}: suspended, {} in host memory",
+                    w.describe(),
+                    HumanBytes(b)
+                )
+            })
+        } else if w.suspended.is_none() {
+            Err(format!("{} is not suspended", w.describe()))
+        } else {
+            unloader::resume_one(&seg, w, &log, &sus)
+                .map(|()| println!("{}: resumed", w.describe()))
+        };
+        if let Err(e) = done {
+            eprintln!("vramcap: {}: {e}", w.describe());
+            failed = true;
+        }
+    }
     if failed {
         ExitCode::from(3)
     } else {

@@ -7,6 +7,7 @@
 //! time the slot recorded (a reused PID or a forged slot is ignored). URLs must be loopback unless
 //! `--allow-remote`; every hook is bounded by `--hook-timeout`. Requests are served one at a time.
 
+use crate::checkpoint::{host_available, Checkpoint};
 use crate::hooks::{ask, Hook};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,7 @@ use vramcap::config::format_uuid;
 use vramcap::policy::{plan_reclaim, Worker};
 use vramcap::shm::{
     live_slots, process_alive, text, Segment, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
-    VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_UNLOAD_NONE,
+    VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE, VRAMCAP_UNLOAD_NONE,
 };
 use vramcap::size::HumanBytes;
 
@@ -25,6 +26,26 @@ pub struct Options {
     pub hook_timeout: Duration,
     pub allow_remote: bool,
     pub nvml: bool,
+    /// Host memory to leave free after a checkpoint.
+    pub min_host_free: u64,
+}
+
+/// Room left on a device beyond a resumed worker's memory, so a resume does not leave it full.
+const RESUME_MARGIN: u64 = 128 << 20;
+
+/// The checkpoint API, opened on first use (most unloaders never suspend anyone).
+#[derive(Default)]
+pub struct Suspender {
+    api: std::cell::OnceCell<Result<Checkpoint, String>>,
+}
+
+impl Suspender {
+    fn api(&self) -> Result<&Checkpoint, String> {
+        self.api
+            .get_or_init(Checkpoint::open)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 /// The log's clock: seconds since the unloader started.
@@ -89,8 +110,16 @@ pub struct Seen {
     pub priority: i32,
     pub protected: bool,
     pub hook: Option<Hook>,
-    /// Per device UUID: what it holds beyond its context (what unloading can free).
+    /// Per device UUID: what it holds beyond its context (what unloading can free); nothing while
+    /// suspended.
     pub held: BTreeMap<String, u64>,
+    /// Per device UUID: everything it holds there, context included (what a suspension moves).
+    pub charged: BTreeMap<String, u64>,
+    pub suspendable: bool,
+    /// (since, bytes in host memory) while suspended.
+    pub suspended: Option<(u64, u64)>,
+    /// Its PID in the outermost namespace, if it runs in another PID namespace.
+    pub host_pid: u32,
 }
 
 impl Seen {
@@ -109,8 +138,25 @@ impl Seen {
                 .devices
                 .iter()
                 .filter(|d| d.uuid != [0; 16])
-                .map(|d| (format_uuid(&d.uuid), d.charged.saturating_sub(d.context)))
+                .map(|d| {
+                    let held = if s.suspended_unix_ms != 0 {
+                        0
+                    } else {
+                        d.charged.saturating_sub(d.context)
+                    };
+                    (format_uuid(&d.uuid), held)
+                })
                 .collect(),
+            charged: s
+                .devices
+                .iter()
+                .filter(|d| d.uuid != [0; 16] && d.charged > 0)
+                .map(|d| (format_uuid(&d.uuid), d.charged))
+                .collect(),
+            suspendable: s.flags & VRAMCAP_FLAG_SUSPENDABLE != 0,
+            suspended: (s.suspended_unix_ms != 0)
+                .then_some((s.suspended_unix_ms, s.suspended_bytes)),
+            host_pid: s.host_pid,
         }
     }
 
@@ -130,7 +176,7 @@ impl Seen {
         None
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "{} (pid {}, priority {})",
             self.name, self.pid, self.priority
@@ -176,6 +222,7 @@ pub fn reclaim(
     priority: i32,
     requester: Option<usize>,
     dry_run: bool,
+    sus: &Suspender,
 ) -> Outcome {
     let free = mem.free(uuid);
     let need = bytes.saturating_sub(free.unwrap_or(0));
@@ -212,7 +259,7 @@ pub fn reclaim(
             priority: w.priority,
             protected: w.protected,
             held: w.held.get(uuid).copied().unwrap_or(0),
-            can_unload: w.hook.is_some(),
+            can_unload: w.hook.is_some() || w.suspendable,
         })
         .collect();
     let plan = plan_reclaim(&candidates, priority, need);
@@ -243,36 +290,43 @@ pub fn reclaim(
     }
     for i in order {
         let w = &seen[i];
-        let Some(hook) = &w.hook else { continue };
         let before = held_now(seg, w, uuid);
         if before == 0 {
             continue;
         }
         outcome.asked.push(w.describe());
         let start = Instant::now();
-        log.line(format_args!(
-            "asking {} to unload ({}, holds {} on {uuid}) by {hook}",
-            w.describe(),
-            if w.protected {
-                "protected"
-            } else {
-                "unprotected"
-            },
-            HumanBytes(before)
-        ));
-        if let Err(e) = ask(hook, w.pid, &w.name, opts) {
-            log.line(format_args!("{}: the hook failed: {e}", w.describe()));
-            continue;
+        let mut freed = 0;
+        // The worker's own hook first; suspension when it has none, or its memory did not fall in time.
+        if let Some(hook) = &w.hook {
+            log.line(format_args!(
+                "asking {} to unload ({}, holds {} on {uuid}) by {hook}",
+                w.describe(),
+                if w.protected {
+                    "protected"
+                } else {
+                    "unprotected"
+                },
+                HumanBytes(before)
+            ));
+            match ask(hook, w.pid, &w.name, opts) {
+                Err(e) => log.line(format_args!("{}: the hook failed: {e}", w.describe())),
+                Ok(()) => {
+                    let after = wait_for_fall(seg, mem, w, uuid, before, bytes, opts.hook_timeout);
+                    freed = before.saturating_sub(after);
+                    log.line(format_args!(
+                        "{} freed {} in {:.3}s",
+                        w.describe(),
+                        HumanBytes(freed),
+                        start.elapsed().as_secs_f64()
+                    ));
+                }
+            }
         }
-        let after = wait_for_fall(seg, mem, w, uuid, before, bytes, opts.hook_timeout);
-        let freed = before.saturating_sub(after);
+        if freed == 0 && w.suspendable && suspend_one(seg, w, opts, log, sus).is_ok() {
+            freed = before;
+        }
         outcome.freed += freed;
-        log.line(format_args!(
-            "{} freed {} in {:.3}s",
-            w.describe(),
-            HumanBytes(freed),
-            start.elapsed().as_secs_f64()
-        ));
         if room(mem, outcome.freed) {
             outcome.enough = true;
             break;
@@ -329,6 +383,8 @@ pub fn run(seg: &Segment, opts: &Options) {
         libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
     }
     let mem = Memory::open(opts.nvml, &log);
+    let sus = Suspender::default();
+    let mut served: Vec<Served> = Vec::new();
     log.line(format_args!(
         "watching (poll {:?}, hook timeout {:?}{})",
         opts.poll,
@@ -362,6 +418,7 @@ pub fn run(seg: &Segment, opts: &Options) {
                 s.priority,
                 Some(slot),
                 false,
+                &sus,
             );
             let answer = if outcome.enough {
                 VRAMCAP_ANSWER_FREED
@@ -369,6 +426,16 @@ pub fn run(seg: &Segment, opts: &Options) {
                 VRAMCAP_ANSWER_CANNOT
             };
             seg.answer(slot, req.seq, answer);
+            if outcome.enough {
+                served.push(Served {
+                    uuid: uuid.clone(),
+                    slot,
+                    pid: s.pid,
+                    charged_before: charged_on(&s, &uuid),
+                    bytes: req.bytes,
+                    at: Instant::now(),
+                });
+            }
             log.line(format_args!(
                 "answered {}: {} after {:.3}s ({} freed by asking {})",
                 who.describe(),
@@ -386,9 +453,168 @@ pub fn run(seg: &Segment, opts: &Options) {
                 }
             ));
         }
+        served.retain(|r| !r.settled(seg));
+        resume_ready(seg, &mem, &log, &sus, &served);
         std::thread::sleep(opts.poll);
     }
     log.line("stopping");
+}
+
+/// A request the unloader made room for: until the requester has taken that room (or gave up, or left),
+/// no suspended worker is resumed onto its device, or the room would go to the wrong process.
+struct Served {
+    uuid: String,
+    slot: usize,
+    pid: u32,
+    charged_before: u64,
+    bytes: u64,
+    at: Instant,
+}
+
+/// How long a requester has to take the room made for it.
+const TAKE_ROOM: Duration = Duration::from_secs(5);
+
+impl Served {
+    fn settled(&self, seg: &Segment) -> bool {
+        match seg.read(self.slot) {
+            Some(s) if s.pid == self.pid => {
+                charged_on(&s, &self.uuid) >= self.charged_before.saturating_add(self.bytes / 2)
+                    || self.at.elapsed() > TAKE_ROOM
+            }
+            _ => true,
+        }
+    }
+}
+
+fn charged_on(s: &VramcapSlot, uuid: &str) -> u64 {
+    s.devices
+        .iter()
+        .filter(|d| format_uuid(&d.uuid) == uuid)
+        .map(|d| d.charged)
+        .sum()
+}
+
+/// Why worker `w` cannot be suspended now, if it cannot.
+fn unsuspendable(w: &Seen, opts: &Options) -> Option<String> {
+    if w.protected {
+        return Some("it is protected".into());
+    }
+    if let Some(why) = w.unverified() {
+        return Some(why);
+    }
+    if w.suspended.is_some() {
+        return Some("it is suspended already".into());
+    }
+    if w.host_pid != 0 {
+        return Some(format!(
+            "it runs in another PID namespace (host PID {}), which the checkpoint API cannot reach from here",
+            w.host_pid
+        ));
+    }
+    let moving: u64 = w.charged.values().sum();
+    match host_available() {
+        None => Some("host memory is unknown (/proc/meminfo)".into()),
+        Some(avail) if avail < moving.saturating_add(opts.min_host_free) => Some(format!(
+            "its {} would not fit in host memory: {} available, keeping {} free",
+            HumanBytes(moving),
+            HumanBytes(avail),
+            HumanBytes(opts.min_host_free)
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Suspends `w` (lock + checkpoint) and marks its slot; returns the bytes moved to host memory.
+pub fn suspend_one(
+    seg: &Segment,
+    w: &Seen,
+    opts: &Options,
+    log: &Log,
+    sus: &Suspender,
+) -> Result<u64, String> {
+    let refuse = |why: String| {
+        log.line(format_args!("not suspending {}: {why}", w.describe()));
+        Err(why)
+    };
+    if let Some(why) = unsuspendable(w, opts) {
+        return refuse(why);
+    }
+    let api = match sus.api() {
+        Ok(api) => api,
+        Err(why) => return refuse(why),
+    };
+    let moving: u64 = w.charged.values().sum();
+    log.line(format_args!(
+        "suspending {}: moving {} to host memory",
+        w.describe(),
+        HumanBytes(moving)
+    ));
+    let start = Instant::now();
+    if let Err(why) = api.suspend(w.pid, opts.hook_timeout) {
+        return refuse(why);
+    }
+    seg.mark_suspended(w.slot, w.pid, Some(moving));
+    log.line(format_args!(
+        "suspended {} in {:.3}s: {} moved to host",
+        w.describe(),
+        start.elapsed().as_secs_f64(),
+        HumanBytes(moving)
+    ));
+    Ok(moving)
+}
+
+/// Resumes `w` (restore + unlock) and clears the mark in its slot.
+pub fn resume_one(seg: &Segment, w: &Seen, log: &Log, sus: &Suspender) -> Result<(), String> {
+    if let Some(why) = w.unverified() {
+        return Err(why);
+    }
+    let api = sus.api()?;
+    let start = Instant::now();
+    log.line(format_args!("resuming {}", w.describe()));
+    if let Err(why) = api.resume(w.pid) {
+        log.line(format_args!("cannot resume {}: {why}", w.describe()));
+        return Err(why);
+    }
+    seg.mark_suspended(w.slot, w.pid, None);
+    log.line(format_args!(
+        "resumed {} in {:.3}s: {} back on the device",
+        w.describe(),
+        start.elapsed().as_secs_f64(),
+        HumanBytes(w.suspended.map_or(0, |(_, b)| b))
+    ));
+    Ok(())
+}
+
+/// Brings suspended workers back, highest priority first, while their memory fits beside everyone's
+/// (so no running worker is pushed out) and no request is waiting on their devices.
+fn resume_ready(seg: &Segment, mem: &Memory, log: &Log, sus: &Suspender, served: &[Served]) {
+    let all = workers(seg);
+    let mut suspended: Vec<&Seen> = all.iter().filter(|w| w.suspended.is_some()).collect();
+    if suspended.is_empty() {
+        return;
+    }
+    let pending: Vec<String> = all
+        .iter()
+        .filter_map(|w| seg.pending_request(w.slot))
+        .map(|r| format_uuid(&r.uuid))
+        .collect();
+    suspended.sort_by_key(|w| std::cmp::Reverse(w.priority));
+    for w in suspended {
+        if w.unverified().is_some() {
+            continue;
+        }
+        let fits = w.charged.iter().all(|(uuid, bytes)| {
+            !pending.contains(uuid)
+                && !served.iter().any(|r| &r.uuid == uuid)
+                && mem
+                    .free(uuid)
+                    .is_some_and(|f| f >= bytes.saturating_add(RESUME_MARGIN))
+        });
+        // Strictly by priority: a lower one never goes ahead of a higher one still waiting for room.
+        if !fits || resume_one(seg, w, log, sus).is_err() {
+            return;
+        }
+    }
 }
 
 /// Asks one verified worker to unload and waits for its usage to fall on every device; returns the bytes

@@ -380,6 +380,8 @@ impl Fake {
 
 /// Runs `f` with the state locked, counting the call and requiring cuInit.
 fn call(name: &str, f: impl FnOnce(&mut Fake) -> CUresult) -> CUresult {
+    // A process locked or checkpointed by another (the checkpoint API) waits in every CUDA call.
+    shared::wait_while_suspended();
     let mut s = fake();
     s.count(name);
     if !s.initialized {
@@ -1599,24 +1601,157 @@ mod shared {
     }
 
     pub fn used_by_others(dev: usize) -> u64 {
+        let me = std::process::id() as i32;
+        used_by_others_than(me, dev)
+    }
+
+    fn used_by(pid: i32, dev: usize) -> Option<u64> {
+        let f = std::fs::File::open(dir()?.join(pid.to_string())).ok()?;
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, dev as u64 * 8).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// What every live process but `pid` holds on `dev`; a checkpointed process holds nothing.
+    fn used_by_others_than(pid: i32, dev: usize) -> u64 {
         let Some(dir) = dir() else { return 0 };
-        let me = std::process::id().to_string();
         let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
         };
         entries
             .flatten()
             .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let pid: i32 = name.parse().ok()?;
-                if name == me || !alive(pid) {
+                let other: i32 = e.file_name().into_string().ok()?.parse().ok()?;
+                if other == pid || !alive(other) || state(other) == CHECKPOINTED {
                     return None;
                 }
-                let f = std::fs::File::open(e.path()).ok()?;
-                let mut b = [0u8; 8];
-                f.read_exact_at(&mut b, dev as u64 * 8).ok()?;
-                Some(u64::from_le_bytes(b))
+                used_by(other, dev)
             })
             .sum()
     }
+
+    // ---- the checkpoint API's process states, one file per PID ----
+
+    pub const RUNNING: i32 = 0;
+    pub const LOCKED: i32 = 1;
+    pub const CHECKPOINTED: i32 = 2;
+
+    pub fn state(pid: i32) -> i32 {
+        dir()
+            .and_then(|d| std::fs::read(d.join(format!("{pid}.state"))).ok())
+            .and_then(|b| b.first().copied())
+            .map_or(RUNNING, i32::from)
+    }
+
+    pub fn set_state(pid: i32, state: i32) {
+        if let Some(d) = dir() {
+            let _ = std::fs::write(d.join(format!("{pid}.state")), [state as u8]);
+        }
+    }
+
+    /// Whether `pid` is a live CUDA process on this shared device.
+    pub fn known(pid: i32) -> bool {
+        dir().is_some_and(|d| d.join(pid.to_string()).exists()) && alive(pid)
+    }
+
+    /// Whether the memory `pid` held fits its devices again, beside everyone else's.
+    pub fn fits(pid: i32, devices: usize, total: u64) -> bool {
+        (0..devices).all(|dev| {
+            let mine = used_by(pid, dev).unwrap_or(0);
+            mine == 0 || used_by_others_than(pid, dev) + mine <= total
+        })
+    }
+
+    pub fn wait_while_suspended() {
+        if dir().is_none() {
+            return;
+        }
+        let me = std::process::id() as i32;
+        while state(me) != RUNNING {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+// ---- the checkpoint API (CUDA 12.8+), over FAKECUDA_SHARED ----
+// FAKECUDA_NO_CHECKPOINT=1 answers CUDA_ERROR_NOT_SUPPORTED, as a driver without it would;
+// FAKECUDA_CHECKPOINT_FAIL=1 makes the checkpoint step fail (the process stays locked).
+
+const ILLEGAL_STATE: CUresult = 401;
+const UNKNOWN: CUresult = 999;
+
+fn checkpoint_supported() -> bool {
+    std::env::var_os("FAKECUDA_NO_CHECKPOINT").is_none()
+        && std::env::var_os("FAKECUDA_SHARED").is_some()
+}
+
+fn checkpoint_call(pid: i32, from: i32, to: i32, check: impl FnOnce() -> CUresult) -> CUresult {
+    if !checkpoint_supported() {
+        return NOT_SUPPORTED;
+    }
+    if !shared::known(pid) {
+        return INVALID_VALUE;
+    }
+    if shared::state(pid) != from {
+        return ILLEGAL_STATE;
+    }
+    let r = check();
+    if r == OK {
+        shared::set_state(pid, to);
+    }
+    r
+}
+
+#[repr(C)]
+pub struct CheckpointLockArgs {
+    timeout_ms: u32,
+    reserved0: u32,
+    reserved1: [u64; 7],
+}
+
+#[no_mangle]
+pub extern "C" fn cuCheckpointProcessLock(pid: i32, _args: *const CheckpointLockArgs) -> CUresult {
+    checkpoint_call(pid, shared::RUNNING, shared::LOCKED, || OK)
+}
+
+#[no_mangle]
+pub extern "C" fn cuCheckpointProcessCheckpoint(pid: i32, _args: *const c_void) -> CUresult {
+    checkpoint_call(pid, shared::LOCKED, shared::CHECKPOINTED, || {
+        if std::env::var_os("FAKECUDA_CHECKPOINT_FAIL").is_some() {
+            UNKNOWN
+        } else {
+            OK
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuCheckpointProcessRestore(pid: i32, _args: *const c_void) -> CUresult {
+    let (devices, total) = {
+        let s = fake();
+        (s.machine_devices, s.total)
+    };
+    checkpoint_call(pid, shared::CHECKPOINTED, shared::LOCKED, || {
+        if shared::fits(pid, devices, total) {
+            OK
+        } else {
+            OUT_OF_MEMORY
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuCheckpointProcessUnlock(pid: i32, _args: *const c_void) -> CUresult {
+    checkpoint_call(pid, shared::LOCKED, shared::RUNNING, || OK)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCheckpointProcessGetState(pid: i32, state: *mut i32) -> CUresult {
+    if !checkpoint_supported() {
+        return NOT_SUPPORTED;
+    }
+    if !shared::known(pid) {
+        return INVALID_VALUE;
+    }
+    unsafe { out(state, shared::state(pid)) }
 }
