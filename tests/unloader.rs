@@ -57,11 +57,31 @@ impl Card {
         Proc::spawn(cmd)
     }
 
+    /// Starts `vramcap unloader FLAGS` and waits until it watches.
     fn unloader(&self, flags: &[&str]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
         cmd.arg("unloader").args(["--poll", "10ms"]).args(flags);
         self.vars(&mut cmd);
-        Proc::spawn(cmd)
+        let mut p = Proc::spawn(cmd);
+        p.wait_for("watching", Duration::from_secs(10))
+            .expect("the unloader starts");
+        p
+    }
+
+    /// A requester of `priority` whose one allocation of `mib` may wait `wait` for the unloader.
+    fn request(
+        &self,
+        name: &str,
+        priority: &str,
+        wait: &str,
+        mib: &str,
+        extra: &[(&str, &str)],
+    ) -> Proc {
+        self.start(
+            &["--name", name, "--priority", priority, "--wait", wait],
+            &["want", mib],
+            extra,
+        )
     }
 
     fn vramcap(&self, args: &[&str]) -> std::process::Output {
@@ -206,15 +226,8 @@ fn lower_priorities_unload_first_and_the_waiting_requester_succeeds() {
         &[],
     );
     let mut unloader = card.unloader(&["--hook-timeout", "5s"]);
-    unloader
-        .wait_for("watching", Duration::from_secs(10))
-        .expect("unloader up");
     // 848 MiB held; the requester's context leaves 160 MiB: 500 MiB needs both chat and video.
-    let mut burst = card.start(
-        &["--name", "burst", "--priority", "5", "--wait", "10s"],
-        &["want", "500"],
-        &[],
-    );
+    let mut burst = card.request("burst", "5", "10s", "500", &[]);
     let r = burst.value("want_r", Duration::from_secs(20));
     let status = unloader.child.try_wait();
     assert_eq!(
@@ -264,14 +277,7 @@ fn a_request_that_cannot_be_met_fails_fast_and_asks_nobody() {
         &[],
     );
     let mut unloader = card.unloader(&[]);
-    unloader
-        .wait_for("watching", Duration::from_secs(10))
-        .expect("unloader up");
-    let mut big = card.start(
-        &["--name", "big", "--priority", "5", "--wait", "20s"],
-        &["want", "800"],
-        &[],
-    );
+    let mut big = card.request("big", "5", "20s", "800", &[]);
     assert_eq!(
         big.value("want_r", Duration::from_secs(20)),
         2,
@@ -287,11 +293,7 @@ fn a_request_that_cannot_be_met_fails_fast_and_asks_nobody() {
     assert!(log.contains("only 300.00 MiB of the missing"), "{log}");
     assert!(log.contains("cannot free enough"), "{log}");
     // A requester of the lowest priority cannot make anyone unload either.
-    let mut low = card.start(
-        &["--name", "low", "--priority", "0", "--wait", "20s"],
-        &["want", "200"],
-        &[],
-    );
+    let mut low = card.request("low", "0", "20s", "200", &[]);
     assert_eq!(low.value("want_r", Duration::from_secs(20)), 2);
     assert!(unloaded_at(&mut chat, Duration::from_millis(300)).is_none());
 }
@@ -315,14 +317,7 @@ fn a_hanging_hook_times_out_and_the_next_worker_is_asked() {
         &[],
     );
     let mut unloader = card.unloader(&["--hook-timeout", "1s"]);
-    unloader
-        .wait_for("watching", Duration::from_secs(10))
-        .expect("unloader up");
-    let mut burst = card.start(
-        &["--name", "burst", "--priority", "5", "--wait", "15s"],
-        &["want", "400"],
-        &[],
-    );
+    let mut burst = card.request("burst", "5", "15s", "400", &[]);
     assert_eq!(
         burst.value("want_r", Duration::from_secs(20)),
         0,
@@ -377,14 +372,7 @@ fn a_forged_slot_is_ignored() {
         }],
     );
     let mut unloader = card.unloader(&[]);
-    unloader
-        .wait_for("watching", Duration::from_secs(10))
-        .expect("unloader up");
-    let mut want = card.start(
-        &["--name", "want", "--priority", "5", "--wait", "10s"],
-        &["want", "300"],
-        &[],
-    );
+    let mut want = card.request("want", "5", "10s", "300", &[]);
     assert_eq!(want.value("want_r", Duration::from_secs(20)), 2);
     let log = unloader.drain(Duration::from_millis(200));
     assert!(log.contains("ignoring forged"), "{log}");
@@ -533,20 +521,13 @@ fn an_unhookable_worker_is_suspended_and_resumed_when_the_requester_leaves() {
         &[("WORKER_TICK", "1")],
     );
     let mut unloader = card.unloader(&["--hook-timeout", "2s"]);
-    unloader
-        .wait_for("watching", Duration::from_secs(10))
-        .expect("unloader up");
     // 698 MiB held; 700 MiB for burst needs chat's memory and video's.
     let hold = env()
         .dir
         .join(format!("hold-suspend-{}", std::process::id()));
     let _ = std::fs::remove_file(&hold);
     let hold_s = hold.display().to_string();
-    let mut burst = card.start(
-        &["--name", "burst", "--priority", "5", "--wait", "10s"],
-        &["want", "700"],
-        &[("VRAMCAP_E2E_HOLD", &hold_s)],
-    );
+    let mut burst = card.request("burst", "5", "10s", "700", &[("VRAMCAP_E2E_HOLD", &hold_s)]);
     let r = burst.value("want_r", Duration::from_secs(20));
     assert_eq!(
         r,

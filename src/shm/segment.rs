@@ -132,39 +132,28 @@ impl Segment {
 
     /// Opens an existing segment to read it and answer requests in it (the unloader).
     pub fn open_existing_rw(path: &Path) -> Result<Segment, ShmError> {
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
-        // SAFETY: a NUL-terminated path and plain flags.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io(path)(last_error()));
-        }
-        let allowed = segment_mode().unwrap_or(0o660).max(0o660);
-        let result = Segment::map_fd(path, fd, allowed, true, false);
-        // SAFETY: the descriptor is ours to close.
-        unsafe { libc::close(fd) };
-        result
+        Segment::open_existing_as(path, true)
     }
 
     /// Opens an existing segment to read it (the CLI).
     pub fn open_existing(path: &Path) -> Result<Segment, ShmError> {
+        Segment::open_existing_as(path, false)
+    }
+
+    fn open_existing_as(path: &Path, writable: bool) -> Result<Segment, ShmError> {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
-        // SAFETY: a NUL-terminated path and plain flags.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
+        let access = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
         };
+        // SAFETY: a NUL-terminated path and plain flags.
+        let fd = unsafe { libc::open(c.as_ptr(), access | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(io(path)(last_error()));
         }
         let allowed = segment_mode().unwrap_or(0o660).max(0o660);
-        let result = Segment::map_fd(path, fd, allowed, false, false);
+        let result = Segment::map_fd(path, fd, allowed, writable, false);
         // SAFETY: the descriptor is ours to close.
         unsafe { libc::close(fd) };
         result

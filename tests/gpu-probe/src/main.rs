@@ -413,25 +413,20 @@ type FreeFn = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
 /// preloaded) and as libcuda defines them (glibc's own `dlsym`, found with `dlvsym`, which vramcap does not
 /// interpose).
 fn alloc_pairs() -> ((AllocFn, FreeFn), (AllocFn, FreeFn)) {
-    // SAFETY: dlopen/dlsym/dlvsym with NUL-terminated names; the pointers are the C functions named.
+    let (alloc_seen, alloc_own) = seen_and_own(c"cuMemAlloc_v2");
+    let (free_seen, free_own) = seen_and_own(c"cuMemFree_v2");
+    // SAFETY: the pointers are cuMemAlloc_v2/cuMemFree_v2 (or vramcap's wrappers of them), of these types.
     unsafe {
-        let h = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW);
-        let glibc_dlsym = libc::dlvsym(
-            libc::RTLD_DEFAULT,
-            c"dlsym".as_ptr(),
-            c"GLIBC_2.34".as_ptr(),
-        );
-        let glibc_dlsym: unsafe extern "C" fn(*mut c_void, *const std::ffi::c_char) -> *mut c_void =
-            std::mem::transmute(glibc_dlsym);
-        let seen = (
-            std::mem::transmute::<*mut c_void, AllocFn>(libc::dlsym(h, c"cuMemAlloc_v2".as_ptr())),
-            std::mem::transmute::<*mut c_void, FreeFn>(libc::dlsym(h, c"cuMemFree_v2".as_ptr())),
-        );
-        let own = (
-            std::mem::transmute::<*mut c_void, AllocFn>(glibc_dlsym(h, c"cuMemAlloc_v2".as_ptr())),
-            std::mem::transmute::<*mut c_void, FreeFn>(glibc_dlsym(h, c"cuMemFree_v2".as_ptr())),
-        );
-        (seen, own)
+        (
+            (
+                std::mem::transmute::<*mut c_void, AllocFn>(alloc_seen),
+                std::mem::transmute::<*mut c_void, FreeFn>(free_seen),
+            ),
+            (
+                std::mem::transmute::<*mut c_void, AllocFn>(alloc_own),
+                std::mem::transmute::<*mut c_void, FreeFn>(free_own),
+            ),
+        )
     }
 }
 
