@@ -515,10 +515,14 @@ static double now_ms(void) {
 static int scenario_worker(unsigned long long mib) {
   static CUdeviceptr p[1024];
   int n = 0;
+  /* The fake keeps a word of content per allocation: a checksum shows whether it survives suspension. */
+  CUresult (*write_word)(CUdeviceptr, unsigned long long) = dlsym(RTLD_DEFAULT, "fakecuda_write");
+  unsigned long long (*read_word)(CUdeviceptr) = dlsym(RTLD_DEFAULT, "fakecuda_read");
   for (unsigned long long left = mib; left > 0 && n < 1024; n++) {
     unsigned long long chunk = left < 64 ? left : 64;
     CUresult r = cu.alloc(&p[n], chunk * MIB);
     if (r) { printf("alloc_failed=%d\n", r); return 3; }
+    if (write_word) write_word(p[n], (n + 1) * 0x9E3779B97F4A7C15ull);
     left -= chunk;
   }
   signal(SIGUSR1, on_usr1);
@@ -543,8 +547,10 @@ static int scenario_worker(unsigned long long mib) {
     if (tick && now_ms() - last_tick >= 50) {
       CUdeviceptr t;
       if (cu.alloc(&t, MIB) == 0) cu.free(t);
+      int sum_ok = 1;
+      for (int i = 0; read_word && i < n; i++) sum_ok &= read_word(p[i]) == (i + 1) * 0x9E3779B97F4A7C15ull;
       last_tick = now_ms();
-      printf("TICK %d at_ms=%.0f\n", ++ticks, last_tick);
+      printf("TICK %d at_ms=%.0f sum_ok=%d\n", ++ticks, last_tick, sum_ok);
     }
     if (listener >= 0) {
       struct pollfd pf = {listener, POLLIN, 0};

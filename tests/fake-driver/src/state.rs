@@ -85,6 +85,9 @@ pub struct Fake {
     initialized: bool,
     devices: Vec<Device>,
     allocs: HashMap<u64, Alloc>,
+    /// A word of content per allocation (`fakecuda_write`), and where it is while checkpointed.
+    contents: HashMap<u64, u64>,
+    host_copy: Option<HashMap<u64, u64>>,
     next_va: u64,
     pools: HashMap<usize, Pool>,
     next_pool: usize,
@@ -127,6 +130,8 @@ fn fake() -> parking_lot::MutexGuard<'static, Fake> {
             initialized: false,
             devices: (0..n).map(|_| Device::default()).collect(),
             allocs: HashMap::new(),
+            contents: HashMap::new(),
+            host_copy: None,
             next_va: 0x7f00_0000_0000,
             pools,
             next_pool: 0x5000,
@@ -281,6 +286,7 @@ impl Fake {
         let Some(a) = self.allocs.remove(&ptr) else {
             return INVALID_VALUE;
         };
+        self.contents.remove(&ptr);
         match a.kind {
             Kind::Own(charge) => self.give(a.dev, charge),
             Kind::Packed => {
@@ -380,8 +386,7 @@ impl Fake {
 
 /// Runs `f` with the state locked, counting the call and requiring cuInit.
 fn call(name: &str, f: impl FnOnce(&mut Fake) -> CUresult) -> CUresult {
-    // A process locked or checkpointed by another (the checkpoint API) waits in every CUDA call.
-    shared::wait_while_suspended();
+    wait_while_suspended();
     let mut s = fake();
     s.count(name);
     if !s.initialized {
@@ -408,6 +413,50 @@ fn dev_ok(s: &Fake, dev: i32) -> Option<usize> {
 pub unsafe extern "C" fn fakecuda_calls(name: *const c_char) -> u64 {
     let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
     fake().calls.get(name.as_ref()).copied().unwrap_or(0)
+}
+
+/// A process locked or checkpointed by another (the checkpoint API) waits in every CUDA call. While
+/// checkpointed, its memory's contents are off the device (kept aside, as the driver keeps them in host
+/// memory) and come back when it runs again.
+fn wait_while_suspended() {
+    let me = std::process::id() as i32;
+    if shared::state(me) == shared::RUNNING {
+        return;
+    }
+    loop {
+        match shared::state(me) {
+            shared::RUNNING => break,
+            shared::CHECKPOINTED => {
+                let mut s = fake();
+                if s.host_copy.is_none() {
+                    s.host_copy = Some(std::mem::take(&mut s.contents));
+                }
+            }
+            _ => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut s = fake();
+    if let Some(saved) = s.host_copy.take() {
+        s.contents = saved;
+    }
+}
+
+/// Writes one word of content into a live allocation (test hook).
+#[no_mangle]
+pub extern "C" fn fakecuda_write(ptr: u64, value: u64) -> CUresult {
+    let mut s = fake();
+    if !s.allocs.contains_key(&ptr) {
+        return INVALID_VALUE;
+    }
+    s.contents.insert(ptr, value);
+    OK
+}
+
+/// Reads it back (0 if the allocation has none, or its content is not on the device).
+#[no_mangle]
+pub extern "C" fn fakecuda_read(ptr: u64) -> u64 {
+    fake().contents.get(&ptr).copied().unwrap_or(0)
 }
 
 #[no_mangle]
@@ -1637,6 +1686,9 @@ mod shared {
     pub const CHECKPOINTED: i32 = 2;
 
     pub fn state(pid: i32) -> i32 {
+        if dir().is_none() {
+            return RUNNING;
+        }
         dir()
             .and_then(|d| std::fs::read(d.join(format!("{pid}.state"))).ok())
             .and_then(|b| b.first().copied())
@@ -1660,16 +1712,6 @@ mod shared {
             let mine = used_by(pid, dev).unwrap_or(0);
             mine == 0 || used_by_others_than(pid, dev) + mine <= total
         })
-    }
-
-    pub fn wait_while_suspended() {
-        if dir().is_none() {
-            return;
-        }
-        let me = std::process::id() as i32;
-        while state(me) != RUNNING {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
     }
 }
 
