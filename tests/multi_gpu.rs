@@ -15,7 +15,7 @@ fn memory_is_charged_to_the_device_it_lives_on() {
     let vars = [("FAKECUDA_DEVICES", "2"), ("VRAMCAP_LIMIT", "1=1GiB")];
     for path in PATHS {
         let r = client(path, &["cross"], &vars);
-        for what in ["create", "thread", "pool", "default_pool"] {
+        for what in ["create", "thread", "managed", "pool", "default_pool"] {
             assert_eq!(
                 r.get(&format!("{what}_count")),
                 11,

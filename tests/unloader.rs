@@ -520,7 +520,8 @@ fn an_unhookable_worker_is_suspended_and_resumed_when_the_requester_leaves() {
         300,
         &[("WORKER_TICK", "1")],
     );
-    let mut unloader = card.unloader(&["--hook-timeout", "2s"]);
+    // Host memory is what CI has: keep no reserve beyond the bytes moved.
+    let mut unloader = card.unloader(&["--hook-timeout", "2s", "--min-host-free", "0"]);
     // 698 MiB held; 700 MiB for burst needs chat's memory and video's.
     let hold = env()
         .dir
@@ -657,7 +658,7 @@ fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
         assert!(err.contains(says), "{args:?}: {err}");
     };
     refused(
-        &["suspend", "video"],
+        &["suspend", "video", "--min-host-free", "0"],
         &[("FAKECUDA_NO_CHECKPOINT", "1")],
         "does not support checkpointing",
     );
@@ -667,7 +668,7 @@ fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
         "would not fit in host memory",
     );
     refused(
-        &["suspend", "video"],
+        &["suspend", "video", "--min-host-free", "0"],
         &[("FAKECUDA_CHECKPOINT_FAIL", "1")],
         "unlocked again, running as before",
     );
@@ -693,7 +694,11 @@ fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
             ..Identity::default()
         })
         .unwrap();
-    refused(&["suspend", "elsewhere"], &[], "another PID namespace");
+    refused(
+        &["suspend", "elsewhere", "--min-host-free", "0"],
+        &[],
+        "another PID namespace",
+    );
     seg.release(slot, pid);
     other.kill().unwrap();
     other.wait().unwrap();

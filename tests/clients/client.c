@@ -455,6 +455,11 @@ static void *alloc_on_1(void *arg) {
   while (n < 256 && cu.alloc(&p[n], 64 * MIB) == 0) n++;
   printf("thread_count=%d\nthread_used1=%llu\n", n, device_used ? device_used(1) : 0);
   for (int i = 0; i < n; i++) cu.free(p[i]);
+  /* Managed memory is charged to the device current when it is allocated (all of it can land there). */
+  n = 0;
+  while (n < 256 && cu.managed(&p[n], 64 * MIB, 1) == 0) n++;
+  printf("managed_count=%d\nmanaged_used1=%llu\n", n, device_used ? device_used(1) : 0);
+  for (int i = 0; i < n; i++) cu.free(p[i]);
   return NULL;
 }
 
