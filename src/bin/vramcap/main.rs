@@ -124,6 +124,7 @@ impl HookArgs {
             })
         };
         let min_host_free = match parse_size(&self.min_host_free) {
+            _ if self.min_host_free.trim() == "0" => 0,
             Ok(Size::Bytes(b)) => b,
             _ => {
                 eprintln!(
