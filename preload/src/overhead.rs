@@ -93,11 +93,22 @@ pub fn use_membarrier() {
         && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
     {
         OPS.asymmetric.store(true, Ordering::SeqCst);
+        // The registration belongs to the address space: a forked child must register again.
+        // SAFETY: registers a plain extern "C" handler, run in the child right after fork.
+        unsafe { libc::pthread_atfork(None, None, Some(register_in_child)) };
     } else {
         vlog!(
             Debug,
             "membarrier unavailable; allocation hooks use locked fences"
         );
+    }
+}
+
+/// After fork, in the child (one thread, so no reader is mid-way): register again, or go back to locked
+/// fences. Only a system call and an atomic store: safe in a fork handler.
+extern "C" fn register_in_child() {
+    if membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0 {
+        OPS.asymmetric.store(false, Ordering::SeqCst);
     }
 }
 
@@ -158,10 +169,13 @@ fn quiet(wait: bool) -> Option<Quiet<'static>> {
         OPS.writers.try_lock()?
     };
     OPS.writer.store(true, Ordering::SeqCst);
-    if OPS.asymmetric.load(Ordering::SeqCst) {
-        // Every reader's flag store is now visible here, or that reader will see ours.
-        membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+    if OPS.asymmetric.load(Ordering::SeqCst) && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 {
+        // Should the kernel refuse after all, readers go back to locked fences; give those already
+        // past their plain store a moment for it to drain from their store buffers.
+        OPS.asymmetric.store(false, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    // Every reader's flag store is now visible here, or that reader will see ours.
     let guard = Quiet(exclusive);
     while OPS.readers.iter().any(|r| r.load(Ordering::SeqCst) != 0) {
         if !wait {
