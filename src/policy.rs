@@ -30,8 +30,8 @@ pub struct Plan {
     pub enough: bool,
 }
 
-/// Plans how to free `needed` bytes for a requester of `requester_priority`.
-pub fn plan_reclaim(workers: &[Worker], requester_priority: i32, needed: u64) -> Plan {
+/// Every worker that may be asked for a requester of `requester_priority`, in the order to ask them.
+pub fn reclaim_order(workers: &[Worker], requester_priority: i32) -> Vec<usize> {
     let mut candidates: Vec<usize> = (0..workers.len())
         .filter(|&i| {
             let w = &workers[i];
@@ -45,6 +45,13 @@ pub fn plan_reclaim(workers: &[Worker], requester_priority: i32, needed: u64) ->
             .then(wb.held.cmp(&wa.held))
             .then(a.cmp(&b))
     });
+    candidates
+}
+
+/// Plans how to free `needed` bytes for a requester of `requester_priority`: the start of
+/// [`reclaim_order`] that frees enough.
+pub fn plan_reclaim(workers: &[Worker], requester_priority: i32, needed: u64) -> Plan {
+    let candidates = reclaim_order(workers, requester_priority);
     let mut plan = Plan {
         victims: Vec::new(),
         freed: 0,

@@ -45,43 +45,30 @@ impl Checkpoint {
         // SAFETY: loading the CUDA driver runs its initialisers, which is what using it requires.
         let lib = unsafe { libloading::Library::new(&path) }
             .map_err(|e| format!("cannot load the CUDA driver ({path}): {e}"))?;
-        // SAFETY: each name is looked up with the C prototype of the driver's function of that name.
-        unsafe {
-            let missing = |name: &str| {
+        // The driver's function `name`, typed as its C prototype by the caller.
+        fn find<T: Copy>(lib: &libloading::Library, name: &str) -> Result<T, String> {
+            let symbol = format!("{name}\0");
+            // SAFETY: every caller names T as the C prototype of the driver's function of that name.
+            unsafe { lib.get::<T>(symbol.as_bytes()) }.map(|s| *s).map_err(|_| {
                 format!("the driver has no {name}: suspending needs the checkpoint API of CUDA 12.8 or later")
-            };
-            let init: Init = *lib.get(b"cuInit\0").map_err(|_| missing("cuInit"))?;
-            let lock: Lock = *lib
-                .get(b"cuCheckpointProcessLock\0")
-                .map_err(|_| missing("cuCheckpointProcessLock"))?;
-            let checkpoint: Step = *lib
-                .get(b"cuCheckpointProcessCheckpoint\0")
-                .map_err(|_| missing("cuCheckpointProcessCheckpoint"))?;
-            let restore: Step = *lib
-                .get(b"cuCheckpointProcessRestore\0")
-                .map_err(|_| missing("cuCheckpointProcessRestore"))?;
-            let unlock: Step = *lib
-                .get(b"cuCheckpointProcessUnlock\0")
-                .map_err(|_| missing("cuCheckpointProcessUnlock"))?;
-            let get_state: GetState = *lib
-                .get(b"cuCheckpointProcessGetState\0")
-                .map_err(|_| missing("cuCheckpointProcessGetState"))?;
-            let error_name: Option<ErrorName> = lib.get(b"cuGetErrorName\0").ok().map(|s| *s);
-            let me = Checkpoint {
-                lock,
-                checkpoint,
-                restore,
-                unlock,
-                get_state,
-                error_name,
-                _lib: lib,
-            };
-            let r = init(0);
-            if r != 0 {
-                return Err(format!("cuInit failed: {}", me.name(r)));
-            }
-            Ok(me)
+            })
         }
+        let init: Init = find(&lib, "cuInit")?;
+        let me = Checkpoint {
+            lock: find(&lib, "cuCheckpointProcessLock")?,
+            checkpoint: find(&lib, "cuCheckpointProcessCheckpoint")?,
+            restore: find(&lib, "cuCheckpointProcessRestore")?,
+            unlock: find(&lib, "cuCheckpointProcessUnlock")?,
+            get_state: find(&lib, "cuCheckpointProcessGetState")?,
+            error_name: find(&lib, "cuGetErrorName").ok(),
+            _lib: lib,
+        };
+        // SAFETY: cuInit(0) has no preconditions.
+        let r = unsafe { init(0) };
+        if r != 0 {
+            return Err(format!("cuInit failed: {}", me.name(r)));
+        }
+        Ok(me)
     }
 
     fn name(&self, code: c_int) -> String {

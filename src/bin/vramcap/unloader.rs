@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vramcap::config::format_uuid;
-use vramcap::policy::{plan_reclaim, Worker};
+use vramcap::policy::{plan_reclaim, reclaim_order, Worker};
 use vramcap::shm::{
     live_slots, process_alive, text, Segment, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
     VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE, VRAMCAP_UNLOAD_NONE,
@@ -264,7 +264,7 @@ pub fn reclaim(
         .collect();
     let plan = plan_reclaim(&candidates, priority, need);
     // All of them, in the policy's order, in case a victim fails to free what it holds.
-    let order = plan_reclaim(&candidates, priority, u64::MAX).victims;
+    let order = reclaim_order(&candidates, priority);
     let names: Vec<String> = plan.victims.iter().map(|&i| seen[i].describe()).collect();
     log.line(format_args!(
         "{} needed on {uuid} ({} free): {} by asking [{}]",
@@ -300,13 +300,8 @@ pub fn reclaim(
         // The worker's own hook first; suspension when it has none, or its memory did not fall in time.
         if let Some(hook) = &w.hook {
             log.line(format_args!(
-                "asking {} to unload ({}, holds {} on {uuid}) by {hook}",
+                "asking {} to unload (holds {} on {uuid}) by {hook}",
                 w.describe(),
-                if w.protected {
-                    "protected"
-                } else {
-                    "unprotected"
-                },
                 HumanBytes(before)
             ));
             match ask(hook, w.pid, &w.name, opts) {

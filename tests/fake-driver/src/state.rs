@@ -420,9 +420,7 @@ pub unsafe extern "C" fn fakecuda_calls(name: *const c_char) -> u64 {
 /// memory) and come back when it runs again.
 fn wait_while_suspended() {
     let me = std::process::id() as i32;
-    if shared::state(me) == shared::RUNNING {
-        return;
-    }
+    let mut waited = false;
     loop {
         match shared::state(me) {
             shared::RUNNING => break,
@@ -434,11 +432,14 @@ fn wait_while_suspended() {
             }
             _ => {}
         }
+        waited = true;
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let mut s = fake();
-    if let Some(saved) = s.host_copy.take() {
-        s.contents = saved;
+    if waited {
+        let mut s = fake();
+        if let Some(saved) = s.host_copy.take() {
+            s.contents = saved;
+        }
     }
 }
 
@@ -1686,9 +1687,6 @@ mod shared {
     pub const CHECKPOINTED: i32 = 2;
 
     pub fn state(pid: i32) -> i32 {
-        if dir().is_none() {
-            return RUNNING;
-        }
         dir()
             .and_then(|d| std::fs::read(d.join(format!("{pid}.state"))).ok())
             .and_then(|b| b.first().copied())

@@ -5,8 +5,7 @@
 //!   write every byte of every buffer with a kernel and verify it on the device, print the figures, then
 //!   hold the memory until HOLD_FILE exists so the script can read nvidia-smi from outside.
 //!   NAME: small4k, small64k, odd, large, mixed, async, vmm.
-//! - `gpu-probe bench-launch N` / `gpu-probe bench-alloc N`: microseconds per empty-kernel launch and per
-//!   1 MiB cuMemAlloc+cuMemFree pair (fastest of 9 rounds of N).
+//! - `gpu-probe bench-alloc N`: microseconds per 1 MiB cuMemAlloc+cuMemFree pair (fastest of 9 rounds of N).
 //! - `gpu-probe bench-launch-ab N`: in one process, alternating rounds of empty-kernel launches through
 //!   the `cuLaunchKernel` a program gets and through libcuda's own.
 //! - `gpu-probe bench-alloc-ab N`: in one process, alternating rounds of 1 MiB alloc+free through the
@@ -536,45 +535,25 @@ fn bench_launch_ab(n: u32) {
     );
 }
 
-fn bench(kind: &str, n: u32) {
-    let gpu = init();
-    if kind == "bench-launch" {
-        println!("launch_resolves_to={}", resolved_in(c"cuLaunchKernel"));
-    }
+/// Microseconds per 1 MiB cuMemAlloc+cuMemFree pair, each process on its own (the fastest of nine rounds:
+/// interference on a shared machine only ever adds time).
+fn bench_alloc(n: u32) {
+    init_context();
     let round = || {
         let t = Instant::now();
-        match kind {
-            "bench-launch" => {
-                for _ in 0..n {
-                    ok(gpu.launch(gpu.empty, 1, &mut []), "launch");
-                }
-                // SAFETY: waits for the launches.
-                unsafe { ok(sys::cuCtxSynchronize(), "synchronize") };
-            }
-            "bench-ctxdev" => {
-                for _ in 0..n {
-                    let mut d = 0;
-                    // SAFETY: writes one int.
-                    unsafe { ok(sys::cuCtxGetDevice(&mut d), "cuCtxGetDevice") };
-                }
-            }
-            _ => {
-                for _ in 0..n {
-                    let mut p = 0;
-                    // SAFETY: out-pointer we own; freed at once.
-                    unsafe {
-                        ok(sys::cuMemAlloc_v2(&mut p, 1 << 20), "alloc");
-                        ok(sys::cuMemFree_v2(p), "free");
-                    }
-                }
+        for _ in 0..n {
+            let mut p = 0;
+            // SAFETY: out-pointer we own; freed at once.
+            unsafe {
+                ok(sys::cuMemAlloc_v2(&mut p, 1 << 20), "alloc");
+                ok(sys::cuMemFree_v2(p), "free");
             }
         }
         t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
     };
     round();
-    // The fastest of nine rounds: interference on a shared machine only ever adds time.
     let us = (0..9).map(|_| round()).fold(f64::MAX, f64::min);
-    println!("{kind}_us={us:.4}");
+    println!("bench-alloc_us={us:.4}");
 }
 
 fn main() {
@@ -587,12 +566,13 @@ fn main() {
         Some("bench-alloc-ab") => {
             bench_alloc_ab(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2_000))
         }
-        Some(k @ ("bench-launch" | "bench-alloc" | "bench-ctxdev")) => bench(
-            k,
-            args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000),
-        ),
+        Some("bench-alloc") => {
+            bench_alloc(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5_000))
+        }
         _ => {
-            eprintln!("usage: gpu-probe pattern NAME HOLD_FILE | bench-launch N | bench-alloc N");
+            eprintln!(
+                "usage: gpu-probe pattern NAME HOLD_FILE | bench-alloc N | bench-alloc-ab N | bench-launch-ab N"
+            );
             std::process::exit(2);
         }
     }
