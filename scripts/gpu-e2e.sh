@@ -202,24 +202,40 @@ done
 ok=0; [ $rcs = 0 ] && [ $errors = 0 ] && [ "$refusals" -gt 0 ] && le "$peak" 768 && ok=1
 row "concurrency 4 proc x 16 thr" "smi peak ${peak}MiB (cap 768) refusals $refusals errors $errors crashes/hangs $rcs in $((t1 - t0))s" $ok
 
-# 6. Overhead, as ratios against the same workload without vramcap. Each process reports its fastest
-# round (interference only ever adds time); the two variants alternate, pinned to the same CPUs, and each
-# side keeps its fastest process. Where the workload can be switched inside one process (which pointer it
-# calls), the comparison is made there, alternating rounds, so process-to-process noise cannot enter.
-fastest() { sort -n | head -1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f", a / b}'; }
+# 6. Overhead, as ratios against the same workload without vramcap, measured in this run. Each process
+# reports its fastest round (interference only ever adds time). The two variants run in pairs, pinned to
+# the same CPUs, in ABBA order (which one runs first alternates: the first process of a pair was seen to
+# run slower, which a fixed order would charge to one side); the judged figure is the median of the
+# pairs' ratios, with the medians of each side beside it. Where the workload can be switched inside one
+# process (which pointer it calls), that comparison is made too, alternating rounds, so process-to-process
+# noise cannot enter.
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 PIN="taskset -c 2-5"
-ab() { # key, alternations, command...; sets WITH and WITHOUT
-  local key=$1 n=$2; shift 2
-  local w=() wo=()
-  for _ in $(seq 1 "$n"); do
-    wo+=("$($PIN "$@" | grep -o "$key=[0-9.]*" | cut -d= -f2)")
-    w+=("$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$@" | grep -o "$key=[0-9.]*" | cut -d= -f2)")
+ab() { # tag, pairs, command...: runs the pairs; their output lines go to $LOG/ab-TAG-{with,without}
+  local tag=$1 n=$2 i; shift 2
+  local with=(env LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$@") without=($PIN "$@")
+  : >"$LOG/ab-$tag-with"; : >"$LOG/ab-$tag-without"
+  for i in $(seq 1 "$n"); do
+    if [ $((i % 2)) = 1 ]; then
+      "${without[@]}" | tr '\n' ' ' >>"$LOG/ab-$tag-without"; echo >>"$LOG/ab-$tag-without"
+      "${with[@]}" | tr '\n' ' ' >>"$LOG/ab-$tag-with"; echo >>"$LOG/ab-$tag-with"
+    else
+      "${with[@]}" | tr '\n' ' ' >>"$LOG/ab-$tag-with"; echo >>"$LOG/ab-$tag-with"
+      "${without[@]}" | tr '\n' ' ' >>"$LOG/ab-$tag-without"; echo >>"$LOG/ab-$tag-without"
+    fi
   done
-  WITHOUT=$(printf '%s\n' "${wo[@]}" | fastest); WITH=$(printf '%s\n' "${w[@]}" | fastest)
-  # The median of the differences between neighbours in time (with - without): robust to drift.
-  MEDDIFF=$(paste <(printf '%s\n' "${w[@]}") <(printf '%s\n' "${wo[@]}") | awk '{print $1 - $2}' | sort -g | awk '{d[NR]=$1} END {print d[int((NR + 1) / 2)]}')
-  echo "$key without: ${wo[*]} | with: ${w[*]} | median paired difference $MEDDIFF" >>"$LOG/overhead.txt"
+}
+figures() { # tag, key: sets WITH and WITHOUT (medians), RATIO and MEDDIFF (medians over the pairs)
+  # One value per run (NA where a run printed none, which fails the row).
+  local w wo pairs pick='{v = "NA"; for (i = 1; i <= NF; i++) if (index($i, k) == 1) v = substr($i, length(k) + 1); print v}'
+  w=$(awk -v k="$2=" "$pick" "$LOG/ab-$1-with"); wo=$(awk -v k="$2=" "$pick" "$LOG/ab-$1-without")
+  WITH=$(echo "$w" | median); WITHOUT=$(echo "$wo" | median)
+  pairs=$(paste <(echo "$w") <(echo "$wo"))
+  if echo "$pairs" | grep -q NA; then RATIO=NA; MEDDIFF=NA; else
+    RATIO=$(echo "$pairs" | awk '{printf "%.4f\n", $1 / $2}' | median)
+    MEDDIFF=$(echo "$pairs" | awk '{print $1 - $2}' | median)
+  fi
+  echo "$2 without: $(echo $wo) | with: $(echo $w) | median ratio $RATIO, median difference $MEDDIFF" >>"$LOG/overhead.txt"
 }
 # cuLaunchKernel is not wrapped: the program gets libcuda's own pointer, so no instruction of ours runs per
 # launch. Measured in one process: launches through the pointer the program got against libcuda's own.
@@ -230,20 +246,28 @@ same=$(echo "$la" | grep -o 'same_pointer=[01]' | cut -d= -f2)
 to=$(echo "$la" | grep -o 'launch_resolves_to=[^ ]*' | cut -d= -f2)
 ok=0; [ "$same" = 1 ] && [[ "$to" == libcuda.so* ]] && awk -v r="$r" 'BEGIN {exit !(r <= 1.01)}' && ok=1
 row "overhead: empty kernel launch" "$(echo "$la" | tr ' ' '\n' | grep -E 'launch_(seen|own)_us' | tr '\n' ' ')= ${r}x (target 1.00x); same pointer $same, from $to" "$ok"
-# cuMemAlloc+cuMemFree of 1 MiB inside one process: vramcap's wrappers against libcuda's own functions in
-# alternating rounds (process-to-process noise on this machine is larger than the 1% asked; the
-# separate-process figures are logged in overhead.txt for reference).
-ab bench-alloc_us 3 "$B/gpu-probe" bench-alloc 5000
+# cuMemAlloc+cuMemFree of 1 MiB: the same program in separate processes (judged), and inside one
+# process vramcap's wrappers against libcuda's own functions in alternating rounds.
+ab alloc 10 "$B/gpu-probe" bench-alloc 2000
+figures alloc bench-alloc_us
 abl=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$B/gpu-probe" bench-alloc-ab 2000)
-r=$(echo "$abl" | grep -o 'ab_ratio=[0-9.]*' | cut -d= -f2)
-ok=$(awk -v r="$r" -v w="$(echo "$abl" | grep -o 'wrapped=[01]' | cut -d= -f2)" 'BEGIN {print (w == 1 && r <= 1.01) ? 1 : 0}')
-row "overhead: cuMemAlloc+Free 1MiB" "$(echo "$abl" | tr ' ' '\n' | grep -E 'ab_(hooked|direct)_us' | tr '\n' ' ')= ${r}x (target <= 1.01x)" "$ok"
-ab mlp_step_us 6 python3 "$B/py/mlp_step.py" 15
-r=$(ratio "$WITH" "$WITHOUT"); ok=$(awk -v r="$r" 'BEGIN {print (r <= 1.005) ? 1 : 0}')
-row "overhead: torch MLP training step" "${WITH}us vs ${WITHOUT}us = ${r}x (target <= 1.005x)" "$ok"
-ab start_ms 13 bash "$B/py/start_tensor.sh"
-ok=$(awk -v d="$MEDDIFF" 'BEGIN {print (d <= 50) ? 1 : 0}')
-row "overhead: start to first tensor" "fastest ${WITH}ms vs ${WITHOUT}ms; median paired difference ${MEDDIFF}ms (target <= +50ms)" "$ok"
+echo "$abl" >>"$LOG/overhead.txt"
+inproc=$(echo "$abl" | grep -o 'ab_ratio=[0-9.]*' | cut -d= -f2)
+wrapped=$(echo "$abl" | grep -o 'wrapped=[01]' | cut -d= -f2)
+ok=$(awk -v r="$RATIO" -v w="$wrapped" 'BEGIN {print (w == 1 && r != "NA" && r <= 1.01) ? 1 : 0}')
+row "overhead: cuMemAlloc+Free 1MiB" "10 pairs: ${WITH} vs ${WITHOUT}us, median ratio ${RATIO}x (target <= 1.01x); in one process ${inproc}x" "$ok"
+ab mlp 6 python3 "$B/py/mlp_step.py" 15
+figures mlp mlp_step_us
+ok=$(awk -v r="$RATIO" 'BEGIN {print (r != "NA" && r <= 1.005) ? 1 : 0}')
+row "overhead: torch MLP training step" "6 pairs: ${WITH} vs ${WITHOUT}us, median ratio ${RATIO}x (target <= 1.005x)" "$ok"
+# Whole starts spread by hundreds of ms (mostly importing torch); the CUDA part alone (first tensor after
+# the import), where our hooks run, is printed beside it.
+ab start 13 bash "$B/py/start_tensor.sh"
+figures start cuda_init_ms
+cuda="CUDA part ${WITH} vs ${WITHOUT}ms, median difference ${MEDDIFF}ms"
+figures start start_ms
+ok=$(awk -v d="$MEDDIFF" 'BEGIN {print (d != "NA" && d <= 50) ? 1 : 0}')
+row "overhead: start to first tensor" "13 pairs: ${WITH} vs ${WITHOUT}ms, median difference ${MEDDIFF}ms (target <= +50ms); $cuda" "$ok"
 
 # Logs come back as one file (the device tool returns few files).
 for f in "$LOG"/*.log "$LOG"/*.txt; do echo "=== $f"; head -n 30 "$f"; echo "..."; tail -n 12 "$f"; done >"${OUT:-/tmp/vramcap-e2e}/e2e-logs.txt" 2>/dev/null

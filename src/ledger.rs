@@ -19,7 +19,7 @@
 
 use crate::charge::Charge;
 use crate::log::unix_ms;
-use crate::striped::{bump, signed_sum, stripe, Padded, STRIPES};
+use crate::striped::{bump, signed_sum, stripe, Padded, Stripe, STRIPES};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// What a thread takes for its stock when it goes to the shared counter far from the cap.
@@ -85,8 +85,8 @@ impl Share {
 #[must_use = "a reservation is given back when dropped"]
 pub struct Reservation<'a> {
     ledger: &'a DeviceLedger,
-    /// Stays on the thread that took it (whose stripe it commits to).
-    _here: std::marker::PhantomData<*const ()>,
+    /// The stripe of the thread that took it, which it commits to (so it stays on that thread).
+    stripe: Stripe,
     charge: Charge,
     /// The device's charge right after this reservation was taken.
     total: u64,
@@ -96,10 +96,7 @@ impl Reservation<'_> {
     /// The driver call succeeded: the bytes stay charged, and `requested` bytes are recorded beside them.
     pub fn commit(self, requested: u64) -> Charge {
         let charge = self.charge;
-        let s = stripe();
-        let share = &self.ledger.shares[s];
-        bump(&share.requested, s, requested);
-        bump(&share.allocations, s, 1);
+        self.ledger.count(self.stripe, requested, 1);
         std::mem::forget(self);
         charge
     }
@@ -115,12 +112,13 @@ impl Reservation<'_> {
     /// Commits what the driver really took, which may differ from the estimate reserved: the difference is
     /// charged without a cap check, since the memory is already taken, or given back.
     pub fn commit_as(self, actual: Charge, requested: u64) -> Charge {
-        let (ledger, reserved, used) = (self.ledger, self.charge.worst_case(), actual.worst_case());
+        let (ledger, s) = (self.ledger, self.stripe);
+        let (reserved, used) = (self.charge.worst_case(), actual.worst_case());
         self.commit(requested);
         if used > reserved {
             ledger.force(used - reserved);
         } else if used < reserved {
-            ledger.to_stock(reserved - used);
+            ledger.to_stock(s, reserved - used);
         }
         actual
     }
@@ -128,7 +126,7 @@ impl Reservation<'_> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.ledger.uncharge(self.charge);
+        self.ledger.to_stock(self.stripe, self.charge.worst_case());
     }
 }
 
@@ -165,7 +163,7 @@ impl DeviceLedger {
     /// in one compare-and-swap loop: the counter itself never shows more than the cap. A capped charge
     /// comes out of the thread's stock when it can, and refills the stock when far from the cap.
     /// Returns the new total.
-    fn try_add(&self, bytes: u64, capped: bool) -> Result<u64, Refusal> {
+    fn try_add(&self, s: Stripe, bytes: u64, capped: bool) -> Result<u64, Refusal> {
         if bytes == 0 {
             return Ok(self.charged.load(Relaxed));
         }
@@ -174,7 +172,7 @@ impl DeviceLedger {
         } else {
             u64::MAX
         };
-        let own = &self.shares[stripe()].stock;
+        let own = &self.shares[s.index()].stock;
         if capped {
             // A stock is only good while everything charged fits the cap: memory charged after the fact
             // (`force`: a pool that grew, a measured context) can push the total past it, and then every
@@ -245,8 +243,8 @@ impl DeviceLedger {
     }
 
     /// Returns `bytes` of a capped charge: into the thread's stock, keeping it under [`STOCK_MAX`].
-    fn to_stock(&self, bytes: u64) {
-        let own = &self.shares[stripe()].stock;
+    fn to_stock(&self, s: Stripe, bytes: u64) {
+        let own = &self.shares[s.index()].stock;
         let now = own.fetch_add(bytes, Relaxed).wrapping_add(bytes);
         if now > STOCK_MAX {
             if let Ok(had) =
@@ -264,7 +262,7 @@ impl DeviceLedger {
 
     /// Reserves the context's memory (an estimate until measured) against the cap.
     pub fn reserve_context(&self, bytes: u64) -> Result<(), Refusal> {
-        self.try_add(bytes, true)?;
+        self.try_add(stripe(), bytes, true)?;
         self.context.fetch_add(bytes, Relaxed);
         self.note_peak();
         Ok(())
@@ -288,31 +286,31 @@ impl DeviceLedger {
 
     /// Reserves `charge` against the cap.
     pub fn reserve(&self, charge: Charge) -> Result<Reservation<'_>, Refusal> {
-        self.add(charge, true)
+        self.reserve_on(stripe(), charge)
     }
 
-    /// Charges memory the driver has already handed out, cap or not, as a reservation to commit.
-    pub fn reserve_uncapped(&self, charge: Charge) -> Reservation<'_> {
-        match self.add(charge, false) {
-            Ok(r) => r,
-            // Unreachable: without a cap nothing is refused. Charge nothing rather than panic.
-            Err(_) => Reservation {
-                ledger: self,
-                _here: std::marker::PhantomData,
-                charge: Charge::Pages(0),
-                total: 0,
-            },
-        }
-    }
-
-    fn add(&self, charge: Charge, capped: bool) -> Result<Reservation<'_>, Refusal> {
-        let total = self.try_add(charge.worst_case(), capped)?;
+    /// [`DeviceLedger::reserve`] for a caller that already holds its thread's stripe.
+    pub fn reserve_on(&self, s: Stripe, charge: Charge) -> Result<Reservation<'_>, Refusal> {
+        let total = self.try_add(s, charge.worst_case(), true)?;
         Ok(Reservation {
             ledger: self,
-            _here: std::marker::PhantomData,
+            stripe: s,
             charge,
             total,
         })
+    }
+
+    /// Counts an allocation of `requested` bytes whose memory is charged elsewhere (a pool's reserve,
+    /// charged as the pool grows), so allocations and requested bytes still cover it.
+    pub fn count_allocation(&self, requested: u64) {
+        self.count(stripe(), requested, 1);
+    }
+
+    /// Adds to the requested bytes and the allocations (wrapping: a release adds negatives).
+    fn count(&self, s: Stripe, requested: u64, allocations: u64) {
+        let share = &self.shares[s.index()];
+        bump(&share.requested, s, requested);
+        bump(&share.allocations, s, allocations);
     }
 
     /// Charges memory the driver has already handed out (it cannot be refused any more).
@@ -325,15 +323,9 @@ impl DeviceLedger {
 
     /// Gives back a committed charge whose memory the driver has freed.
     pub fn release(&self, charge: Charge, requested: u64) {
-        self.uncharge(charge);
         let s = stripe();
-        let share = &self.shares[s];
-        bump(&share.requested, s, requested.wrapping_neg());
-        bump(&share.allocations, s, 1u64.wrapping_neg());
-    }
-
-    fn uncharge(&self, charge: Charge) {
-        self.to_stock(charge.worst_case());
+        self.to_stock(s, charge.worst_case());
+        self.count(s, requested.wrapping_neg(), 1u64.wrapping_neg());
     }
 
     /// Moves the context's share of `charged` to `bytes` (a measurement replacing an estimate).

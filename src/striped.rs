@@ -6,6 +6,7 @@
 //! cache line. Threads beyond [`OWNED`] share the last few stripes and update them atomically.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
 /// Stripes a thread can own.
@@ -55,20 +56,42 @@ fn shared_stripe() -> usize {
     OWNED + NEXT_SHARED.fetch_add(1, Relaxed) % SHARED
 }
 
+/// A thread's stripe, from [`stripe`]. It stays on that thread (it is not `Send`): a stripe the thread
+/// owns is written with plain stores, which only its owner may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stripe {
+    index: usize,
+    _here: PhantomData<*const ()>,
+}
+
+impl Stripe {
+    fn new(index: usize) -> Stripe {
+        Stripe {
+            index,
+            _here: PhantomData,
+        }
+    }
+
+    /// Which cell of a striped figure belongs to it.
+    pub fn index(self) -> usize {
+        self.index
+    }
+
+    /// Whether the calling thread owns it (else it is shared and needs atomic updates).
+    pub fn owned(self) -> bool {
+        self.index < OWNED
+    }
+}
+
 /// This thread's stripe: one it owns if any was free, else a shared one.
-pub fn stripe() -> usize {
+pub fn stripe() -> Stripe {
     let s = STRIPE.with(Cell::get);
     if s != UNSET {
-        return s;
+        return Stripe::new(s);
     }
     let s = claim();
     STRIPE.with(|c| c.set(s));
-    s
-}
-
-/// Whether stripe `s` is owned by the calling thread (it is, if it is this thread's and below [`OWNED`]).
-pub fn owned(s: usize) -> bool {
-    s < OWNED
+    Stripe::new(s)
 }
 
 fn claim() -> usize {
@@ -88,10 +111,10 @@ fn claim() -> usize {
     shared_stripe()
 }
 
-/// Adds `n` (wrapping) to `cell`, this thread's cell of a striped figure on stripe `s` (from [`stripe`]):
-/// a plain load and store on a stripe the thread owns, an atomic add on a shared one.
-pub fn bump(cell: &AtomicU64, s: usize, n: u64) {
-    if owned(s) {
+/// Adds `n` (wrapping) to `cell`, the cell of stripe `s` in a striped figure: a plain load and store on a
+/// stripe the thread owns, an atomic add on a shared one.
+pub fn bump(cell: &AtomicU64, s: Stripe, n: u64) {
+    if s.owned() {
         cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
     } else {
         cell.fetch_add(n, Relaxed);
@@ -119,7 +142,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let s = stripe();
                     for _ in 0..1000 {
-                        bump(&c[s], s, 3);
+                        bump(&c[s.index()], s, 3);
                     }
                 })
             })
@@ -129,21 +152,21 @@ mod tests {
         }
         assert_eq!(signed_sum(c.iter().map(|p| &p.0)), 24_000);
         let c2 = [AtomicU64::new(0), AtomicU64::new(0)];
-        bump(&c2[0], 0, 5u64.wrapping_neg());
+        bump(&c2[0], Stripe::new(0), 5u64.wrapping_neg());
         assert_eq!(signed_sum(c2.iter()), 0);
-        bump(&c2[1], 1, 7);
+        bump(&c2[1], Stripe::new(1), 7);
         assert_eq!(signed_sum(c2.iter()), 2);
     }
 
     #[test]
     fn threads_own_stripes_and_give_them_back() {
         let mine = stripe();
-        assert!(owned(mine));
-        let other = std::thread::spawn(stripe).join().unwrap();
-        assert_ne!(other, mine);
+        assert!(mine.owned());
+        let other = std::thread::spawn(|| stripe().index()).join().unwrap();
+        assert_ne!(other, mine.index());
         // Ended threads give their stripes back: far more threads than stripes, one after another, all own one.
         for _ in 0..4 * OWNED {
-            assert!(owned(std::thread::spawn(stripe).join().unwrap()));
+            assert!(std::thread::spawn(|| stripe().owned()).join().unwrap());
         }
         // More threads alive than stripes to own: the rest share, and sums stay exact.
         let c = Arc::new([const { Padded(AtomicU64::new(0)) }; STRIPES]);
@@ -155,15 +178,15 @@ mod tests {
                     let s = stripe();
                     barrier.wait();
                     for _ in 0..1000 {
-                        bump(&c[s], s, 2);
-                        bump(&c[s], s, 1u64.wrapping_neg());
+                        bump(&c[s.index()], s, 2);
+                        bump(&c[s.index()], s, 1u64.wrapping_neg());
                     }
-                    s
+                    s.owned()
                 })
             })
             .collect();
-        let stripes: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert!(stripes.iter().any(|&s| !owned(s)));
+        let owned: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(owned.iter().any(|&o| !o));
         assert_eq!(
             signed_sum(c.iter().map(|p| &p.0)),
             (OWNED as u64 + 8) * 1000

@@ -299,6 +299,51 @@ fn a_request_that_cannot_be_met_fails_fast_and_asks_nobody() {
 }
 
 #[test]
+fn a_refusal_by_the_own_cap_asks_the_unloader_for_nothing_on_every_path() {
+    let card = Card::new("own-cap");
+    let mut chat = card.worker(
+        "chat",
+        &["--priority", "1", "--unload-signal", "USR1"],
+        300,
+        &[],
+    );
+    let mut unloader = card.unloader(&[]);
+    for path in ["alloc", "async", "create"] {
+        // 400 MiB would fit on the card, not under this requester's own 200 MiB cap.
+        let mut p = card.start(
+            &[
+                "--name",
+                path,
+                "--priority",
+                "5",
+                "--wait",
+                "10s",
+                "--limit",
+                "200MiB",
+            ],
+            &["want", "400", path],
+            &[],
+        );
+        assert_eq!(
+            p.value("want_r", Duration::from_secs(20)),
+            2,
+            "{path}: CUDA_ERROR_OUT_OF_MEMORY"
+        );
+        let waited = p.value("want_ms", Duration::from_secs(1));
+        let log = p.drain(Duration::from_millis(100));
+        assert!(
+            waited < 3000,
+            "{path}: refused at once, not after VRAMCAP_WAIT: {waited} ms"
+        );
+        assert!(!log.contains("asked the unloader"), "{path}: {log}");
+        assert!(log.contains("refused "), "{path}: {log}");
+    }
+    assert!(unloaded_at(&mut chat, Duration::from_millis(300)).is_none());
+    let log = unloader.drain(Duration::from_millis(200));
+    assert!(!log.contains("request"), "{log}");
+}
+
+#[test]
 fn a_hanging_hook_times_out_and_the_next_worker_is_asked() {
     let card = Card::new("hang");
     let port = free_port();

@@ -21,7 +21,7 @@ pub fn admit(
     requested: u64,
 ) -> Result<(InFlight, Reservation<'static>), CUresult> {
     let op = crate::overhead::in_flight();
-    if let Ok(r) = reserve(dev, charge) {
+    if let Ok(r) = reserve(&op, dev, charge) {
         let room_before = r
             .headroom_after()
             .map(|h| h.saturating_add(charge.worst_case()));
@@ -32,7 +32,7 @@ pub fn admit(
     drop(op);
     prepare(dev, requested);
     let op = crate::overhead::in_flight();
-    reserve(dev, charge).map(|r| (op, r))
+    reserve(&op, dev, charge).map(|r| (op, r))
 }
 
 /// Called by an allocating hook before its operation starts (before [`crate::overhead::in_flight`]):
@@ -48,19 +48,24 @@ pub fn prepare(dev: CUdevice, bytes: u64) {
     }
 }
 
-/// Reserves `charge` on `dev`, or says which error the hook must return instead of calling the driver.
-pub fn reserve(dev: CUdevice, charge: Charge) -> Result<Reservation<'static>, CUresult> {
+/// Reserves `charge` on `dev` for the operation `op`, or says which error the hook must return instead of
+/// calling the driver.
+pub fn reserve(
+    op: &InFlight,
+    dev: CUdevice,
+    charge: Charge,
+) -> Result<Reservation<'static>, CUresult> {
     if state::phase() == Phase::Refusing {
         return Err(state::REFUSED_BY_CONFIG);
     }
     // Fail closed: without the device table there is no cap to check against.
     let ledger = state::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
-    match ledger.reserve(charge) {
+    match ledger.reserve_on(op.stripe(), charge) {
         Ok(r) => Ok(r),
         Err(_) => {
             // Pools may have given memory back to the device since we last looked.
             crate::hooks::pool::refresh(dev);
-            ledger.reserve(charge).map_err(|refusal| {
+            ledger.reserve_on(op.stripe(), charge).map_err(|refusal| {
                 report(dev, refusal);
                 CUDA_ERROR_OUT_OF_MEMORY
             })

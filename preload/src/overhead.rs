@@ -28,7 +28,7 @@ use crate::real;
 use crate::state::{self, LEDGER};
 use core_lib::ledger::{DeviceUsage, MAX_DEVICES};
 use core_lib::log::monotonic_ns;
-use core_lib::striped::{owned, stripe, Padded, STRIPES};
+use core_lib::striped::{stripe, Padded, Stripe, STRIPES};
 use core_lib::vlog;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CString};
@@ -112,12 +112,19 @@ extern "C" fn register_in_child() {
     }
 }
 
-/// An allocating or freeing operation in flight (see [`in_flight`]).
-pub struct InFlight(usize);
+/// An allocating or freeing operation in flight (see [`in_flight`]), on its thread's stripe.
+pub struct InFlight(Stripe);
+
+impl InFlight {
+    /// The stripe of the thread running the operation, for the ledger's figures.
+    pub fn stripe(&self) -> Stripe {
+        self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let r = &OPS.readers[self.0];
+        let r = &OPS.readers[self.0.index()];
         if light(self.0) {
             r.store(r.load(Ordering::Relaxed) - 1, Ordering::Release);
         } else {
@@ -127,14 +134,14 @@ impl Drop for InFlight {
 }
 
 /// Whether a reader on stripe `s` may use the plain store (see [`OpsLock`]).
-fn light(s: usize) -> bool {
-    owned(s) && OPS.asymmetric.load(Ordering::Relaxed)
+fn light(s: Stripe) -> bool {
+    s.owned() && OPS.asymmetric.load(Ordering::Relaxed)
 }
 
 /// Marks an allocating or freeing driver call (with its bookkeeping) as in flight while it lives.
 pub fn in_flight() -> InFlight {
     let s = stripe();
-    let r = &OPS.readers[s];
+    let r = &OPS.readers[s.index()];
     loop {
         if light(s) {
             r.store(r.load(Ordering::Relaxed) + 1, Ordering::Relaxed);

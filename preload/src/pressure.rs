@@ -4,7 +4,7 @@
 //! retried once if memory was freed; otherwise, or on timeout, the caller gets the driver's
 //! `CUDA_ERROR_OUT_OF_MEMORY` as before. The wait holds no lock of ours.
 
-use crate::cuda::CUdevice;
+use crate::cuda::{CUdevice, CUresult, CUDA_ERROR_OUT_OF_MEMORY};
 use crate::{publish, state};
 use core_lib::shm::VRAMCAP_ANSWER_FREED;
 use core_lib::size::HumanBytes;
@@ -14,8 +14,26 @@ use std::time::{Duration, Instant};
 /// How often a waiting allocation looks for the answer.
 const POLL: Duration = Duration::from_millis(5);
 
+/// Runs one attempt of an allocating hook and, if the *driver* answered `CUDA_ERROR_OUT_OF_MEMORY` (the
+/// device itself is full), asks the unloader for `bytes` on `dev` and runs it once more. An attempt
+/// returns `Err` for a refusal of our own (the cap, the configuration), which no unloading elsewhere can
+/// cure. The attempt must hold nothing of ours when it returns: the wait holds no lock.
+pub fn retry_once(
+    dev: CUdevice,
+    bytes: u64,
+    mut attempt: impl FnMut() -> Result<CUresult, CUresult>,
+) -> CUresult {
+    match attempt() {
+        Ok(CUDA_ERROR_OUT_OF_MEMORY) if relieve(dev, bytes) => {
+            attempt().unwrap_or_else(|ours| ours)
+        }
+        Ok(driver) => driver,
+        Err(ours) => ours,
+    }
+}
+
 /// The device refused `bytes` on `dev`: asks the unloader for them. True if the caller should retry.
-pub fn relieve(dev: CUdevice, bytes: u64) -> bool {
+fn relieve(dev: CUdevice, bytes: u64) -> bool {
     let Some(uuid) = state::devices().and_then(|d| d.raw_uuids.get(dev as usize).copied()) else {
         return false;
     };

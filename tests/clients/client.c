@@ -683,11 +683,19 @@ int main(int argc, char **argv) {
   if (!strcmp(s, "cross")) return scenario_cross();
   if (!strcmp(s, "worker")) return scenario_worker(argc > 3 ? strtoull(argv[3], NULL, 10) : 64);
   if (!strcmp(s, "want")) {
-    /* One allocation of MIB, timed: with VRAMCAP_WAIT it may wait for the unloader. */
+    /* One allocation of MIB (cuMemAlloc, or the path named: async, create), timed: with VRAMCAP_WAIT it
+       may wait for the unloader. */
     CUdeviceptr p;
     unsigned long long mib = argc > 3 ? strtoull(argv[3], NULL, 10) : 64;
+    const char *path = argc > 4 ? argv[4] : "alloc";
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = 1; prop.location.type = 1; prop.location.id = 0;
+    CUmemGenericAllocationHandle h;
     double t0 = now_ms();
-    CUresult r = cu.alloc(&p, mib * MIB);
+    CUresult r = !strcmp(path, "async")    ? cu.alloc_async(&p, mib * MIB, NULL)
+                 : !strcmp(path, "create") ? cu.create(&h, mib * MIB, &prop, 0)
+                                           : cu.alloc(&p, mib * MIB);
     printf("want_r=%d\nwant_ms=%.0f\n", r, now_ms() - t0);
     hold_if_asked();
     return 0;

@@ -28,7 +28,7 @@ fn charged_alloc(
     requested: u64,
     estimate: Charge,
     call: impl Fn() -> CUresult,
-    actual: impl FnOnce() -> Charge,
+    actual: impl Fn() -> Charge,
 ) -> CUresult {
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
@@ -37,43 +37,30 @@ fn charged_alloc(
     let Some(dev) = driver::current_device() else {
         return call();
     };
-    let mut asked = false;
-    let (_op, reservation, r) = loop {
-        let (op, reservation) = match enforce::admit(dev, estimate, requested) {
-            Ok(admitted) => admitted,
-            Err(code) => return code,
-        };
+    crate::pressure::retry_once(dev, estimate.worst_case(), || {
+        let (_op, reservation) = enforce::admit(dev, estimate, requested)?;
         let r = call();
-        if r != CUDA_ERROR_OUT_OF_MEMORY || asked {
-            break (op, reservation, r);
+        if r == CUDA_SUCCESS {
+            if let Some(ptr) = read_out(dptr) {
+                let charge = actual();
+                // A packed allocation costs the pages it put in use, now that we know where it went.
+                let cost = match charge {
+                    Charge::Packed(bytes) => Charge::Pages(PAGES.touch(dev, ptr, bytes)),
+                    pages => pages,
+                };
+                reservation.commit_as(cost, requested);
+                PTRS.insert(
+                    ptr,
+                    PtrRecord {
+                        dev,
+                        backing: Backing::Own(charge),
+                        requested,
+                    },
+                );
+            }
         }
-        // Nothing of ours is held while the unloader works.
-        drop((op, reservation));
-        asked = true;
-        if !crate::pressure::relieve(dev, estimate.worst_case()) {
-            return r;
-        }
-    };
-    if r == CUDA_SUCCESS {
-        if let Some(ptr) = read_out(dptr) {
-            let charge = actual();
-            // A packed allocation costs the pages it put in use, now that we know where it went.
-            let cost = match charge {
-                Charge::Packed(bytes) => Charge::Pages(PAGES.touch(dev, ptr, bytes)),
-                pages => pages,
-            };
-            reservation.commit_as(cost, requested);
-            PTRS.insert(
-                ptr,
-                PtrRecord {
-                    dev,
-                    backing: Backing::Own(charge),
-                    requested,
-                },
-            );
-        }
-    }
-    r
+        Ok(r)
+    })
 }
 
 pub fn mem_alloc(real: Alloc, dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {

@@ -93,7 +93,7 @@ pub fn forget_device(dev: CUdevice) {
     POOLS.lock().retain(|p| p.dev != dev);
 }
 
-/// [`pooled_once`], asking the unloader (see `pressure`) and retrying once if the device itself is full.
+/// One attempt at a pool allocation of `bytes` on `dev`, retried once if the device itself is full.
 fn pooled_alloc(
     dptr: *mut CUdeviceptr,
     bytes: usize,
@@ -101,12 +101,9 @@ fn pooled_alloc(
     pool: CUmemoryPool,
     call: impl Fn() -> CUresult,
 ) -> CUresult {
-    let r = pooled_once(dptr, bytes, dev, pool, &call);
-    if r == CUDA_ERROR_OUT_OF_MEMORY && crate::pressure::relieve(dev, round_up_pages(bytes as u64))
-    {
-        return pooled_once(dptr, bytes, dev, pool, &call);
-    }
-    r
+    crate::pressure::retry_once(dev, Charge::pages(bytes as u64).worst_case(), || {
+        pooled_once(dptr, bytes, dev, pool, &call)
+    })
 }
 
 fn pooled_once(
@@ -115,9 +112,9 @@ fn pooled_once(
     dev: CUdevice,
     pool: CUmemoryPool,
     call: impl FnOnce() -> CUresult,
-) -> CUresult {
+) -> Result<CUresult, CUresult> {
     enforce::prepare(dev, bytes as u64);
-    let _op = crate::overhead::in_flight();
+    let op = crate::overhead::in_flight();
     let mut pools = POOLS.lock();
     resync_device(&mut pools, dev);
     let entry = find(&mut pools, pool as usize, dev);
@@ -128,13 +125,10 @@ fn pooled_once(
         .saturating_sub(reserved.saturating_sub(used))
         .div_ceil(step)
         .saturating_mul(step);
-    let reservation = match enforce::reserve(dev, Charge::Pages(need)) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+    let reservation = enforce::reserve(&op, dev, Charge::Pages(need))?;
     let r = call();
     if r != CUDA_SUCCESS {
-        return r;
+        return Ok(r);
     }
     let grew = driver::pool_usage(pool).map_or(0, |(now, _)| now.saturating_sub(reserved));
     if grew > need {
@@ -152,19 +146,16 @@ fn pooled_once(
                 undo(ptr, pool, reserved);
                 resync(entry);
                 drop(reservation);
-                return enforce::refuse(dev, grew);
+                return Err(enforce::refuse(dev, grew));
             }
         }
     }
     // The pool's real growth replaces the reservation: charge what the pool reserves now, then give the
-    // reservation back (in that order, so the count never dips below the truth), and record the
-    // requested bytes with an empty charge.
+    // reservation back (in that order, so the count never dips below the truth).
     resync(entry);
     drop(reservation);
     if let Some(ledger) = LEDGER.device(dev) {
-        let _ = ledger
-            .reserve_uncapped(Charge::Pages(0))
-            .commit(bytes as u64);
+        ledger.count_allocation(bytes as u64);
     }
     if let Some(ptr) = read_out(dptr) {
         PTRS.insert(
@@ -176,7 +167,7 @@ fn pooled_once(
             },
         );
     }
-    r
+    Ok(r)
 }
 
 type FreeAsyncFn = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;

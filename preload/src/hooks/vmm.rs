@@ -68,43 +68,27 @@ pub fn mem_create(
     }
     // Charged to the device named in the properties, whichever context is current.
     let dev = props.location.id;
-    let r = create_once(handle, size, dev, pass);
-    if r == CUDA_ERROR_OUT_OF_MEMORY
-        && crate::pressure::relieve(dev, Charge::pages(size as u64).worst_case())
-    {
-        return create_once(handle, size, dev, pass);
-    }
-    r
-}
-
-fn create_once(
-    handle: *mut CUmemGenericAllocationHandle,
-    size: usize,
-    dev: CUdevice,
-    pass: impl FnOnce() -> CUresult,
-) -> CUresult {
     let charge = Charge::pages(size as u64);
-    let (_op, reservation) = match enforce::admit(dev, charge, size as u64) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let r = pass();
-    if r == CUDA_SUCCESS {
-        if let Some(h) = read_out(handle) {
-            let charge = reservation.commit(size as u64);
-            HANDLES.insert(
-                h,
-                HandleRecord {
-                    dev,
-                    charge,
-                    requested: size as u64,
-                    refs: 1,
-                    maps: 0,
-                },
-            );
+    crate::pressure::retry_once(dev, charge.worst_case(), || {
+        let (_op, reservation) = enforce::admit(dev, charge, size as u64)?;
+        let r = pass();
+        if r == CUDA_SUCCESS {
+            if let Some(h) = read_out(handle) {
+                let charge = reservation.commit(size as u64);
+                HANDLES.insert(
+                    h,
+                    HandleRecord {
+                        dev,
+                        charge,
+                        requested: size as u64,
+                        refs: 1,
+                        maps: 0,
+                    },
+                );
+            }
         }
-    }
-    r
+        Ok(r)
+    })
 }
 
 pub fn mem_release(
