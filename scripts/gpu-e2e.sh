@@ -248,14 +248,14 @@ ok=0; [ "$same" = 1 ] && [[ "$to" == libcuda.so* ]] && awk -v r="$r" 'BEGIN {exi
 row "overhead: empty kernel launch" "$(echo "$la" | tr ' ' '\n' | grep -E 'launch_(seen|own)_us' | tr '\n' ' ')= ${r}x (target 1.00x); same pointer $same, from $to" "$ok"
 # cuMemAlloc+cuMemFree of 1 MiB: the same program in separate processes (judged), and inside one
 # process vramcap's wrappers against libcuda's own functions in alternating rounds.
-ab alloc 10 "$B/gpu-probe" bench-alloc 2000
+ab alloc 16 "$B/gpu-probe" bench-alloc 1000
 figures alloc bench-alloc_us
 abl=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$B/gpu-probe" bench-alloc-ab 2000)
 echo "$abl" >>"$LOG/overhead.txt"
 inproc=$(echo "$abl" | grep -o 'ab_ratio=[0-9.]*' | cut -d= -f2)
 wrapped=$(echo "$abl" | grep -o 'wrapped=[01]' | cut -d= -f2)
 ok=$(awk -v r="$RATIO" -v w="$wrapped" 'BEGIN {print (w == 1 && r != "NA" && r <= 1.01) ? 1 : 0}')
-row "overhead: cuMemAlloc+Free 1MiB" "10 pairs: ${WITH} vs ${WITHOUT}us, median ratio ${RATIO}x (target <= 1.01x); in one process ${inproc}x" "$ok"
+row "overhead: cuMemAlloc+Free 1MiB" "16 pairs: ${WITH} vs ${WITHOUT}us, median ratio ${RATIO}x (target <= 1.01x); in one process ${inproc}x" "$ok"
 ab mlp 6 python3 "$B/py/mlp_step.py" 15
 figures mlp mlp_step_us
 ok=$(awk -v r="$RATIO" 'BEGIN {print (r != "NA" && r <= 1.005) ? 1 : 0}')

@@ -60,6 +60,34 @@ fn cap_holds_on_every_path() {
 }
 
 #[test]
+fn an_allocation_without_a_context_gets_the_drivers_error_and_costs_nothing() {
+    // One device (the driver call that finds the current device is skipped) and two (it is made).
+    for devices in ["1", "2"] {
+        let vars = [
+            ("VRAMCAP_LIMIT", "1GiB"),
+            ("FAKECUDA_DEVICES", devices),
+            ("VRAMCAP_CONTEXT_BYTES", "16MiB"),
+            ("VRAMCAP_NVML", "off"),
+        ];
+        let r = client("dlsym", &["nocontext"], &vars);
+        assert_eq!(
+            r.int("nocontext_r"),
+            201,
+            "CUDA_ERROR_INVALID_CONTEXT: {}",
+            r.stdout
+        );
+        assert_eq!(
+            r.get("base"),
+            16 << 20,
+            "only the context is charged: {}",
+            r.stdout
+        );
+        assert_eq!(r.int("alloc_r"), 0, "{}", r.stdout);
+        assert_eq!(r.get("grew"), 64 << 20, "{devices} devices: {}", r.stdout);
+    }
+}
+
+#[test]
 fn refusal_lines_are_rate_limited() {
     let r = client("link", &["threads", "8"], &[("VRAMCAP_LIMIT", "400MiB")]);
     assert!(r.get("refusals") > 5, "{}", r.stdout);

@@ -108,8 +108,13 @@ pub fn discover_devices() -> Option<Devices> {
     })
 }
 
-/// The device of the calling thread's current context.
+/// The device of the calling thread's current context. A process that sees one device needs no driver
+/// call for it: any context it has is on device 0. (With none current, callers that allocate get the
+/// driver's own refusal, and what they reserved goes back.)
 pub fn current_device() -> Option<CUdevice> {
+    if crate::state::devices().is_some_and(|d| d.uuids.len() == 1) {
+        return Some(0);
+    }
     let mut dev = -1;
     // SAFETY: writes one int.
     ok(unsafe { fns().ctx_get_device?(&mut dev) })?;

@@ -596,6 +596,17 @@ int main(int argc, char **argv) {
     printf("rtld_next_ok=%d\n", probe ? probe() : -1);
     return 0;
   }
+  if (!strcmp(s, "nocontext")) {
+    /* An allocation with no current context: the driver's error, nothing charged; then one with. */
+    CUdeviceptr p;
+    cu.init(0);
+    printf("nocontext_r=%d\n", cu.alloc(&p, 64 * MIB));
+    if (start()) return 3;
+    unsigned long long base = charged();
+    CUresult r = cu.alloc(&p, 64 * MIB);
+    printf("base=%llu\nalloc_r=%d\ngrew=%llu\n", base, r, charged() - base);
+    return 0;
+  }
   CUresult r = start();
   if (!strcmp(s, "config")) {
     CUdeviceptr p;
