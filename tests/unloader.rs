@@ -91,6 +91,16 @@ impl Card {
         cmd.output().unwrap()
     }
 
+    /// A worker of `priority` holding `mib` that unloads on SIGUSR1.
+    fn signalled(&self, name: &str, priority: &str, mib: u64) -> Proc {
+        self.worker(
+            name,
+            &["--priority", priority, "--unload-signal", "USR1"],
+            mib,
+            &[],
+        )
+    }
+
     /// Starts a worker holding `mib` and waits until it holds it and is listed.
     fn worker(&self, name: &str, flags: &[&str], mib: u64, extra: &[(&str, &str)]) -> Proc {
         let mut all = vec!["--name", name];
@@ -219,12 +229,7 @@ fn lower_priorities_unload_first_and_the_waiting_requester_succeeds() {
         300,
         &[("WORKER_PORT", &port)],
     );
-    let mut video = card.worker(
-        "video",
-        &["--priority", "2", "--unload-signal", "USR1"],
-        300,
-        &[],
-    );
+    let mut video = card.signalled("video", "2", 300);
     let mut unloader = card.unloader(&["--hook-timeout", "5s"]);
     // 848 MiB held; the requester's context leaves 160 MiB: 500 MiB needs both chat and video.
     let mut burst = card.request("burst", "5", "10s", "500", &[]);
@@ -270,12 +275,7 @@ fn lower_priorities_unload_first_and_the_waiting_requester_succeeds() {
 fn a_request_that_cannot_be_met_fails_fast_and_asks_nobody() {
     let card = Card::new("cannot");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 600, &[]);
-    let mut chat = card.worker(
-        "chat",
-        &["--priority", "1", "--unload-signal", "USR1"],
-        300,
-        &[],
-    );
+    let mut chat = card.signalled("chat", "1", 300);
     let mut unloader = card.unloader(&[]);
     let mut big = card.request("big", "5", "20s", "800", &[]);
     assert_eq!(
@@ -301,12 +301,7 @@ fn a_request_that_cannot_be_met_fails_fast_and_asks_nobody() {
 #[test]
 fn a_refusal_by_the_own_cap_asks_the_unloader_for_nothing_on_every_path() {
     let card = Card::new("own-cap");
-    let mut chat = card.worker(
-        "chat",
-        &["--priority", "1", "--unload-signal", "USR1"],
-        300,
-        &[],
-    );
+    let mut chat = card.signalled("chat", "1", 300);
     let mut unloader = card.unloader(&[]);
     for path in ["alloc", "async", "create"] {
         // 400 MiB would fit on the card, not under this requester's own 200 MiB cap.
@@ -355,12 +350,7 @@ fn a_hanging_hook_times_out_and_the_next_worker_is_asked() {
         300,
         &[("WORKER_PORT", &port), ("WORKER_HANG", "1")],
     );
-    let mut video = card.worker(
-        "video",
-        &["--priority", "2", "--unload-signal", "USR1"],
-        300,
-        &[],
-    );
+    let mut video = card.signalled("video", "2", 300);
     let mut unloader = card.unloader(&["--hook-timeout", "1s"]);
     let mut burst = card.request("burst", "5", "15s", "400", &[]);
     assert_eq!(
@@ -440,18 +430,8 @@ fn operator_commands_reclaim_unload_and_cleanup() {
         200,
         &[],
     );
-    let mut chat = card.worker(
-        "chat",
-        &["--priority", "1", "--unload-signal", "USR1"],
-        300,
-        &[],
-    );
-    let mut video = card.worker(
-        "video",
-        &["--priority", "2", "--unload-signal", "USR1"],
-        300,
-        &[],
-    );
+    let mut chat = card.signalled("chat", "1", 300);
+    let mut video = card.signalled("video", "2", 300);
     // 176 MiB free: 600 MiB needs both, chat first.
     let out = card.vramcap(&["reclaim", "--device", "0", "--bytes", "600MiB", "--dry-run"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -553,12 +533,7 @@ fn status_text(card: &Card) -> String {
 fn an_unhookable_worker_is_suspended_and_resumed_when_the_requester_leaves() {
     let card = Card::new("suspend");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 150, &[]);
-    let mut chat = card.worker(
-        "chat",
-        &["--priority", "1", "--unload-signal", "USR1"],
-        200,
-        &[],
-    );
+    let mut chat = card.signalled("chat", "1", 200);
     let mut video = card.worker(
         "video",
         &["--priority", "2", "--on-pressure", "suspend"],
