@@ -159,34 +159,27 @@ impl DeviceLedger {
         Some(self.cap.load(Relaxed)).filter(|&c| c != UNCAPPED)
     }
 
-    /// Adds `bytes` to `charged` if the sum stays within the cap (or always, for memory already taken),
-    /// in one compare-and-swap loop: the counter itself never shows more than the cap. A capped charge
-    /// comes out of the thread's stock when it can, and refills the stock when far from the cap.
-    /// Returns the new total.
-    fn try_add(&self, s: Stripe, bytes: u64, capped: bool) -> Result<u64, Refusal> {
+    /// Adds `bytes` to `charged` if the sum stays within the cap, in one compare-and-swap loop: the counter
+    /// itself never shows more than the cap. The charge comes out of the thread's stock (on stripe `s`)
+    /// when it can, and refills the stock when far from the cap. Returns the new total.
+    fn try_add(&self, s: Stripe, bytes: u64) -> Result<u64, Refusal> {
         if bytes == 0 {
             return Ok(self.charged.load(Relaxed));
         }
-        let cap = if capped {
-            self.cap.load(Relaxed)
-        } else {
-            u64::MAX
-        };
+        let cap = self.cap.load(Relaxed);
         let own = &self.shares[s.index()].stock;
-        if capped {
-            // A stock is only good while everything charged fits the cap: memory charged after the fact
-            // (`force`: a pool that grew, a measured context) can push the total past it, and then every
-            // reservation must face the cap again.
-            let total = self.charged.load(Relaxed);
-            if total <= cap {
-                if let Ok(before) = own.fetch_update(Relaxed, Relaxed, |s| s.checked_sub(bytes)) {
-                    self.note_total(total.saturating_sub(before - bytes));
-                    return Ok(total);
-                }
+        // A stock is only good while everything charged fits the cap: memory charged after the fact
+        // (`force`: a pool that grew, a measured context) can push the total past it, and then every
+        // reservation must face the cap again.
+        let total = self.charged.load(Relaxed);
+        if total <= cap {
+            if let Ok(before) = own.fetch_update(Relaxed, Relaxed, |s| s.checked_sub(bytes)) {
+                self.note_total(total.saturating_sub(before - bytes));
+                return Ok(total);
             }
         }
         let refill = |next: u64| {
-            if capped && next.saturating_add(BATCH + STOCK_FAR) <= cap {
+            if next.saturating_add(BATCH + STOCK_FAR) <= cap {
                 BATCH
             } else {
                 0
@@ -211,7 +204,7 @@ impl DeviceLedger {
                     return Ok(total);
                 }
                 // Other threads' stocks may hold what this charge needs.
-                Err(_) if capped && !drained => {
+                Err(_) if !drained => {
                     self.drain_stocks();
                     drained = true;
                 }
@@ -262,7 +255,7 @@ impl DeviceLedger {
 
     /// Reserves the context's memory (an estimate until measured) against the cap.
     pub fn reserve_context(&self, bytes: u64) -> Result<(), Refusal> {
-        self.try_add(stripe(), bytes, true)?;
+        self.try_add(stripe(), bytes)?;
         self.context.fetch_add(bytes, Relaxed);
         self.note_peak();
         Ok(())
@@ -291,7 +284,7 @@ impl DeviceLedger {
 
     /// [`DeviceLedger::reserve`] for a caller that already holds its thread's stripe.
     pub fn reserve_on(&self, s: Stripe, charge: Charge) -> Result<Reservation<'_>, Refusal> {
-        let total = self.try_add(s, charge.worst_case(), true)?;
+        let total = self.try_add(s, charge.worst_case())?;
         Ok(Reservation {
             ledger: self,
             stripe: s,
