@@ -207,8 +207,8 @@ row "concurrency 4 proc x 16 thr" "smi peak ${peak}MiB (cap 768) refusals $refus
 # the same CPUs, in ABBA order (which one runs first alternates: the first process of a pair was seen to
 # run slower, which a fixed order would charge to one side); the judged figure is the median of the
 # pairs' ratios, with the medians of each side beside it. Where the workload can be switched inside one
-# process (which pointer it calls), that comparison is made too, alternating rounds, so process-to-process
-# noise cannot enter.
+# process (which pointer it calls), the comparison is made there, in alternating rounds, so
+# process-to-process noise cannot enter.
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 PIN="taskset -c 2-5"
 ab() { # tag, pairs, command...: runs the pairs; their output lines go to $LOG/ab-TAG-{with,without}
@@ -246,16 +246,19 @@ same=$(echo "$la" | grep -o 'same_pointer=[01]' | cut -d= -f2)
 to=$(echo "$la" | grep -o 'launch_resolves_to=[^ ]*' | cut -d= -f2)
 ok=0; [ "$same" = 1 ] && [[ "$to" == libcuda.so* ]] && awk -v r="$r" 'BEGIN {exit !(r <= 1.01)}' && ok=1
 row "overhead: empty kernel launch" "$(echo "$la" | tr ' ' '\n' | grep -E 'launch_(seen|own)_us' | tr '\n' ' ')= ${r}x (target 1.00x); same pointer $same, from $to" "$ok"
-# cuMemAlloc+cuMemFree of 1 MiB: the same program in separate processes (judged), and inside one
-# process vramcap's wrappers against libcuda's own functions in alternating rounds.
+# cuMemAlloc+cuMemFree of 1 MiB. Processes on the lent H100 fall at random into a fast or a slow mode
+# (60-70 or 80-95 us a pair, the same binary, any CPU), so pairs of processes scatter by several percent
+# either way and cannot resolve 1%. Judged: inside one process, vramcap's wrappers against libcuda's own
+# functions in 400 alternating rounds of 100 pairs (the median ratio of neighbouring rounds). Shown beside
+# it: the same program with and without vramcap in 16 pairs of processes.
 ab alloc 16 "$B/gpu-probe" bench-alloc 1000
 figures alloc bench-alloc_us
-abl=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$B/gpu-probe" bench-alloc-ab 2000)
+abl=$(LD_PRELOAD=$LIB VRAMCAP_LIMIT=60GiB $PIN "$B/gpu-probe" bench-alloc-ab 100 400)
 echo "$abl" >>"$LOG/overhead.txt"
 inproc=$(echo "$abl" | grep -o 'ab_ratio=[0-9.]*' | cut -d= -f2)
 wrapped=$(echo "$abl" | grep -o 'wrapped=[01]' | cut -d= -f2)
-ok=$(awk -v r="$RATIO" -v w="$wrapped" 'BEGIN {print (w == 1 && r != "NA" && r <= 1.01) ? 1 : 0}')
-row "overhead: cuMemAlloc+Free 1MiB" "16 pairs: ${WITH} vs ${WITHOUT}us, median ratio ${RATIO}x (target <= 1.01x); in one process ${inproc}x" "$ok"
+ok=$(awk -v r="$inproc" -v w="$wrapped" 'BEGIN {print (w == 1 && r != "" && r <= 1.01) ? 1 : 0}')
+row "overhead: cuMemAlloc+Free 1MiB" "$(echo "$abl" | tr ' ' '\n' | grep -E 'ab_(hooked|direct)_us' | tr '\n' ' ')= ${inproc}x (target <= 1.01x); 16 process pairs ${WITH} vs ${WITHOUT}us, median ratio ${RATIO}x" "$ok"
 ab mlp 6 python3 "$B/py/mlp_step.py" 15
 figures mlp mlp_step_us
 ok=$(awk -v r="$RATIO" 'BEGIN {print (r != "NA" && r <= 1.005) ? 1 : 0}')

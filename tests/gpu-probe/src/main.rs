@@ -8,8 +8,8 @@
 //! - `gpu-probe bench-alloc N`: microseconds per 1 MiB cuMemAlloc+cuMemFree pair (fastest of 9 rounds of N).
 //! - `gpu-probe bench-launch-ab N`: in one process, alternating rounds of empty-kernel launches through
 //!   the `cuLaunchKernel` a program gets and through libcuda's own.
-//! - `gpu-probe bench-alloc-ab N`: in one process, alternating rounds of 1 MiB alloc+free through the
-//!   pointers a program gets (vramcap's, when preloaded) and through libcuda's own.
+//! - `gpu-probe bench-alloc-ab N [ROUNDS]`: in one process, alternating rounds of N 1 MiB alloc+free pairs
+//!   through the pointers a program gets (vramcap's, when preloaded) and through libcuda's own.
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUresult};
 use std::ffi::c_void;
@@ -383,9 +383,17 @@ fn resolved_in(name: &std::ffi::CStr) -> String {
     }
 }
 
+/// Medians of an A/B comparison: each side's median round, and the median ratio of rounds run next to
+/// each other (what drifts over seconds cancels in those).
+struct AbMedians {
+    a: f64,
+    b: f64,
+    ratio: f64,
+}
+
 /// Runs `a` and `b` (each returns microseconds per operation of one round) in alternating order, ABBA, so
-/// neither side always runs first; returns the median round of each.
-fn ab_medians(rounds: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (f64, f64) {
+/// neither side always runs first.
+fn ab_medians(rounds: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> AbMedians {
     a();
     b();
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
@@ -402,7 +410,12 @@ fn ab_medians(rounds: usize, mut a: impl FnMut() -> f64, mut b: impl FnMut() -> 
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    (median(ta), median(tb))
+    let ratios = ta.iter().zip(&tb).map(|(x, y)| x / y).collect();
+    AbMedians {
+        ratio: median(ratios),
+        a: median(ta),
+        b: median(tb),
+    }
 }
 
 type AllocFn = unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult;
@@ -429,10 +442,12 @@ fn alloc_pairs() -> ((AllocFn, FreeFn), (AllocFn, FreeFn)) {
     }
 }
 
-/// In one process, alternating rounds of 1 MiB alloc+free through vramcap's wrappers and straight into
-/// libcuda: both sides share the context, the GPU and the machine's moment, so the ratio is not at the
-/// mercy of process-to-process noise. Prints the median round of each and their ratio.
-fn bench_alloc_ab(n: u32) {
+/// In one process, `rounds` alternating rounds of `n` 1 MiB alloc+free pairs through vramcap's wrappers and
+/// straight into libcuda: both sides share the context, the GPU and the machine's moment, so the ratio is
+/// not at the mercy of process-to-process noise (processes on the lent H100 fall into a fast or a slow
+/// mode at random, 60-70 or 80-95 us a pair). Prints the median round of each and the median ratio of
+/// neighbouring rounds.
+fn bench_alloc_ab(n: u32, rounds: usize) {
     init_context();
     let (hooked, direct) = alloc_pairs();
     let round = |(alloc, free): (AllocFn, FreeFn)| {
@@ -447,11 +462,13 @@ fn bench_alloc_ab(n: u32) {
         }
         t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
     };
-    let (best_hooked, best_direct) = ab_medians(30, || round(hooked), || round(direct));
+    let m = ab_medians(rounds, || round(hooked), || round(direct));
     let wrapped = hooked.0 as usize != direct.0 as usize;
     println!(
-        "ab_hooked_us={best_hooked:.4} ab_direct_us={best_direct:.4} ab_ratio={:.4} wrapped={}",
-        best_hooked / best_direct,
+        "ab_hooked_us={:.4} ab_direct_us={:.4} ab_ratio={:.4} wrapped={}",
+        m.a,
+        m.b,
+        m.ratio,
         u8::from(wrapped)
     );
 }
@@ -526,10 +543,12 @@ fn bench_launch_ab(n: u32) {
         unsafe { ok(sys::cuCtxSynchronize(), "synchronize") };
         t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
     };
-    let (best_seen, best_own) = ab_medians(30, || round(seen_fn), || round(own_fn));
+    let m = ab_medians(30, || round(seen_fn), || round(own_fn));
     println!(
-        "launch_seen_us={best_seen:.4} launch_own_us={best_own:.4} launch_ratio={:.4} same_pointer={} launch_resolves_to={}",
-        best_seen / best_own,
+        "launch_seen_us={:.4} launch_own_us={:.4} launch_ratio={:.4} same_pointer={} launch_resolves_to={}",
+        m.a,
+        m.b,
+        m.ratio,
         u8::from(seen == own),
         resolved_in(c"cuLaunchKernel")
     );
@@ -568,14 +587,16 @@ fn main() {
             bench_launch_ab(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000))
         }
         Some("bench-alloc-ab") => {
-            bench_alloc_ab(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2_000))
+            let arg =
+                |i: usize, default| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+            bench_alloc_ab(arg(2, 2_000) as u32, arg(3, 30))
         }
         Some("bench-alloc") => {
             bench_alloc(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5_000))
         }
         _ => {
             eprintln!(
-                "usage: gpu-probe pattern NAME HOLD_FILE | bench-alloc N | bench-alloc-ab N | bench-launch-ab N"
+                "usage: gpu-probe pattern NAME HOLD_FILE | bench-alloc N | bench-alloc-ab N [ROUNDS] | bench-launch-ab N"
             );
             std::process::exit(2);
         }
