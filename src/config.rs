@@ -369,6 +369,11 @@ pub fn parse_http_url(text: &str) -> Result<(String, u16, String), String> {
     Ok((host.to_string(), port, path.to_string()))
 }
 
+/// A GPU UUID as text, spelled as [`format_uuid`] spells it (NVML prints `GPU-` and hex in either case).
+pub fn canonical_uuid(text: &str) -> String {
+    text.to_ascii_lowercase().replace("gpu-", "GPU-")
+}
+
 /// Formats a 16-byte CUDA UUID the way nvidia-smi does: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -9,8 +9,6 @@
 /// A worker as the unloader sees it on one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Worker {
-    pub pid: u32,
-    pub name: String,
     pub priority: i32,
     pub protected: bool,
     /// Bytes it holds on the device in question.
@@ -75,10 +73,8 @@ mod tests {
 
     const GB: u64 = 1_000_000_000;
 
-    fn worker(name: &str, priority: i32, protected: bool, held: u64) -> Worker {
+    fn worker(priority: i32, protected: bool, held: u64) -> Worker {
         Worker {
-            pid: 0,
-            name: name.into(),
             priority,
             protected,
             held,
@@ -88,11 +84,10 @@ mod tests {
 
     /// The example: a protected image worker, chat below video, on a 48 GB card.
     fn card() -> Vec<Worker> {
-        vec![
-            worker("image", 10, true, 10 * GB),
-            worker("chat", 1, false, 15 * GB),
-            worker("video", 2, false, 30 * GB),
-        ]
+        let image = worker(10, true, 10 * GB);
+        let chat = worker(1, false, 15 * GB);
+        let video = worker(2, false, 30 * GB);
+        vec![image, chat, video]
     }
 
     #[test]
@@ -127,9 +122,9 @@ mod tests {
     #[test]
     fn largest_holder_first_among_equals_and_only_those_that_can_unload() {
         let mut w = vec![
-            worker("a", 1, false, GB),
-            worker("b", 1, false, 3 * GB),
-            worker("c", 1, false, 2 * GB),
+            worker(1, false, GB),
+            worker(1, false, 3 * GB),
+            worker(1, false, 2 * GB),
         ];
         assert_eq!(plan_reclaim(&w, 2, 4 * GB).victims, vec![1, 2]);
         w[1].can_unload = false;
@@ -143,8 +138,8 @@ mod tests {
             requester in 0i32..6,
             needed in 0u64..300,
         ) {
-            let workers: Vec<Worker> = ws.iter().enumerate().map(|(i, &(p, prot, held, can))| Worker {
-                pid: i as u32, name: format!("w{i}"), priority: p, protected: prot, held, can_unload: can,
+            let workers: Vec<Worker> = ws.iter().map(|&(p, prot, held, can)| Worker {
+                priority: p, protected: prot, held, can_unload: can,
             }).collect();
             let plan = plan_reclaim(&workers, requester, needed);
             let mut freed = 0;

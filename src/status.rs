@@ -1,7 +1,7 @@
 //! What `vramcap status` and `vramcap watch` show: every capped process's figures from the shared
 //! segment, beside NVML's physical and per-process figures where NVML is present.
 
-use crate::config::format_uuid;
+use crate::config::{canonical_uuid, format_uuid};
 use crate::shm::{live_slots, text, Segment, VRAMCAP_FLAG_PROTECTED};
 use crate::size::HumanBytes;
 use nvml_wrapper::Nvml;
@@ -82,11 +82,7 @@ fn nvml_view() -> Result<NvmlView, String> {
     };
     for i in 0..count {
         let d = nvml.device_by_index(i).map_err(|e| e.to_string())?;
-        let uuid = d
-            .uuid()
-            .map_err(|e| e.to_string())?
-            .to_ascii_lowercase()
-            .replace("gpu-", "GPU-");
+        let uuid = canonical_uuid(&d.uuid().map_err(|e| e.to_string())?);
         let mem = d.memory_info().map_err(|e| e.to_string())?;
         view.devices.push(PhysicalDevice {
             uuid: uuid.clone(),

@@ -8,7 +8,8 @@ mod watch;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
-use vramcap::config::{parse_duration, parse_limit, Limit};
+use unloader::Unloader;
+use vramcap::config::{canonical_uuid, parse_duration, parse_limit, Limit};
 use vramcap::shm::{segment_path, Segment, ShmError};
 use vramcap::size::{human, Size};
 use vramcap::size::{parse_size, HumanBytes};
@@ -151,6 +152,12 @@ fn describe(size: Size) -> String {
     }
 }
 
+/// The unloader for a one-off command, on the segment opened `writable`.
+fn open_unloader(opts: unloader::Options, writable: bool) -> Result<Unloader, ExitCode> {
+    let (seg, _) = open_segment_as(writable)?;
+    Ok(Unloader::new(seg, opts))
+}
+
 /// Exit codes: 0 fine, 1 no segment (no capped process has started), 2 a segment refused or bad input.
 fn open_segment() -> Result<(Segment, String), ExitCode> {
     open_segment_as(false)
@@ -220,11 +227,10 @@ fn main() -> ExitCode {
                 Ok(o) => o,
                 Err(code) => return code,
             };
-            let (seg, _) = match open_segment_as(true) {
-                Ok(s) => s,
+            match open_unloader(opts, true) {
+                Ok(u) => u.run(),
                 Err(code) => return code,
-            };
-            unloader::run(&seg, &opts);
+            }
             ExitCode::SUCCESS
         }
         Cmd::Reclaim {
@@ -277,16 +283,14 @@ fn reclaim(
             return ExitCode::from(2);
         }
     };
-    let (seg, _) = match open_segment_as(true) {
-        Ok(s) => s,
+    let u = match open_unloader(opts, true) {
+        Ok(u) => u,
         Err(code) => return code,
     };
-    let log = unloader::Log::new();
-    let mem = unloader::Memory::open(opts.nvml, &log);
     let uuid = if device.to_ascii_lowercase().starts_with("gpu-") {
-        device.to_ascii_lowercase().replace("gpu-", "GPU-")
+        canonical_uuid(device)
     } else {
-        match device.parse::<u32>().ok().and_then(|i| mem.uuid_of(i)) {
+        match device.parse::<u32>().ok().and_then(|i| u.uuid_of(i)) {
             Some(u) => u,
             None => {
                 eprintln!("vramcap: --device {device:?}: no such NVML device (give GPU-<uuid> without NVML)");
@@ -296,7 +300,7 @@ fn reclaim(
     };
     let (priority, requester) = match for_name {
         None => (i32::MAX, None),
-        Some(name) => match unloader::workers(&seg).into_iter().find(|w| w.name == name) {
+        Some(name) => match u.workers().into_iter().find(|w| w.name == name) {
             Some(w) => (w.priority, Some(w.slot)),
             None => {
                 eprintln!("vramcap: --for {name:?}: no such worker");
@@ -304,10 +308,7 @@ fn reclaim(
             }
         },
     };
-    let sus = unloader::Suspender::default();
-    let outcome = unloader::reclaim(
-        &seg, &mem, &opts, &log, &uuid, bytes, priority, requester, dry_run, &sus,
-    );
+    let outcome = u.reclaim(&uuid, bytes, priority, requester, dry_run);
     println!(
         "{}: {} {} by asking [{}]",
         if outcome.enough {
@@ -332,13 +333,12 @@ fn unload(name: Option<&str>, hooks: &HookArgs) -> ExitCode {
         Ok(o) => o,
         Err(code) => return code,
     };
-    let (seg, _) = match open_segment() {
-        Ok(s) => s,
+    let u = match open_unloader(opts, false) {
+        Ok(u) => u,
         Err(code) => return code,
     };
-    let log = unloader::Log::new();
-    let mem = unloader::Memory::open(opts.nvml, &log);
-    let chosen: Vec<_> = unloader::workers(&seg)
+    let chosen: Vec<_> = u
+        .workers()
         .into_iter()
         .filter(|w| match name {
             Some(n) => w.name == n,
@@ -361,7 +361,7 @@ fn unload(name: Option<&str>, hooks: &HookArgs) -> ExitCode {
     let mut failed = false;
     let mut freed = 0;
     for w in &chosen {
-        match unloader::unload_one(&seg, &mem, w, &opts, &log) {
+        match u.unload_one(w) {
             Ok(b) => freed += b,
             Err(e) => {
                 eprintln!("vramcap: {e}");
@@ -388,16 +388,18 @@ fn suspend_or_resume(name: &str, suspend: bool, hooks: &HookArgs) -> ExitCode {
         Ok(o) => o,
         Err(code) => return code,
     };
-    let (seg, _) = match open_segment_as(true) {
-        Ok(s) => s,
+    // Suspending and resuming look at no device's free memory: NVML stays closed.
+    let u = match open_unloader(
+        unloader::Options {
+            nvml: false,
+            ..opts
+        },
+        true,
+    ) {
+        Ok(u) => u,
         Err(code) => return code,
     };
-    let log = unloader::Log::new();
-    let sus = unloader::Suspender::default();
-    let chosen: Vec<_> = unloader::workers(&seg)
-        .into_iter()
-        .filter(|w| w.name == name)
-        .collect();
+    let chosen: Vec<_> = u.workers().into_iter().filter(|w| w.name == name).collect();
     if chosen.is_empty() {
         eprintln!("vramcap: no worker named {name:?}");
         return ExitCode::from(2);
@@ -405,7 +407,7 @@ fn suspend_or_resume(name: &str, suspend: bool, hooks: &HookArgs) -> ExitCode {
     let mut failed = false;
     for w in &chosen {
         let done = if suspend {
-            unloader::suspend_one(&seg, w, &opts, &log, &sus).map(|b| {
+            u.suspend_one(w).map(|b| {
                 println!(
                     "{}: suspended, {} in host memory",
                     w.describe(),
@@ -415,7 +417,7 @@ fn suspend_or_resume(name: &str, suspend: bool, hooks: &HookArgs) -> ExitCode {
         } else if w.suspended.is_none() {
             Err(format!("{} is not suspended", w.describe()))
         } else {
-            unloader::resume_one(&seg, w, &log, &sus)
+            u.resume_one(w)
                 .map(|()| println!("{}: resumed", w.describe()))
         };
         if let Err(e) = done {

@@ -12,10 +12,10 @@ use crate::hooks::{ask, Hook};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use vramcap::config::format_uuid;
+use vramcap::config::{canonical_uuid, format_uuid};
 use vramcap::policy::{plan_reclaim, reclaim_order, Worker};
 use vramcap::shm::{
-    live_slots, process_alive, text, Segment, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
+    live_slots, process_alive, text, Segment, VramcapDevice, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
     VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE, VRAMCAP_UNLOAD_NONE,
 };
 use vramcap::size::HumanBytes;
@@ -35,7 +35,7 @@ const RESUME_MARGIN: u64 = 128 << 20;
 
 /// The checkpoint API, opened on first use (most unloaders never suspend anyone).
 #[derive(Default)]
-pub struct Suspender {
+struct Suspender {
     api: std::cell::OnceCell<Result<Checkpoint, String>>,
 }
 
@@ -49,14 +49,14 @@ impl Suspender {
 }
 
 /// The log's clock: seconds since the unloader started.
-pub struct Log(Instant);
+struct Log(Instant);
 
 impl Log {
-    pub fn new() -> Log {
+    fn new() -> Log {
         Log(Instant::now())
     }
 
-    pub fn line(&self, text: impl std::fmt::Display) {
+    fn line(&self, text: impl std::fmt::Display) {
         eprintln!(
             "vramcap unloader [{:8.3}s] {text}",
             self.0.elapsed().as_secs_f64()
@@ -65,12 +65,12 @@ impl Log {
 }
 
 /// Each device's free memory, from NVML (absent: unknown, and the unloader frees what was asked).
-pub struct Memory {
+struct Memory {
     nvml: Option<nvml_wrapper::Nvml>,
 }
 
 impl Memory {
-    pub fn open(use_nvml: bool, log: &Log) -> Memory {
+    fn open(use_nvml: bool, log: &Log) -> Memory {
         let nvml = use_nvml
             .then(|| match nvml_wrapper::Nvml::init() {
                 Ok(n) => Some(n),
@@ -85,17 +85,17 @@ impl Memory {
         Memory { nvml }
     }
 
-    pub fn free(&self, uuid: &str) -> Option<u64> {
+    fn free(&self, uuid: &str) -> Option<u64> {
         let nvml = self.nvml.as_ref()?;
         let d = nvml.device_by_uuid(uuid).ok()?;
         d.memory_info().ok().map(|m| m.free)
     }
 
     /// The UUID of NVML's device `index`.
-    pub fn uuid_of(&self, index: u32) -> Option<String> {
+    fn uuid_of(&self, index: u32) -> Option<String> {
         let nvml = self.nvml.as_ref()?;
         let uuid = nvml.device_by_index(index).ok()?.uuid().ok()?;
-        Some(uuid.to_ascii_lowercase().replace("gpu-", "GPU-"))
+        Some(canonical_uuid(&uuid))
     }
 }
 
@@ -138,14 +138,7 @@ impl Seen {
                 .devices
                 .iter()
                 .filter(|d| d.uuid != [0; 16])
-                .map(|d| {
-                    let held = if s.suspended_unix_ms != 0 {
-                        0
-                    } else {
-                        d.charged.saturating_sub(d.context)
-                    };
-                    (format_uuid(&d.uuid), held)
-                })
+                .map(|d| (format_uuid(&d.uuid), held(s, d)))
                 .collect(),
             charged: s
                 .devices
@@ -184,12 +177,18 @@ impl Seen {
     }
 }
 
-/// Every worker in the segment.
-pub fn workers(seg: &Segment) -> Vec<Seen> {
-    live_slots(seg)
-        .iter()
-        .map(|(i, s)| Seen::of(*i, s))
-        .collect()
+/// What `s` holds on device `d` beyond its context (what unloading can free); nothing while suspended.
+fn held(s: &VramcapSlot, d: &VramcapDevice) -> u64 {
+    if s.suspended_unix_ms != 0 {
+        0
+    } else {
+        d.charged.saturating_sub(d.context)
+    }
+}
+
+/// The figures of `s` on the device `uuid`, if it has any there.
+fn device_of<'a>(s: &'a VramcapSlot, uuid: &str) -> Option<&'a VramcapDevice> {
+    s.devices.iter().find(|d| format_uuid(&d.uuid) == uuid)
 }
 
 /// What one reclaim did.
@@ -200,166 +199,411 @@ pub struct Outcome {
     pub asked: Vec<String>,
 }
 
-/// Current non-context usage of `slot` on `uuid`; 0 if the process is gone.
-fn held_now(seg: &Segment, w: &Seen, uuid: &str) -> u64 {
-    match seg.read(w.slot) {
-        Some(s) if s.pid == w.pid => Seen::of(w.slot, &s).held.get(uuid).copied().unwrap_or(0),
-        _ => 0,
-    }
+/// What every unloader action works with: the segment, the options, the log's clock, each device's free
+/// memory and the checkpoint API.
+pub struct Unloader {
+    seg: Segment,
+    opts: Options,
+    log: Log,
+    mem: Memory,
+    sus: Suspender,
 }
 
-/// Frees `bytes` on `uuid` for a requester of `priority` (its own slot `requester` excluded): plans with
-/// `vramcap::policy`, asks each victim in turn, and stops once the device has room (or, without NVML,
-/// once the victims freed what was missing).
-#[allow(clippy::too_many_arguments)]
-pub fn reclaim(
-    seg: &Segment,
-    mem: &Memory,
-    opts: &Options,
-    log: &Log,
-    uuid: &str,
-    bytes: u64,
-    priority: i32,
-    requester: Option<usize>,
-    dry_run: bool,
-    sus: &Suspender,
-) -> Outcome {
-    let free = mem.free(uuid);
-    let need = bytes.saturating_sub(free.unwrap_or(0));
-    let room = |mem: &Memory, freed: u64| match mem.free(uuid) {
-        Some(f) => f >= bytes,
-        None => freed >= need,
-    };
-    if need == 0 {
-        log.line(format_args!(
-            "{} free on {uuid} already covers {}",
-            HumanBytes(free.unwrap_or(0)),
-            HumanBytes(bytes)
-        ));
-        return Outcome {
-            enough: true,
-            ..Outcome::default()
+impl Unloader {
+    pub fn new(seg: Segment, opts: Options) -> Unloader {
+        let log = Log::new();
+        let mem = Memory::open(opts.nvml, &log);
+        Unloader {
+            seg,
+            opts,
+            log,
+            mem,
+            sus: Suspender::default(),
+        }
+    }
+
+    /// Every worker in the segment.
+    pub fn workers(&self) -> Vec<Seen> {
+        live_slots(&self.seg)
+            .iter()
+            .map(|(i, s)| Seen::of(*i, s))
+            .collect()
+    }
+
+    /// The UUID of NVML's device `index`.
+    pub fn uuid_of(&self, index: u32) -> Option<String> {
+        self.mem.uuid_of(index)
+    }
+
+    /// Current non-context usage of `w` on `uuid`; 0 if the process is gone.
+    fn held_now(&self, w: &Seen, uuid: &str) -> u64 {
+        match self.seg.read(w.slot) {
+            Some(s) if s.pid == w.pid => device_of(&s, uuid).map_or(0, |d| held(&s, d)),
+            _ => 0,
+        }
+    }
+
+    /// Frees `bytes` on `uuid` for a requester of `priority` (its own slot `requester` excluded): plans
+    /// with `vramcap::policy`, asks each victim in turn, and stops once the device has room (or, without
+    /// NVML, once the victims freed what was missing).
+    pub fn reclaim(
+        &self,
+        uuid: &str,
+        bytes: u64,
+        priority: i32,
+        requester: Option<usize>,
+        dry_run: bool,
+    ) -> Outcome {
+        let (mem, log) = (&self.mem, &self.log);
+        let free = mem.free(uuid);
+        let need = bytes.saturating_sub(free.unwrap_or(0));
+        let room = |freed: u64| match mem.free(uuid) {
+            Some(f) => f >= bytes,
+            None => freed >= need,
         };
-    }
-    let mut seen: Vec<Seen> = Vec::new();
-    for w in workers(seg) {
-        if Some(w.slot) == requester || !w.held.contains_key(uuid) {
-            continue;
-        }
-        match w.unverified() {
-            Some(why) => log.line(format_args!("ignoring {}: {why}", w.describe())),
-            None => seen.push(w),
-        }
-    }
-    let candidates: Vec<Worker> = seen
-        .iter()
-        .map(|w| Worker {
-            pid: w.pid,
-            name: w.name.clone(),
-            priority: w.priority,
-            protected: w.protected,
-            held: w.held.get(uuid).copied().unwrap_or(0),
-            can_unload: w.hook.is_some() || w.suspendable,
-        })
-        .collect();
-    let plan = plan_reclaim(&candidates, priority, need);
-    // All of them, in the policy's order, in case a victim fails to free what it holds.
-    let order = reclaim_order(&candidates, priority);
-    let names: Vec<String> = plan.victims.iter().map(|&i| seen[i].describe()).collect();
-    log.line(format_args!(
-        "{} needed on {uuid} ({} free): {} by asking [{}]",
-        HumanBytes(bytes),
-        free.map_or("unknown".into(), |f| HumanBytes(f).to_string()),
-        if plan.enough {
-            format!("{} can be freed", HumanBytes(plan.freed))
-        } else {
-            format!(
-                "only {} of the missing {} can be freed",
-                HumanBytes(plan.freed),
-                HumanBytes(need)
-            )
-        },
-        names.join(", ")
-    ));
-    let mut outcome = Outcome::default();
-    if !plan.enough || dry_run {
-        outcome.enough = plan.enough;
-        outcome.freed = plan.freed;
-        outcome.asked = names;
-        return outcome;
-    }
-    for i in order {
-        let w = &seen[i];
-        let before = held_now(seg, w, uuid);
-        if before == 0 {
-            continue;
-        }
-        outcome.asked.push(w.describe());
-        let start = Instant::now();
-        let mut freed = 0;
-        // The worker's own hook first; suspension when it has none, or its memory did not fall in time.
-        if let Some(hook) = &w.hook {
+        if need == 0 {
             log.line(format_args!(
-                "asking {} to unload (holds {} on {uuid}) by {hook}",
-                w.describe(),
-                HumanBytes(before)
+                "{} free on {uuid} already covers {}",
+                HumanBytes(free.unwrap_or(0)),
+                HumanBytes(bytes)
             ));
-            match ask(hook, w.pid, &w.name, opts) {
-                Err(e) => log.line(format_args!("{}: the hook failed: {e}", w.describe())),
-                Ok(()) => {
-                    let after = wait_for_fall(seg, mem, w, uuid, before, bytes, opts.hook_timeout);
-                    freed = before.saturating_sub(after);
-                    log.line(format_args!(
-                        "{} freed {} in {:.3}s",
-                        w.describe(),
-                        HumanBytes(freed),
-                        start.elapsed().as_secs_f64()
-                    ));
-                }
+            return Outcome {
+                enough: true,
+                ..Outcome::default()
+            };
+        }
+        let mut seen: Vec<Seen> = Vec::new();
+        for w in self.workers() {
+            if Some(w.slot) == requester || !w.held.contains_key(uuid) {
+                continue;
+            }
+            match w.unverified() {
+                Some(why) => log.line(format_args!("ignoring {}: {why}", w.describe())),
+                None => seen.push(w),
             }
         }
-        if freed == 0 && w.suspendable && suspend_one(seg, w, opts, log, sus).is_ok() {
-            freed = before;
+        let candidates: Vec<Worker> = seen
+            .iter()
+            .map(|w| Worker {
+                priority: w.priority,
+                protected: w.protected,
+                held: w.held.get(uuid).copied().unwrap_or(0),
+                can_unload: w.hook.is_some() || w.suspendable,
+            })
+            .collect();
+        let plan = plan_reclaim(&candidates, priority, need);
+        // All of them, in the policy's order, in case a victim fails to free what it holds.
+        let order = reclaim_order(&candidates, priority);
+        let names: Vec<String> = plan.victims.iter().map(|&i| seen[i].describe()).collect();
+        log.line(format_args!(
+            "{} needed on {uuid} ({} free): {} by asking [{}]",
+            HumanBytes(bytes),
+            free.map_or("unknown".into(), |f| HumanBytes(f).to_string()),
+            if plan.enough {
+                format!("{} can be freed", HumanBytes(plan.freed))
+            } else {
+                format!(
+                    "only {} of the missing {} can be freed",
+                    HumanBytes(plan.freed),
+                    HumanBytes(need)
+                )
+            },
+            names.join(", ")
+        ));
+        let mut outcome = Outcome::default();
+        if !plan.enough || dry_run {
+            outcome.enough = plan.enough;
+            outcome.freed = plan.freed;
+            outcome.asked = names;
+            return outcome;
         }
-        outcome.freed += freed;
-        if room(mem, outcome.freed) {
-            outcome.enough = true;
-            break;
+        for i in order {
+            let w = &seen[i];
+            let before = self.held_now(w, uuid);
+            if before == 0 {
+                continue;
+            }
+            outcome.asked.push(w.describe());
+            let start = Instant::now();
+            let mut freed = 0;
+            // The worker's own hook first; suspension when it has none, or its memory did not fall in time.
+            if let Some(hook) = &w.hook {
+                log.line(format_args!(
+                    "asking {} to unload (holds {} on {uuid}) by {hook}",
+                    w.describe(),
+                    HumanBytes(before)
+                ));
+                match ask(hook, w.pid, &w.name, &self.opts) {
+                    Err(e) => log.line(format_args!("{}: the hook failed: {e}", w.describe())),
+                    Ok(()) => {
+                        let after = self.wait_for_fall(w, uuid, before, bytes);
+                        freed = before.saturating_sub(after);
+                        log.line(format_args!(
+                            "{} freed {} in {:.3}s",
+                            w.describe(),
+                            HumanBytes(freed),
+                            start.elapsed().as_secs_f64()
+                        ));
+                    }
+                }
+            }
+            if freed == 0 && w.suspendable && self.suspend_one(w).is_ok() {
+                freed = before;
+            }
+            outcome.freed += freed;
+            if room(outcome.freed) {
+                outcome.enough = true;
+                break;
+            }
+        }
+        outcome.enough = outcome.enough || room(outcome.freed);
+        outcome
+    }
+
+    /// Waits until `w`'s usage on `uuid` has fallen (to a tenth, or it stopped falling for half a second
+    /// after a drop), the device has room for `wanted`, or the hook timeout passed; returns its usage then.
+    fn wait_for_fall(&self, w: &Seen, uuid: &str, before: u64, wanted: u64) -> u64 {
+        let start = Instant::now();
+        let mut last = before;
+        let mut still_since = Instant::now();
+        loop {
+            let now = self.held_now(w, uuid);
+            if now != last {
+                last = now;
+                still_since = Instant::now();
+            }
+            let fell = now < before;
+            if now <= before / 10
+                || (fell && still_since.elapsed() > Duration::from_millis(500))
+                || (fell && self.mem.free(uuid).is_some_and(|f| f >= wanted))
+                || start.elapsed() >= self.opts.hook_timeout
+            {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
-    outcome.enough = outcome.enough || room(mem, outcome.freed);
-    outcome
-}
 
-/// Waits until `w`'s usage on `uuid` has fallen (to a tenth, or it stopped falling for half a second
-/// after a drop), the device has room for `wanted`, or `timeout` passed; returns its usage then.
-fn wait_for_fall(
-    seg: &Segment,
-    mem: &Memory,
-    w: &Seen,
-    uuid: &str,
-    before: u64,
-    wanted: u64,
-    timeout: Duration,
-) -> u64 {
-    let start = Instant::now();
-    let mut last = before;
-    let mut still_since = Instant::now();
-    loop {
-        let now = held_now(seg, w, uuid);
-        if now != last {
-            last = now;
-            still_since = Instant::now();
+    /// The daemon: serves requests until SIGTERM or SIGINT.
+    pub fn run(&self) {
+        let (seg, log) = (&self.seg, &self.log);
+        // SAFETY: installs a handler that only stores to an atomic (async-signal-safe).
+        unsafe {
+            libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
         }
-        let fell = now < before;
-        if now <= before / 10
-            || (fell && still_since.elapsed() > Duration::from_millis(500))
-            || (fell && mem.free(uuid).is_some_and(|f| f >= wanted))
-            || start.elapsed() >= timeout
-        {
-            return now;
+        let mut served: Vec<Served> = Vec::new();
+        log.line(format_args!(
+            "watching (poll {:?}, hook timeout {:?}{})",
+            self.opts.poll,
+            self.opts.hook_timeout,
+            if self.opts.allow_remote {
+                ", remote URLs allowed"
+            } else {
+                ""
+            }
+        ));
+        while !STOP.load(Ordering::SeqCst) {
+            for (slot, s) in live_slots(seg) {
+                let Some(req) = seg.pending_request(slot) else {
+                    continue;
+                };
+                let uuid = format_uuid(&req.uuid);
+                let who = Seen::of(slot, &s);
+                log.line(format_args!(
+                    "request from {} for {} on {uuid}",
+                    who.describe(),
+                    HumanBytes(req.bytes)
+                ));
+                let start = Instant::now();
+                let outcome = self.reclaim(&uuid, req.bytes, s.priority, Some(slot), false);
+                let answer = if outcome.enough {
+                    VRAMCAP_ANSWER_FREED
+                } else {
+                    VRAMCAP_ANSWER_CANNOT
+                };
+                seg.answer(slot, req.seq, answer);
+                if outcome.enough {
+                    served.push(Served {
+                        uuid: uuid.clone(),
+                        slot,
+                        pid: s.pid,
+                        charged_before: charged_on(&s, &uuid),
+                        bytes: req.bytes,
+                        at: Instant::now(),
+                    });
+                }
+                log.line(format_args!(
+                    "answered {}: {} after {:.3}s ({} freed by asking {})",
+                    who.describe(),
+                    if outcome.enough {
+                        "memory freed, retry"
+                    } else {
+                        "cannot free enough"
+                    },
+                    start.elapsed().as_secs_f64(),
+                    HumanBytes(outcome.freed),
+                    if outcome.asked.is_empty() {
+                        "nobody".into()
+                    } else {
+                        outcome.asked.join(", ")
+                    }
+                ));
+            }
+            served.retain(|r| !r.settled(seg));
+            self.resume_ready(&served);
+            std::thread::sleep(self.opts.poll);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        log.line("stopping");
+    }
+
+    /// Why worker `w` cannot be suspended now, if it cannot.
+    fn unsuspendable(&self, w: &Seen) -> Option<String> {
+        if w.protected {
+            return Some("it is protected".into());
+        }
+        if let Some(why) = w.unverified() {
+            return Some(why);
+        }
+        if w.suspended.is_some() {
+            return Some("it is suspended already".into());
+        }
+        if w.host_pid != 0 {
+            return Some(format!(
+                "it runs in another PID namespace (host PID {}), which the checkpoint API cannot reach from here",
+                w.host_pid
+            ));
+        }
+        let moving: u64 = w.charged.values().sum();
+        let keep = self.opts.min_host_free;
+        match host_available() {
+            None => Some("host memory is unknown (/proc/meminfo)".into()),
+            Some(avail) if avail < moving.saturating_add(keep) => Some(format!(
+                "its {} would not fit in host memory: {} available, keeping {} free",
+                HumanBytes(moving),
+                HumanBytes(avail),
+                HumanBytes(keep)
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// Suspends `w` (lock + checkpoint) and marks its slot; returns the bytes moved to host memory.
+    pub fn suspend_one(&self, w: &Seen) -> Result<u64, String> {
+        let log = &self.log;
+        let refuse = |why: String| {
+            log.line(format_args!("not suspending {}: {why}", w.describe()));
+            Err(why)
+        };
+        if let Some(why) = self.unsuspendable(w) {
+            return refuse(why);
+        }
+        let api = match self.sus.api() {
+            Ok(api) => api,
+            Err(why) => return refuse(why),
+        };
+        let moving: u64 = w.charged.values().sum();
+        log.line(format_args!(
+            "suspending {}: moving {} to host memory",
+            w.describe(),
+            HumanBytes(moving)
+        ));
+        let start = Instant::now();
+        if let Err(why) = api.suspend(w.pid, self.opts.hook_timeout) {
+            return refuse(why);
+        }
+        self.seg.mark_suspended(w.slot, w.pid, Some(moving));
+        log.line(format_args!(
+            "suspended {} in {:.3}s: {} moved to host",
+            w.describe(),
+            start.elapsed().as_secs_f64(),
+            HumanBytes(moving)
+        ));
+        Ok(moving)
+    }
+
+    /// Resumes `w` (restore + unlock) and clears the mark in its slot.
+    pub fn resume_one(&self, w: &Seen) -> Result<(), String> {
+        if let Some(why) = w.unverified() {
+            return Err(why);
+        }
+        let api = self.sus.api()?;
+        let start = Instant::now();
+        self.log.line(format_args!("resuming {}", w.describe()));
+        if let Err(why) = api.resume(w.pid) {
+            self.log
+                .line(format_args!("cannot resume {}: {why}", w.describe()));
+            return Err(why);
+        }
+        self.seg.mark_suspended(w.slot, w.pid, None);
+        self.log.line(format_args!(
+            "resumed {} in {:.3}s: {} back on the device",
+            w.describe(),
+            start.elapsed().as_secs_f64(),
+            HumanBytes(w.suspended.map_or(0, |(_, b)| b))
+        ));
+        Ok(())
+    }
+
+    /// Brings suspended workers back, highest priority first, while their memory fits beside everyone's
+    /// (so no running worker is pushed out) and no request is waiting on their devices.
+    fn resume_ready(&self, served: &[Served]) {
+        let all = self.workers();
+        let mut suspended: Vec<&Seen> = all.iter().filter(|w| w.suspended.is_some()).collect();
+        if suspended.is_empty() {
+            return;
+        }
+        let pending: Vec<String> = all
+            .iter()
+            .filter_map(|w| self.seg.pending_request(w.slot))
+            .map(|r| format_uuid(&r.uuid))
+            .collect();
+        suspended.sort_by_key(|w| std::cmp::Reverse(w.priority));
+        for w in suspended {
+            if w.unverified().is_some() {
+                continue;
+            }
+            let fits = w.charged.iter().all(|(uuid, bytes)| {
+                !pending.contains(uuid)
+                    && !served.iter().any(|r| &r.uuid == uuid)
+                    && self
+                        .mem
+                        .free(uuid)
+                        .is_some_and(|f| f >= bytes.saturating_add(RESUME_MARGIN))
+            });
+            // Strictly by priority: a lower one never goes ahead of a higher one still waiting for room.
+            if !fits || self.resume_one(w).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Asks one verified worker to unload and waits for its usage to fall on every device; returns the
+    /// bytes freed.
+    pub fn unload_one(&self, w: &Seen) -> Result<u64, String> {
+        if let Some(why) = w.unverified() {
+            return Err(format!("not asking {}: {why}", w.describe()));
+        }
+        let hook = w
+            .hook
+            .as_ref()
+            .ok_or_else(|| format!("{} declared no way to unload", w.describe()))?;
+        self.log
+            .line(format_args!("asking {} to unload by {hook}", w.describe()));
+        let before: BTreeMap<String, u64> = w
+            .held
+            .keys()
+            .map(|u| (u.clone(), self.held_now(w, u)))
+            .collect();
+        ask(hook, w.pid, &w.name, &self.opts)?;
+        let mut freed = 0;
+        for (uuid, b) in before {
+            let after = self.wait_for_fall(w, &uuid, b, u64::MAX);
+            freed += b.saturating_sub(after);
+        }
+        self.log
+            .line(format_args!("{} freed {}", w.describe(), HumanBytes(freed)));
+        Ok(freed)
     }
 }
 
@@ -367,92 +611,6 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
-}
-
-/// The daemon: serves requests until SIGTERM or SIGINT.
-pub fn run(seg: &Segment, opts: &Options) {
-    let log = Log::new();
-    // SAFETY: installs a handler that only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
-    }
-    let mem = Memory::open(opts.nvml, &log);
-    let sus = Suspender::default();
-    let mut served: Vec<Served> = Vec::new();
-    log.line(format_args!(
-        "watching (poll {:?}, hook timeout {:?}{})",
-        opts.poll,
-        opts.hook_timeout,
-        if opts.allow_remote {
-            ", remote URLs allowed"
-        } else {
-            ""
-        }
-    ));
-    while !STOP.load(Ordering::SeqCst) {
-        for (slot, s) in live_slots(seg) {
-            let Some(req) = seg.pending_request(slot) else {
-                continue;
-            };
-            let uuid = format_uuid(&req.uuid);
-            let who = Seen::of(slot, &s);
-            log.line(format_args!(
-                "request from {} for {} on {uuid}",
-                who.describe(),
-                HumanBytes(req.bytes)
-            ));
-            let start = Instant::now();
-            let outcome = reclaim(
-                seg,
-                &mem,
-                opts,
-                &log,
-                &uuid,
-                req.bytes,
-                s.priority,
-                Some(slot),
-                false,
-                &sus,
-            );
-            let answer = if outcome.enough {
-                VRAMCAP_ANSWER_FREED
-            } else {
-                VRAMCAP_ANSWER_CANNOT
-            };
-            seg.answer(slot, req.seq, answer);
-            if outcome.enough {
-                served.push(Served {
-                    uuid: uuid.clone(),
-                    slot,
-                    pid: s.pid,
-                    charged_before: charged_on(&s, &uuid),
-                    bytes: req.bytes,
-                    at: Instant::now(),
-                });
-            }
-            log.line(format_args!(
-                "answered {}: {} after {:.3}s ({} freed by asking {})",
-                who.describe(),
-                if outcome.enough {
-                    "memory freed, retry"
-                } else {
-                    "cannot free enough"
-                },
-                start.elapsed().as_secs_f64(),
-                HumanBytes(outcome.freed),
-                if outcome.asked.is_empty() {
-                    "nobody".into()
-                } else {
-                    outcome.asked.join(", ")
-                }
-            ));
-        }
-        served.retain(|r| !r.settled(seg));
-        resume_ready(seg, &mem, &log, &sus, &served);
-        std::thread::sleep(opts.poll);
-    }
-    log.line("stopping");
 }
 
 /// A request the unloader made room for: until the requester has taken that room (or gave up, or left),
@@ -482,164 +640,5 @@ impl Served {
 }
 
 fn charged_on(s: &VramcapSlot, uuid: &str) -> u64 {
-    s.devices
-        .iter()
-        .filter(|d| format_uuid(&d.uuid) == uuid)
-        .map(|d| d.charged)
-        .sum()
-}
-
-/// Why worker `w` cannot be suspended now, if it cannot.
-fn unsuspendable(w: &Seen, opts: &Options) -> Option<String> {
-    if w.protected {
-        return Some("it is protected".into());
-    }
-    if let Some(why) = w.unverified() {
-        return Some(why);
-    }
-    if w.suspended.is_some() {
-        return Some("it is suspended already".into());
-    }
-    if w.host_pid != 0 {
-        return Some(format!(
-            "it runs in another PID namespace (host PID {}), which the checkpoint API cannot reach from here",
-            w.host_pid
-        ));
-    }
-    let moving: u64 = w.charged.values().sum();
-    match host_available() {
-        None => Some("host memory is unknown (/proc/meminfo)".into()),
-        Some(avail) if avail < moving.saturating_add(opts.min_host_free) => Some(format!(
-            "its {} would not fit in host memory: {} available, keeping {} free",
-            HumanBytes(moving),
-            HumanBytes(avail),
-            HumanBytes(opts.min_host_free)
-        )),
-        Some(_) => None,
-    }
-}
-
-/// Suspends `w` (lock + checkpoint) and marks its slot; returns the bytes moved to host memory.
-pub fn suspend_one(
-    seg: &Segment,
-    w: &Seen,
-    opts: &Options,
-    log: &Log,
-    sus: &Suspender,
-) -> Result<u64, String> {
-    let refuse = |why: String| {
-        log.line(format_args!("not suspending {}: {why}", w.describe()));
-        Err(why)
-    };
-    if let Some(why) = unsuspendable(w, opts) {
-        return refuse(why);
-    }
-    let api = match sus.api() {
-        Ok(api) => api,
-        Err(why) => return refuse(why),
-    };
-    let moving: u64 = w.charged.values().sum();
-    log.line(format_args!(
-        "suspending {}: moving {} to host memory",
-        w.describe(),
-        HumanBytes(moving)
-    ));
-    let start = Instant::now();
-    if let Err(why) = api.suspend(w.pid, opts.hook_timeout) {
-        return refuse(why);
-    }
-    seg.mark_suspended(w.slot, w.pid, Some(moving));
-    log.line(format_args!(
-        "suspended {} in {:.3}s: {} moved to host",
-        w.describe(),
-        start.elapsed().as_secs_f64(),
-        HumanBytes(moving)
-    ));
-    Ok(moving)
-}
-
-/// Resumes `w` (restore + unlock) and clears the mark in its slot.
-pub fn resume_one(seg: &Segment, w: &Seen, log: &Log, sus: &Suspender) -> Result<(), String> {
-    if let Some(why) = w.unverified() {
-        return Err(why);
-    }
-    let api = sus.api()?;
-    let start = Instant::now();
-    log.line(format_args!("resuming {}", w.describe()));
-    if let Err(why) = api.resume(w.pid) {
-        log.line(format_args!("cannot resume {}: {why}", w.describe()));
-        return Err(why);
-    }
-    seg.mark_suspended(w.slot, w.pid, None);
-    log.line(format_args!(
-        "resumed {} in {:.3}s: {} back on the device",
-        w.describe(),
-        start.elapsed().as_secs_f64(),
-        HumanBytes(w.suspended.map_or(0, |(_, b)| b))
-    ));
-    Ok(())
-}
-
-/// Brings suspended workers back, highest priority first, while their memory fits beside everyone's
-/// (so no running worker is pushed out) and no request is waiting on their devices.
-fn resume_ready(seg: &Segment, mem: &Memory, log: &Log, sus: &Suspender, served: &[Served]) {
-    let all = workers(seg);
-    let mut suspended: Vec<&Seen> = all.iter().filter(|w| w.suspended.is_some()).collect();
-    if suspended.is_empty() {
-        return;
-    }
-    let pending: Vec<String> = all
-        .iter()
-        .filter_map(|w| seg.pending_request(w.slot))
-        .map(|r| format_uuid(&r.uuid))
-        .collect();
-    suspended.sort_by_key(|w| std::cmp::Reverse(w.priority));
-    for w in suspended {
-        if w.unverified().is_some() {
-            continue;
-        }
-        let fits = w.charged.iter().all(|(uuid, bytes)| {
-            !pending.contains(uuid)
-                && !served.iter().any(|r| &r.uuid == uuid)
-                && mem
-                    .free(uuid)
-                    .is_some_and(|f| f >= bytes.saturating_add(RESUME_MARGIN))
-        });
-        // Strictly by priority: a lower one never goes ahead of a higher one still waiting for room.
-        if !fits || resume_one(seg, w, log, sus).is_err() {
-            return;
-        }
-    }
-}
-
-/// Asks one verified worker to unload and waits for its usage to fall on every device; returns the bytes
-/// freed.
-pub fn unload_one(
-    seg: &Segment,
-    mem: &Memory,
-    w: &Seen,
-    opts: &Options,
-    log: &Log,
-) -> Result<u64, String> {
-    if let Some(why) = w.unverified() {
-        return Err(format!("not asking {}: {why}", w.describe()));
-    }
-    let hook = w
-        .hook
-        .as_ref()
-        .ok_or_else(|| format!("{} declared no way to unload", w.describe()))?;
-    log.line(format_args!("asking {} to unload by {hook}", w.describe()));
-    let before: BTreeMap<String, u64> = w
-        .held
-        .keys()
-        .map(|u| (u.clone(), held_now(seg, w, u)))
-        .collect();
-    ask(hook, w.pid, &w.name, opts)?;
-    let mut freed = 0;
-    for (uuid, b) in before {
-        let after = wait_for_fall(seg, mem, w, &uuid, b, u64::MAX, opts.hook_timeout);
-        freed += b.saturating_sub(after);
-    }
-    log.line(format_args!("{} freed {}", w.describe(), HumanBytes(freed)));
-    Ok(freed)
+    device_of(s, uuid).map_or(0, |d| d.charged)
 }
