@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on this machine, everything scripts/gpu-e2e.sh runs on the GPU machine (which has no cargo and
 # must build nothing): the release libvramcap.so and tools, the C driver-API client, the cudarc probe, and
-# a CUDA runtime program linked with static cudart (nvcc 13.0 from PyPI, kept in target/nvcc-env).
+# CUDA runtime programs linked with static cudart (nvcc 13.0 from PyPI, kept in target/nvcc-env): static-cudart
+# and graph-mem.
 # Output: gpu-bundle/ (ignored by git); pass it to the device tool's `carry`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +25,6 @@ if [ ! -x "$nvidia/bin/nvcc" ]; then
     nvidia-nvvm==13.0.88
 fi
 PATH="$nvidia/bin:$PATH" nvcc -arch=sm_90 -L"$nvidia/lib" -o "$out/static-cudart" tests/gpu/static_cudart.cu
+# Graph memory nodes, captured cudaMallocAsync, context limits and driver-grown local memory (gpu-e2e.sh).
+PATH="$nvidia/bin:$PATH" nvcc -arch=sm_90 -L"$nvidia/lib" -o "$out/graph-mem" tests/gpu/graph_mem.cu
 du -sh "$out"

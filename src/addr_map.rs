@@ -259,6 +259,19 @@ impl<V: Pack> AddrMap<V> {
         live + self.overflow.len()
     }
 
+    /// In a forked child: forgets every record (a slot another thread was writing stays claimed no more).
+    ///
+    /// # Safety
+    /// As [`crate::lock::Lock::reset_after_fork`]: in a forked child, before it starts another thread.
+    pub unsafe fn reset_after_fork(&self) {
+        for slot in &self.slots {
+            slot.key.store(EMPTY, Release);
+        }
+        // SAFETY: the caller's guarantee.
+        unsafe { self.overflow.reset_after_fork() };
+        self.spilled.store(0, Release);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

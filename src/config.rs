@@ -20,6 +20,7 @@ pub const ENV_UNLOAD_SIGNAL: &str = "VRAMCAP_UNLOAD_SIGNAL";
 pub const ENV_UNLOAD_CMD: &str = "VRAMCAP_UNLOAD_CMD";
 pub const ENV_WAIT: &str = "VRAMCAP_WAIT";
 pub const ENV_ON_PRESSURE: &str = "VRAMCAP_ON_PRESSURE";
+pub const ENV_ALLOW_ABSENT_DEVICES: &str = "VRAMCAP_ALLOW_ABSENT_DEVICES";
 
 /// How the unloader may ask this worker to give its memory back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -101,6 +102,9 @@ pub struct Config {
     pub suspendable: bool,
     /// How long an allocation refused by a full device waits for the unloader (`None`: fail at once).
     pub wait: Option<std::time::Duration>,
+    /// A per-device limit may name a device this process does not see (`VRAMCAP_ALLOW_ABSENT_DEVICES=1`,
+    /// for launchers that give one limit to several jobs); otherwise that is a configuration error.
+    pub allow_absent_devices: bool,
 }
 
 impl Config {
@@ -210,6 +214,18 @@ impl Config {
                 ))
             }
         };
+        let allow_absent_devices = match lookup(ENV_ALLOW_ABSENT_DEVICES).as_deref().map(str::trim)
+        {
+            None | Some("") | Some("0") | Some("off") => false,
+            Some("1") | Some("on") => true,
+            Some(v) => {
+                return Err(invalid(
+                    ENV_ALLOW_ABSENT_DEVICES,
+                    v,
+                    "expected 1 or 0".into(),
+                ))
+            }
+        };
         let wait = match lookup(ENV_WAIT) {
             None => None,
             Some(v) => Some(parse_duration(&v).map_err(|reason| invalid(ENV_WAIT, &v, reason))?),
@@ -226,8 +242,128 @@ impl Config {
             unload,
             suspendable,
             wait,
+            allow_absent_devices,
         })
     }
+}
+
+impl Limit {
+    /// The per-device keys that name none of the devices a process sees (`uuids`, by ordinal), as text.
+    pub fn absent_keys(&self, uuids: &[String]) -> Vec<String> {
+        let Limit::PerDevice(entries) = self else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .filter(|(key, _)| match key {
+                DeviceKey::Ordinal(o) => *o as usize >= uuids.len(),
+                DeviceKey::Uuid(u) => !uuids.iter().any(|seen| seen.eq_ignore_ascii_case(u)),
+            })
+            .map(|(key, _)| key.to_string())
+            .collect()
+    }
+}
+
+impl std::fmt::Display for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKey::Ordinal(o) => write!(f, "{o}"),
+            DeviceKey::Uuid(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// For a launcher (`vramcap-run`): the per-device keys of `limit` that surely name no device the command
+/// will see, given `CUDA_VISIBLE_DEVICES` (`visible`) and, where NVML answered, the machine's GPU UUIDs.
+/// Where it cannot be told (no NVML, entries it cannot match), a key is not listed: the library checks
+/// again against the driver.
+pub fn surely_absent_keys(
+    limit: &Limit,
+    visible: Option<&str>,
+    machine: Option<&[String]>,
+) -> Vec<String> {
+    let Limit::PerDevice(entries) = limit else {
+        return Vec::new();
+    };
+    // The devices the command will see: a count, and their UUIDs where they can be told.
+    let (count, uuids): (Option<usize>, Option<Vec<String>>) = match (visible, machine) {
+        (None, Some(all)) => (Some(all.len()), Some(all.to_vec())),
+        (None, None) => (None, None),
+        (Some(v), machine) => {
+            let mut count = 0;
+            let mut uuids = Some(Vec::new());
+            for entry in v.split(',').map(str::trim) {
+                if entry.is_empty() {
+                    break;
+                }
+                let matched = if entry.len() > 4 && entry[..4].eq_ignore_ascii_case("gpu-") {
+                    match machine {
+                        Some(all) => {
+                            let m: Vec<&String> = all
+                                .iter()
+                                .filter(|u| {
+                                    u.to_ascii_lowercase()
+                                        .starts_with(&entry.to_ascii_lowercase())
+                                })
+                                .collect();
+                            if m.len() != 1 {
+                                break;
+                            }
+                            if let Some(list) = uuids.as_mut() {
+                                list.push(m[0].clone());
+                            }
+                            true
+                        }
+                        None => {
+                            uuids = None;
+                            true
+                        }
+                    }
+                } else if let Ok(i) = entry.parse::<usize>() {
+                    // CUDA's order need not be NVML's: the count holds, the UUIDs cannot be told.
+                    uuids = None;
+                    machine.is_none_or(|all| i < all.len())
+                } else {
+                    false
+                };
+                if !matched {
+                    break;
+                }
+                count += 1;
+            }
+            (Some(count), uuids)
+        }
+    };
+    entries
+        .iter()
+        .filter(|(key, _)| match key {
+            DeviceKey::Ordinal(o) => count.is_some_and(|n| *o as usize >= n),
+            DeviceKey::Uuid(u) => uuids
+                .as_ref()
+                .is_some_and(|list| !list.iter().any(|seen| seen.eq_ignore_ascii_case(u))),
+        })
+        .map(|(key, _)| key.to_string())
+        .collect()
+}
+
+/// Says which devices a per-device limit names that the process does not see, as one line naming the
+/// variable and its value.
+pub fn absent_devices_error(var: &str, value: &str, absent: &[String], uuids: &[String]) -> String {
+    let seen = if uuids.is_empty() {
+        "none".to_string()
+    } else {
+        uuids
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("{i} = {u}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{var}={value:?} names device {}, which this process does not see (it sees {seen}); set \
+         {ENV_ALLOW_ABSENT_DEVICES}=1 to allow limits for absent devices",
+        absent.join(", ")
+    )
 }
 
 /// Parses `VRAMCAP_LIMIT`: `10GiB`, `25%`, or `0=10GiB,1=20GiB`, `GPU-<uuid>=10GiB`.
@@ -495,6 +631,43 @@ mod tests {
             ("::1".into(), 9, "/u".into())
         );
         assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+    }
+
+    #[test]
+    fn keys_for_devices_not_seen() {
+        let limit = parse_limit("0=1G,3=2G,GPU-aaaa0000-0000-0000-0000-000000000001=1G").unwrap();
+        let uuids = vec!["GPU-aaaa0000-0000-0000-0000-000000000001".to_string()];
+        assert_eq!(limit.absent_keys(&uuids), vec!["3".to_string()]);
+        let two = vec![
+            "GPU-aaaa0000-0000-0000-0000-000000000001".to_string(),
+            "GPU-bbbb0000-0000-0000-0000-000000000002".to_string(),
+        ];
+        // What a launcher can tell: from NVML alone, from CUDA_VISIBLE_DEVICES, or nothing.
+        assert_eq!(
+            surely_absent_keys(&limit, None, Some(&two)),
+            vec!["3".to_string()]
+        );
+        assert_eq!(surely_absent_keys(&limit, None, None), Vec::<String>::new());
+        assert_eq!(
+            surely_absent_keys(&limit, Some("1"), None),
+            vec!["3".to_string()],
+            "one visible device: ordinal 3 is absent; its UUID cannot be told without NVML"
+        );
+        assert_eq!(
+            surely_absent_keys(&limit, Some("GPU-bbbb"), Some(&two)),
+            vec![
+                "3".to_string(),
+                "gpu-aaaa0000-0000-0000-0000-000000000001".to_string()
+            ]
+        );
+        assert_eq!(
+            surely_absent_keys(&limit, Some("0,9,1"), Some(&two)).len(),
+            1,
+            "an invalid entry ends the list, as in the driver"
+        );
+        assert!(surely_absent_keys(&parse_limit("5G").unwrap(), Some(""), None).is_empty());
+        let line = absent_devices_error(ENV_LIMIT, "3=2G", &["3".into()], &uuids);
+        assert!(line.starts_with("VRAMCAP_LIMIT=\"3=2G\" names device 3, which this process does not see (it sees 0 = GPU-aaaa"), "{line}");
     }
 
     #[test]

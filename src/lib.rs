@@ -8,6 +8,7 @@
 //! - [`policy`]: whom the priority unloader asks to give memory back, in which order;
 //! - [`addr_map`]: which device pointer was charged what, lock-free, for the hot path;
 //! - [`tracker`]: which handle was charged what (a locked map, for the rarer handles);
+//! - [`lock`]: a mutex that a forked child can repair;
 //! - [`striped`]: counters that many threads bump without sharing a cache line;
 //! - [`shm`]: the shared segment every capped process publishes its figures in;
 //! - [`log`]: `vramcap:` lines on stderr;
@@ -19,6 +20,7 @@ pub mod addr_map;
 pub mod charge;
 pub mod config;
 pub mod ledger;
+pub mod lock;
 pub mod log;
 pub mod pages;
 pub mod policy;

@@ -131,6 +131,18 @@ impl PageSet {
         })
     }
 
+    /// In a forked child: forgets every page.
+    ///
+    /// # Safety
+    /// As [`crate::lock::Lock::reset_after_fork`]: in a forked child, before it starts another thread.
+    pub unsafe fn reset_after_fork(&self) {
+        for slot in &self.slots {
+            slot.store(0, Relaxed);
+        }
+        // SAFETY: the caller's guarantee.
+        unsafe { self.overflow.reset_after_fork() };
+    }
+
     /// Forgets every page of a device.
     pub fn forget_device(&self, dev: i32) {
         let dev = dev as u64 & 0x3f;

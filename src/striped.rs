@@ -111,6 +111,13 @@ fn claim() -> usize {
     shared_stripe()
 }
 
+/// In a forked child: the stripes of the parent's other threads are free again (those threads do not
+/// exist here); the calling thread keeps its own.
+pub fn reset_after_fork() {
+    let own = STRIPE.with(Cell::get);
+    TAKEN.store(if own < OWNED { 1 << own } else { 0 }, Release);
+}
+
 /// Adds `n` (wrapping) to `cell`, the cell of stripe `s` in a striped figure: a plain load and store on a
 /// stripe the thread owns, an atomic add on a shared one.
 pub fn bump(cell: &AtomicU64, s: Stripe, n: u64) {

@@ -1,10 +1,11 @@
 //! Maps from a driver handle (device pointer, VMM handle, array) to what we charged for it.
 //!
 //! Sharded by a multiplicative hash of the key so that threads allocating at once rarely meet on one lock;
-//! each shard is a plain `HashMap` behind a `parking_lot` mutex, which needs no initialisation at run time.
+//! each shard is a plain `HashMap` behind a [`Lock`], which needs no initialisation at run time and which
+//! a forked child can repair.
 
+use crate::lock::Lock;
 use crate::striped::Padded;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -30,7 +31,7 @@ impl Hasher for AddrHasher {
 
 /// A shard on a cache line of its own; its table is sized up front on first use (see `insert`), so the
 /// tables of different shards are not small neighbouring heap blocks that threads would fight over.
-type Shard<V> = Padded<Mutex<HashMap<u64, V, BuildHasherDefault<AddrHasher>>>>;
+type Shard<V> = Padded<Lock<HashMap<u64, V, BuildHasherDefault<AddrHasher>>>>;
 const SHARD_CAPACITY: usize = 64;
 
 pub struct Tracker<V> {
@@ -40,7 +41,7 @@ pub struct Tracker<V> {
 impl<V: Copy> Tracker<V> {
     pub const fn new() -> Tracker<V> {
         Tracker {
-            shards: [const { Padded(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) };
+            shards: [const { Padded(Lock::new(HashMap::with_hasher(BuildHasherDefault::new()))) };
                 SHARDS],
         }
     }
@@ -101,6 +102,21 @@ impl<V: Copy> Tracker<V> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// In a forked child: every shard is free and empty again; the old tables are left behind unread.
+    ///
+    /// # Safety
+    /// As [`Lock::reset_after_fork`]: in a forked child, before it starts another thread.
+    pub unsafe fn reset_after_fork(&self) {
+        for shard in &self.shards {
+            // SAFETY: the caller's guarantee.
+            unsafe {
+                shard
+                    .0
+                    .reset_after_fork(HashMap::with_hasher(BuildHasherDefault::new()))
+            };
+        }
     }
 }
 

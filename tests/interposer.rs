@@ -248,14 +248,68 @@ fn percent_and_per_device_limits() {
         )],
     );
     assert_eq!(r.get("info_total"), 3 * GIB / 2);
-    let r = client("gpa", &["info"], &[("VRAMCAP_LIMIT", "1=1GiB,0=768MiB")]);
+    let r = client(
+        "gpa",
+        &["info"],
+        &[
+            ("VRAMCAP_LIMIT", "1=1GiB,0=768MiB"),
+            ("VRAMCAP_ALLOW_ABSENT_DEVICES", "1"),
+        ],
+    );
     assert_eq!(r.get("info_total"), 768 * MIB);
     assert!(
         r.stderr
-            .contains("names device Ordinal(1), which this process does not see"),
+            .contains("names device 1, which this process does not see")
+            && r.stderr.contains("(allowed)"),
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn a_limit_for_a_device_not_seen_refuses_cuda_initialisation() {
+    let absent_uuid = "GPU-fa4e0000-0000-0000-0000-0000000000ff";
+    let cases = [
+        ("1=1GiB,0=768MiB", "1", "1"),
+        ("5=1G", "5", "1"),
+        (
+            &*format!("{absent_uuid}=1G"),
+            &*absent_uuid.to_lowercase(),
+            "1",
+        ),
+        // Device 1 of two, renumbered away by CUDA_VISIBLE_DEVICES.
+        ("1=1G", "1", "2"),
+    ];
+    for (limit, named, devices) in cases {
+        for path in PATHS {
+            let r = client(
+                path,
+                &["info"],
+                &[
+                    ("VRAMCAP_LIMIT", limit),
+                    ("FAKECUDA_DEVICES", devices),
+                    ("CUDA_VISIBLE_DEVICES", "0"),
+                ],
+            );
+            assert_eq!(
+                r.int("init"),
+                1,
+                "{limit} via {path}: cuInit fails: {}",
+                r.stdout
+            );
+            let lines: Vec<&str> = r
+                .stderr
+                .lines()
+                .filter(|l| l.contains("names device"))
+                .collect();
+            assert_eq!(lines.len(), 1, "one line: {}", r.stderr);
+            assert!(
+                lines[0].contains(&format!("VRAMCAP_LIMIT={limit:?} names device {named},")),
+                "names the variable, the value and the device: {}",
+                lines[0]
+            );
+        }
+    }
 }
 
 #[test]

@@ -95,3 +95,57 @@ fn caps_a_real_client() {
     assert!(stdout.contains("allocated=11\n"), "{stdout}");
     assert!(stdout.contains("refused_code=2\n"), "{stdout}");
 }
+
+#[test]
+fn a_limit_for_a_device_the_command_will_not_see_exits_2() {
+    let e = env();
+    let fake_nvml = e.dir.display().to_string();
+    // NVML (the fake, one device) tells the machine's devices; CUDA_VISIBLE_DEVICES tells them without it.
+    for vars in [
+        vec![("LD_LIBRARY_PATH", fake_nvml.as_str())],
+        vec![("CUDA_VISIBLE_DEVICES", "0")],
+    ] {
+        let out = run(&["--limit", "5=1G", "--", "true"], &vars);
+        assert_eq!(out.status.code(), Some(2), "{vars:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("VRAMCAP_LIMIT=\"5=1G\" names device 5, which this process does not see"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    let out = run(
+        &[
+            "--limit",
+            "GPU-fa4e0000-0000-0000-0000-0000000000ff=1G",
+            "--",
+            "true",
+        ],
+        &[("LD_LIBRARY_PATH", fake_nvml.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(2), "a UUID NVML does not list");
+    // Seen devices pass, and so does the documented opt-out.
+    let out = run(
+        &[
+            "--limit",
+            "0=1G,GPU-fa4e0000-0000-0000-0000-000000000000=1G",
+            "--",
+            "true",
+        ],
+        &[("LD_LIBRARY_PATH", fake_nvml.as_str())],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &["--limit", "5=1G", "--", "true"],
+        &[
+            ("CUDA_VISIBLE_DEVICES", "0"),
+            ("VRAMCAP_ALLOW_ABSENT_DEVICES", "1"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -14,6 +14,9 @@ pub type CUmemoryPool = *mut c_void;
 pub type CUarray = *mut c_void;
 pub type CUmipmappedArray = *mut c_void;
 pub type CUmemGenericAllocationHandle = u64;
+pub type CUgraph = *mut c_void;
+pub type CUgraphExec = *mut c_void;
+pub type CUgraphNode = *mut c_void;
 pub type nvmlReturn_t = i32;
 pub type nvmlDevice_t = *mut c_void;
 
@@ -23,6 +26,11 @@ pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
 pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
 pub const CUDA_ERROR_NOT_SUPPORTED: CUresult = 801;
 pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
+pub const CUDA_ERROR_INVALID_CONTEXT: CUresult = 201;
+pub const CUDA_ERROR_INVALID_HANDLE: CUresult = 400;
+pub const CUDA_ERROR_ILLEGAL_STATE: CUresult = 401;
+pub const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: CUresult = 901;
+pub const CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD: CUresult = 908;
 pub const NVML_SUCCESS: nvmlReturn_t = 0;
 pub const NVML_ERROR_UNINITIALIZED: nvmlReturn_t = 1;
 pub const NVML_ERROR_FUNCTION_NOT_FOUND: nvmlReturn_t = 13;
@@ -31,6 +39,30 @@ pub const CU_MEM_LOCATION_TYPE_DEVICE: i32 = 1;
 pub const CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: i32 = 5;
 pub const CU_MEMPOOL_ATTR_USED_MEM_CURRENT: i32 = 7;
 pub const CU_MEM_ALLOCATION_TYPE_PINNED: i32 = 1;
+
+/// `CUstreamCaptureStatus` and `CUstreamCaptureMode`.
+pub const CU_STREAM_CAPTURE_STATUS_NONE: i32 = 0;
+pub const CU_STREAM_CAPTURE_MODE_RELAXED: i32 = 2;
+/// The special stream handles: the legacy default stream, and the per-thread default stream.
+pub const CU_STREAM_LEGACY: usize = 0x1;
+pub const CU_STREAM_PER_THREAD: usize = 0x2;
+
+/// `CUgraphNodeType`.
+pub const CU_GRAPH_NODE_TYPE_GRAPH: i32 = 4;
+pub const CU_GRAPH_NODE_TYPE_MEM_ALLOC: i32 = 10;
+pub const CU_GRAPH_NODE_TYPE_MEM_FREE: i32 = 11;
+/// `CUgraphMem_attribute`.
+pub const CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT: i32 = 2;
+/// `CUgraphInstantiate_flags`.
+pub const CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH: u64 = 1;
+pub const CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD: u64 = 2;
+
+/// `CUlimit`.
+pub const CU_LIMIT_STACK_SIZE: i32 = 0;
+pub const CU_LIMIT_MALLOC_HEAP_SIZE: i32 = 2;
+/// `CUdevice_attribute`.
+pub const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: i32 = 16;
+pub const CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: i32 = 39;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -62,6 +94,27 @@ pub struct CUmemPoolProps {
     pub maxSize: usize,
     pub usage: u16,
     pub reserved: [u8; 54],
+}
+
+/// `CUDA_MEM_ALLOC_NODE_PARAMS` (v1; v2 has the same layout).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUDA_MEM_ALLOC_NODE_PARAMS {
+    pub poolProps: CUmemPoolProps,
+    pub accessDescs: *const c_void,
+    pub accessDescCount: usize,
+    pub bytesize: usize,
+    pub dptr: CUdeviceptr,
+}
+
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUDA_GRAPH_INSTANTIATE_PARAMS {
+    pub flags: u64,
+    pub hUploadStream: CUstream,
+    pub hErrNode_out: CUgraphNode,
+    pub result_out: i32,
 }
 
 #[repr(C)]
@@ -133,6 +186,8 @@ pub fn array_element_bytes(format: i32) -> u64 {
 const _: () = {
     assert!(std::mem::size_of::<CUmemAllocationProp>() == 32);
     assert!(std::mem::size_of::<CUmemPoolProps>() == 88);
+    assert!(std::mem::size_of::<CUDA_MEM_ALLOC_NODE_PARAMS>() == 120);
+    assert!(std::mem::size_of::<CUDA_GRAPH_INSTANTIATE_PARAMS>() == 32);
     assert!(std::mem::size_of::<CUDA_ARRAY_DESCRIPTOR>() == 24);
     assert!(std::mem::size_of::<CUDA_ARRAY3D_DESCRIPTOR>() == 40);
     assert!(std::mem::size_of::<CUDA_ARRAY_MEMORY_REQUIREMENTS>() == 32);

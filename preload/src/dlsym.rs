@@ -8,13 +8,20 @@
 //!
 //! [`answer`] runs for every `dlsym` in the process (Rust std and Python call it from anywhere), so it must
 //! not allocate, take a lock, log or run a lazy initializer. It only compares strings against the static
-//! entry table, asks glibc about the handle with `dlinfo`, and calls glibc's `dlsym`.
+//! entry table, asks glibc which object holds an address (`dladdr1`), and calls glibc's `dlsym`.
 
 use crate::entry_points::ENTRIES;
-use crate::real;
+use crate::real::{self, Lib};
 use std::ffi::{c_char, c_void, CStr};
 
-/// Decides a `dlsym` call: our wrapper's address, or null to let glibc answer it with the caller's identity.
+/// Decides a `dlsym` call: our wrapper's address, the driver's own pointer for a name looked up in
+/// another copy of the driver, or null to let glibc answer it with the caller's identity.
+///
+/// The driver is recognised by what it is, not by its file name: the object that defines the symbol
+/// glibc would return must be a CUDA driver (or NVML) by [`real::is_cuda_driver`]. A program that opens
+/// the driver under another name (`gpu.so -> libcuda.so.1`, or a copy) gets our wrappers all the same;
+/// and all its lookups of the driver's names go to one driver object, the one we forward to, so that
+/// wrapped and unwrapped calls never meet two instances.
 extern "C" fn answer(handle: *mut c_void, name: *const c_char) -> *mut c_void {
     // Resolve glibc's dlsym before the trampoline jumps through it.
     if real::real_dlsym().is_none() || name.is_null() {
@@ -26,19 +33,36 @@ extern "C" fn answer(handle: *mut c_void, name: *const c_char) -> *mut c_void {
         return std::ptr::null_mut();
     }
     // SAFETY: dlsym's contract: name is a NUL-terminated string.
-    let wanted = unsafe { CStr::from_ptr(name) }.to_bytes();
+    let name = unsafe { CStr::from_ptr(name) };
+    let wanted = name.to_bytes();
     if !(wanted.starts_with(b"cu") || wanted.starts_with(b"nvml")) {
         return std::ptr::null_mut();
     }
-    let Some(entry) = ENTRIES.iter().find(|e| e.name.to_bytes() == wanted) else {
-        return std::ptr::null_mut();
-    };
-    // Only lookups in the driver's own libraries get our wrapper, and only where the driver has the symbol
-    // (an old driver without it must still answer null).
-    if !real::is_driver_handle(handle) || real::lookup(handle, entry.name).is_null() {
+    // What glibc would answer, and the object that defines it. Where the driver lacks the symbol (an
+    // old driver), the answer stays null.
+    let theirs = real::lookup(handle, name);
+    if theirs.is_null() {
         return std::ptr::null_mut();
     }
-    (entry.wrapper)()
+    let object = real::object_of(theirs);
+    if let Some(entry) = ENTRIES.iter().find(|e| e.name.to_bytes() == wanted) {
+        return match entry.lib {
+            Lib::Cuda if real::is_cuda_driver(object) => {
+                real::adopt(object);
+                (entry.wrapper)()
+            }
+            Lib::Nvml if real::is_nvml(object) => (entry.wrapper)(),
+            _ => std::ptr::null_mut(),
+        };
+    }
+    if wanted.starts_with(b"cu") && real::is_cuda_driver(object) {
+        real::adopt(object);
+        let primary = real::primary_driver();
+        if primary != object {
+            return real::lookup(primary, name);
+        }
+    }
+    std::ptr::null_mut()
 }
 
 /// `void *dlsym(void *handle, const char *name)`.

@@ -21,7 +21,7 @@ pub fn admit(
     requested: u64,
 ) -> Result<(InFlight, Reservation<'static>), CUresult> {
     let op = crate::overhead::in_flight();
-    if let Ok(r) = reserve(&op, dev, charge) {
+    if let Ok(r) = try_reserve(&op, dev, charge) {
         let room_before = r
             .headroom_after()
             .map(|h| h.saturating_add(charge.worst_case()));
@@ -49,44 +49,63 @@ pub fn prepare(dev: CUdevice, bytes: u64) {
 }
 
 /// Reserves `charge` on `dev` for the operation `op`, or says which error the hook must return instead of
-/// calling the driver.
+/// calling the driver. A refusal is counted and reported here, once per call.
 pub fn reserve(
     op: &InFlight,
     dev: CUdevice,
     charge: Charge,
 ) -> Result<Reservation<'static>, CUresult> {
+    try_reserve(op, dev, charge).map_err(|refused| match refused {
+        Refused::Cap(refusal) => report(dev, refusal),
+        Refused::Code(code) => code,
+    })
+}
+
+enum Refused {
+    /// The cap: counted and reported by the caller that gives up.
+    Cap(Refusal),
+    /// Any other reason, with the code to return.
+    Code(CUresult),
+}
+
+/// [`reserve`] without counting or reporting a refusal, for a caller that may try again.
+fn try_reserve(
+    op: &InFlight,
+    dev: CUdevice,
+    charge: Charge,
+) -> Result<Reservation<'static>, Refused> {
     if state::phase() == Phase::Refusing {
-        return Err(state::REFUSED_BY_CONFIG);
+        return Err(Refused::Code(state::REFUSED_BY_CONFIG));
     }
     // Fail closed: without the device table there is no cap to check against.
-    let ledger = state::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
+    let ledger = state::ledger(dev).ok_or(Refused::Code(CUDA_ERROR_NOT_INITIALIZED))?;
     match ledger.reserve_on(op.stripe(), charge) {
         Ok(r) => Ok(r),
         Err(_) => {
-            // Pools may have given memory back to the device since we last looked.
+            // Pools and graphs may have given memory back to the device since we last looked.
             crate::hooks::pool::refresh(dev);
-            ledger.reserve_on(op.stripe(), charge).map_err(|refusal| {
-                report(dev, refusal);
-                CUDA_ERROR_OUT_OF_MEMORY
-            })
+            crate::registry::graphs::refresh(dev);
+            ledger.reserve_on(op.stripe(), charge).map_err(Refused::Cap)
         }
     }
 }
 
 /// Refuses an allocation of `bytes` on `dev` after the fact (the driver's answer was undone).
 pub fn refuse(dev: CUdevice, bytes: u64) -> CUresult {
-    if let Some(ledger) = state::LEDGER.device(dev) {
-        let usage = ledger.snapshot();
-        report(
-            dev,
-            Refusal {
-                bytes,
-                in_use: usage.charged,
-                cap: usage.cap.unwrap_or(u64::MAX),
-            },
-        );
+    match state::LEDGER.device(dev) {
+        Some(ledger) => {
+            let usage = ledger.snapshot();
+            report(
+                dev,
+                Refusal {
+                    bytes,
+                    in_use: usage.charged,
+                    cap: usage.cap.unwrap_or(u64::MAX),
+                },
+            )
+        }
+        None => CUDA_ERROR_OUT_OF_MEMORY,
     }
-    CUDA_ERROR_OUT_OF_MEMORY
 }
 
 /// Reserves an estimate of a context's own memory on `dev`.
@@ -95,15 +114,18 @@ pub fn reserve_context(dev: CUdevice, bytes: u64) -> Result<(), CUresult> {
         return Err(state::REFUSED_BY_CONFIG);
     }
     let ledger = state::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
-    ledger.reserve_context(bytes).map_err(|refusal| {
-        report(dev, refusal);
-        CUDA_ERROR_OUT_OF_MEMORY
-    })
+    ledger
+        .reserve_context(bytes)
+        .map_err(|refusal| report(dev, refusal))
 }
 
-fn report(dev: CUdevice, refusal: Refusal) {
+/// Counts one refused call on `dev` and says so (at most a line a second): the hook's answer.
+fn report(dev: CUdevice, refusal: Refusal) -> CUresult {
+    if let Some(ledger) = state::LEDGER.device(dev) {
+        ledger.note_refusal(&refusal);
+    }
     let Some(limit) = REFUSAL_LINES.get(dev as usize) else {
-        return;
+        return CUDA_ERROR_OUT_OF_MEMORY;
     };
     if let Some(held_back) = limit.allow(monotonic_ns(), 1_000_000_000) {
         let uuid = state::devices()
@@ -122,6 +144,7 @@ fn report(dev: CUdevice, refusal: Refusal) {
             HumanBytes(refusal.cap)
         );
     }
+    CUDA_ERROR_OUT_OF_MEMORY
 }
 
 /// Writes `value` through a caller's out-pointer that the driver has just filled successfully.

@@ -39,21 +39,31 @@ macro_rules! entry_points {
     (@shim $lib:ident $variant:ident ($($arg:ident: $ty:ty),*) $ret:ty => $hook:path) => {
         #[allow(non_snake_case)]
         pub mod $variant {
+            #[allow(unused_imports)]
+            use super::*;
             pub static REAL: std::sync::atomic::AtomicPtr<std::ffi::c_void> =
                 std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+            /// The driver's function, typed.
+            pub type Real = unsafe extern "C" fn($($ty),*) -> $ret;
+            /// The driver's function, once resolved.
+            pub fn real() -> Option<Real> {
+                let p = REAL.load(std::sync::atomic::Ordering::Acquire);
+                // SAFETY: the slot holds null or the driver's function of this name, whose C prototype
+                // is the signature declared on this line of the table.
+                (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut std::ffi::c_void, Real>(p) })
+            }
         }
 
         #[allow(non_snake_case, clippy::missing_safety_doc)]
         #[cfg_attr(not(test), no_mangle)]
         pub unsafe extern "C" fn $variant($($arg: $ty),*) -> $ret {
-            type Real = unsafe extern "C" fn($($ty),*) -> $ret;
             let Some(p) = crate::state::real_pointer(&$variant::REAL, Lib::$lib, stringify!($variant))
             else {
                 return crate::state::missing(Lib::$lib);
             };
             // SAFETY: p was returned by the driver's dlsym for exactly this symbol, whose C prototype is
             // the signature declared on this line.
-            let real = unsafe { std::mem::transmute::<*mut c_void, Real>(p) };
+            let real = unsafe { std::mem::transmute::<*mut c_void, $variant::Real>(p) };
             crate::guard::run(
                 stringify!($variant),
                 || $hook(real, $($arg),*),
@@ -121,13 +131,20 @@ entry_points! {
     Cuda fn (dptr: *mut u32, pitch: *mut c_uint, width: c_uint, height: c_uint, elem: c_uint) -> CUresult
         => hooks::alloc::legacy_alloc_pitch, [cuMemAllocPitch];
 
-    // Stream-ordered allocation and pools.
+    // Stream-ordered allocation and pools. The `_ptsz` variants have hooks of their own: there the null
+    // stream is the thread's per-thread stream, which can capture.
     Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult
-        => hooks::pool::alloc_async, [cuMemAllocAsync, cuMemAllocAsync_ptsz];
+        => hooks::pool::alloc_async, [cuMemAllocAsync];
+    Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult
+        => hooks::pool::alloc_async_ptsz, [cuMemAllocAsync_ptsz];
     Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult
-        => hooks::pool::alloc_from_pool_async, [cuMemAllocFromPoolAsync, cuMemAllocFromPoolAsync_ptsz];
+        => hooks::pool::alloc_from_pool_async, [cuMemAllocFromPoolAsync];
+    Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult
+        => hooks::pool::alloc_from_pool_async_ptsz, [cuMemAllocFromPoolAsync_ptsz];
     Cuda fn (dptr: CUdeviceptr, stream: CUstream) -> CUresult
-        => hooks::pool::free_async, [cuMemFreeAsync, cuMemFreeAsync_ptsz];
+        => hooks::pool::free_async, [cuMemFreeAsync];
+    Cuda fn (dptr: CUdeviceptr, stream: CUstream) -> CUresult
+        => hooks::pool::free_async_ptsz, [cuMemFreeAsync_ptsz];
     Cuda fn (pool: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CUresult
         => hooks::pool::pool_create, [cuMemPoolCreate];
     Cuda fn (pool: CUmemoryPool) -> CUresult => hooks::pool::pool_destroy, [cuMemPoolDestroy];
@@ -153,6 +170,38 @@ entry_points! {
         => hooks::array::mipmapped_create, [cuMipmappedArrayCreate];
     Cuda fn (array: CUarray) -> CUresult => hooks::array::array_destroy, [cuArrayDestroy];
     Cuda fn (array: CUmipmappedArray) -> CUresult => hooks::array::mipmapped_destroy, [cuMipmappedArrayDestroy];
+
+    // Stream capture: counted, so that our own queries never invalidate a capture (see `driver`).
+    Cuda fn (stream: CUstream) -> CUresult => hooks::capture::begin_v1, [cuStreamBeginCapture];
+    Cuda fn (stream: CUstream) -> CUresult => hooks::capture::begin_v1_ptsz, [cuStreamBeginCapture_ptsz];
+    Cuda fn (stream: CUstream, mode: i32) -> CUresult => hooks::capture::begin, [cuStreamBeginCapture_v2];
+    Cuda fn (stream: CUstream, mode: i32) -> CUresult
+        => hooks::capture::begin_ptsz, [cuStreamBeginCapture_v2_ptsz];
+    Cuda fn (stream: CUstream, graph: CUgraph, deps: *const CUgraphNode, data: *const c_void, n: usize, mode: i32) -> CUresult
+        => hooks::capture::begin_to_graph, [cuStreamBeginCaptureToGraph];
+    Cuda fn (stream: CUstream, graph: CUgraph, deps: *const CUgraphNode, data: *const c_void, n: usize, mode: i32) -> CUresult
+        => hooks::capture::begin_to_graph_ptsz, [cuStreamBeginCaptureToGraph_ptsz];
+    Cuda fn (stream: CUstream, graph: *mut CUgraph) -> CUresult => hooks::capture::end, [cuStreamEndCapture];
+    Cuda fn (stream: CUstream, graph: *mut CUgraph) -> CUresult
+        => hooks::capture::end_ptsz, [cuStreamEndCapture_ptsz];
+
+    // Graphs: memory nodes are charged at what the graph allocator really holds, and a launch or upload
+    // that would cross the cap is refused before the driver maps anything.
+    Cuda fn (exec: *mut CUgraphExec, graph: CUgraph, err: *mut CUgraphNode, log: *mut c_char, size: usize) -> CUresult
+        => hooks::graph::instantiate_v1, [cuGraphInstantiate, cuGraphInstantiate_v2];
+    Cuda fn (exec: *mut CUgraphExec, graph: CUgraph, flags: u64) -> CUresult
+        => hooks::graph::instantiate_with_flags, [cuGraphInstantiateWithFlags];
+    Cuda fn (exec: *mut CUgraphExec, graph: CUgraph, params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS) -> CUresult
+        => hooks::graph::instantiate_with_params, [cuGraphInstantiateWithParams, cuGraphInstantiateWithParams_ptsz];
+    Cuda fn (exec: CUgraphExec, stream: CUstream) -> CUresult
+        => hooks::graph::launch, [cuGraphLaunch, cuGraphLaunch_ptsz];
+    Cuda fn (exec: CUgraphExec, stream: CUstream) -> CUresult
+        => hooks::graph::upload, [cuGraphUpload, cuGraphUpload_ptsz];
+    Cuda fn (exec: CUgraphExec) -> CUresult => hooks::graph::exec_destroy, [cuGraphExecDestroy];
+    Cuda fn (dev: CUdevice) -> CUresult => hooks::graph::trim, [cuDeviceGraphMemTrim];
+
+    // Context limits that reserve device memory.
+    Cuda fn (limit: i32, value: usize) -> CUresult => hooks::limits::set_limit, [cuCtxSetLimit];
 
     // Memory information shows the cap.
     Cuda fn (free: *mut usize, total: *mut usize) -> CUresult => hooks::info::mem_get_info, [cuMemGetInfo_v2];

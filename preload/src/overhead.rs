@@ -27,10 +27,10 @@ use crate::cuda::nvmlProcessInfo_t;
 use crate::real;
 use crate::state::{self, LEDGER};
 use core_lib::ledger::{DeviceUsage, MAX_DEVICES};
+use core_lib::lock::Lock;
 use core_lib::log::monotonic_ns;
 use core_lib::striped::{stripe, Padded, Stripe, STRIPES};
 use core_lib::vlog;
-use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -61,7 +61,7 @@ const IDLE_PERIOD: u64 = 5_000_000_000;
 struct OpsLock {
     readers: [Padded<AtomicU64>; STRIPES],
     writer: AtomicBool,
-    writers: Mutex<()>,
+    writers: Lock<()>,
     /// Set once, at start-up, when membarrier is registered.
     asymmetric: AtomicBool,
 }
@@ -69,7 +69,7 @@ struct OpsLock {
 static OPS: OpsLock = OpsLock {
     readers: [const { Padded(AtomicU64::new(0)) }; STRIPES],
     writer: AtomicBool::new(false),
-    writers: Mutex::new(()),
+    writers: Lock::new(()),
     asymmetric: AtomicBool::new(false),
 };
 
@@ -93,9 +93,6 @@ pub fn use_membarrier() {
         && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
     {
         OPS.asymmetric.store(true, Ordering::SeqCst);
-        // The registration belongs to the address space: a forked child must register again.
-        // SAFETY: registers a plain extern "C" handler, run in the child right after fork.
-        unsafe { libc::pthread_atfork(None, None, Some(register_in_child)) };
     } else {
         vlog!(
             Debug,
@@ -104,11 +101,31 @@ pub fn use_membarrier() {
     }
 }
 
-/// After fork, in the child (one thread, so no reader is mid-way): register again, or go back to locked
-/// fences. Only a system call and an atomic store: safe in a fork handler.
-extern "C" fn register_in_child() {
-    if membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0 {
+/// In a forked child: the operations in flight were other threads', which do not exist here, and so was
+/// any reading under way; no device is watched yet. The membarrier registration belongs to the address
+/// space, so the child registers again or goes back to locked fences.
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        OPS.writers.reset_after_fork(());
+        READINGS.reset_after_fork([Readings::default(); MAX_DEVICES]);
+    }
+    for r in &OPS.readers {
+        r.store(0, Ordering::SeqCst);
+    }
+    OPS.writer.store(false, Ordering::SeqCst);
+    if OPS.asymmetric.load(Ordering::SeqCst)
+        && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0
+    {
         OPS.asymmetric.store(false, Ordering::SeqCst);
+    }
+    for dev in 0..MAX_DEVICES {
+        WATCHED[dev].store(false, Ordering::Relaxed);
+        LAST_READING_NS[dev].store(0, Ordering::Relaxed);
+        LAST_COUNTED[dev].store(u64::MAX, Ordering::Relaxed);
     }
 }
 
@@ -160,7 +177,7 @@ pub fn in_flight() -> InFlight {
 }
 
 /// Held while a reading is taken: no operation is in flight, none can start.
-struct Quiet<'a>(#[allow(dead_code)] parking_lot::MutexGuard<'a, ()>);
+struct Quiet<'a>(#[allow(dead_code)] core_lib::lock::Guard<'a, ()>);
 
 impl Drop for Quiet<'_> {
     fn drop(&mut self) {
@@ -206,7 +223,7 @@ struct Readings {
     handle: usize,
 }
 
-static READINGS: Mutex<[Readings; MAX_DEVICES]> = Mutex::new([Readings { handle: 0 }; MAX_DEVICES]);
+static READINGS: Lock<[Readings; MAX_DEVICES]> = Lock::new([Readings { handle: 0 }; MAX_DEVICES]);
 
 pub fn watch(dev: i32) {
     if !state::config().is_some_and(|c| c.nvml) {
@@ -356,6 +373,7 @@ pub fn measure(dev: i32, wait: bool) -> bool {
     let readings = READINGS.lock();
     let r = &readings[i];
     crate::hooks::pool::refresh(dev);
+    crate::registry::graphs::refresh(dev);
     let before = counted(ledger.snapshot());
     let used = nvml.used_by(r.handle, std::process::id());
     LAST_READING_NS[i].store(monotonic_ns(), Ordering::Relaxed);
@@ -364,10 +382,27 @@ pub fn measure(dev: i32, wait: bool) -> bool {
     if !WATCHED[i].load(Ordering::Relaxed) {
         return true;
     }
-    let measured = used.saturating_sub(before);
+    let measured = beside(dev, used, before);
     vlog!(Debug, "device {dev}: NVML shows {used} bytes for this process, {before} counted: {measured} beside");
     ledger.set_context(measured);
     true
+}
+
+/// The context's share: what NVML shows beyond our counts. A malloc heap that was set but may not be
+/// taken yet (see `registry::limits`) is in our counts before it is in NVML's figure: it is taken once
+/// the figure beside the rest has grown by it from the share when it was set, and until then the share
+/// is read without it.
+fn beside(dev: i32, used: u64, counted: u64) -> u64 {
+    let Some((heap, floor)) = crate::registry::limits::pending_heap(dev) else {
+        return used.saturating_sub(counted);
+    };
+    let without_heap = used.saturating_sub(counted.saturating_sub(heap));
+    if without_heap >= floor.saturating_add(heap) {
+        crate::registry::limits::heap_taken(dev);
+        without_heap - heap
+    } else {
+        without_heap
+    }
 }
 
 /// Called by an allocating hook, before its own operation starts, when an allocation of `bytes` would
@@ -398,6 +433,8 @@ fn due(dev: usize) -> bool {
 }
 
 fn run(pid: i32) {
+    // Our queries from this thread must never invalidate a program's stream capture.
+    crate::driver::relax_this_thread();
     let mut misses = 0u32;
     let mut tick = 0u64;
     while std::process::id() as i32 == pid {

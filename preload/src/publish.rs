@@ -9,11 +9,11 @@
 
 use crate::state::{self, LEDGER};
 use core_lib::ledger::DeviceUsage;
+use core_lib::lock::Lock;
 use core_lib::shm::{
     segment_mode, segment_path, Identity, Segment, VramcapDevice, VRAMCAP_SLOT_DEVICES,
 };
 use core_lib::vlog;
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -22,7 +22,7 @@ static SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// The PID that holds SLOT (a forked child must claim its own).
 static SLOT_PID: AtomicU32 = AtomicU32::new(0);
 /// What was last published, to skip rewriting unchanged figures.
-static LAST: Mutex<Vec<DeviceUsage>> = Mutex::new(Vec::new());
+static LAST: Lock<Vec<DeviceUsage>> = Lock::new(Vec::new());
 
 fn segment() -> Option<&'static Segment> {
     SEGMENT
@@ -139,4 +139,13 @@ pub fn post_request(uuid: [u8; 16], bytes: u64) -> Option<u32> {
 /// The unloader's answer to request `seq`, once given.
 pub fn answer_to(seq: u32) -> Option<u32> {
     segment()?.answer_to(SLOT.load(Ordering::Acquire), seq)
+}
+
+/// In a forked child: what the parent published is not ours (its slot follows the PID).
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe { LAST.reset_after_fork(Vec::new()) };
 }

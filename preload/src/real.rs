@@ -52,7 +52,9 @@ fn open(path: &CStr) -> *mut c_void {
     unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) }
 }
 
-/// Opens the real driver (`VRAMCAP_REAL_LIBCUDA`, else `libcuda.so.1`). Returns the loader's error on failure.
+/// Opens the real driver (`VRAMCAP_REAL_LIBCUDA`, else `libcuda.so.1`), unless the program already
+/// opened a driver under another name, which was then adopted (see [`adopt`]). Returns the loader's error
+/// on failure.
 pub fn open_driver(path: Option<&str>) -> Result<*mut c_void, String> {
     let held = CUDA_HANDLE.load(Ordering::Acquire);
     if !held.is_null() {
@@ -63,8 +65,15 @@ pub fn open_driver(path: Option<&str>) -> Result<*mut c_void, String> {
     if handle.is_null() {
         return Err(loader_error());
     }
-    CUDA_HANDLE.store(handle, Ordering::Release);
-    Ok(handle)
+    match CUDA_HANDLE.compare_exchange(
+        std::ptr::null_mut(),
+        handle,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => Ok(handle),
+        Err(adopted) => Ok(adopted),
+    }
 }
 
 /// The handle of NVML, opened on first use; null if it is not installed.
@@ -95,33 +104,75 @@ fn loader_error() -> String {
     }
 }
 
-/// Whether `handle` is a library whose symbols we wrap: its file name begins `libcuda.` or `libnvidia-ml.`,
-/// or it is the configured real driver. Uses `dlinfo`, which neither allocates nor calls `dlsym`.
-pub fn is_driver_handle(handle: *mut c_void) -> bool {
-    if handle == CUDA_HANDLE.load(Ordering::Relaxed)
-        || handle == NVML_HANDLE.load(Ordering::Relaxed)
-    {
-        return !handle.is_null();
+/// `dladdr1`'s request for the object's link map (glibc's `RTLD_DL_LINKMAP`).
+const RTLD_DL_LINKMAP: libc::c_int = 2;
+
+/// The loaded object that holds address `p`: its link map, which is what glibc's handles are. Null if
+/// no object holds it. `dladdr1` neither allocates nor calls `dlsym`.
+pub fn object_of(p: *const c_void) -> *mut c_void {
+    // SAFETY: all-zero bytes are a valid Dl_info (pointers and null strings).
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let mut map: *mut c_void = std::ptr::null_mut();
+    // SAFETY: dladdr1 writes the Dl_info and one pointer (the link map) into our locals.
+    let found = unsafe { libc::dladdr1(p, &mut info, &mut map, RTLD_DL_LINKMAP) };
+    if found == 0 {
+        std::ptr::null_mut()
+    } else {
+        map
     }
-    let mut map: *mut libc::c_void = std::ptr::null_mut();
-    // SAFETY: RTLD_DI_LINKMAP writes one pointer into `map`; handle is the caller's dlopen handle.
-    let rc = unsafe {
-        libc::dlinfo(
-            handle,
-            libc::RTLD_DI_LINKMAP,
-            (&mut map as *mut *mut libc::c_void).cast(),
-        )
-    };
-    if rc != 0 || map.is_null() {
+}
+
+/// libvramcap.so's own object, which exports the driver's names but is not a driver.
+fn own_object() -> *mut c_void {
+    static OWN: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+    let mut own = OWN.load(Ordering::Acquire);
+    if own.is_null() {
+        own = object_of(own_object as *const c_void);
+        OWN.store(own, Ordering::Release);
+    }
+    own
+}
+
+/// Whether `object` itself defines `name` (not one of its dependencies).
+fn defines(object: *mut c_void, name: &CStr) -> bool {
+    let p = lookup(object, name);
+    !p.is_null() && object_of(p) == object
+}
+
+/// Whether `object` is a CUDA driver, by what it is: the driver we opened, or any other object (a copy, a
+/// file of another name) that defines the driver's own entry-point lookup.
+pub fn is_cuda_driver(object: *mut c_void) -> bool {
+    if object.is_null() || object == own_object() {
         return false;
     }
-    // SAFETY: a link_map starts with l_addr then l_name, a NUL-terminated path owned by the loader.
-    let name = unsafe { *(map as *const *const c_char).add(1) };
-    if name.is_null() {
+    object == CUDA_HANDLE.load(Ordering::Acquire) || defines(object, c"cuGetProcAddress_v2")
+}
+
+/// Whether `object` is NVML, by the same rule.
+pub fn is_nvml(object: *mut c_void) -> bool {
+    if object.is_null() || object == own_object() {
         return false;
     }
-    // SAFETY: see above; the string lives as long as the library stays loaded.
-    let bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
-    let base = bytes.rsplit(|&b| b == b'/').next().unwrap_or(bytes);
-    base.starts_with(b"libcuda.") || base.starts_with(b"libnvidia-ml.")
+    object == NVML_HANDLE.load(Ordering::Acquire) || defines(object, c"nvmlInit_v2")
+}
+
+/// A driver object the program looked a symbol up in: the first one seen becomes the driver we forward
+/// to, unless `VRAMCAP_REAL_LIBCUDA` names one (a program that opens the driver as `gpu.so` before its
+/// first CUDA call must find its own driver behind every wrapper). One atomic swap, no allocation.
+pub fn adopt(object: *mut c_void) {
+    // SAFETY: getenv with a NUL-terminated name; the result is only compared with null.
+    let configured = !unsafe { libc::getenv(c"VRAMCAP_REAL_LIBCUDA".as_ptr()) }.is_null();
+    if !configured && !object.is_null() {
+        let _ = CUDA_HANDLE.compare_exchange(
+            std::ptr::null_mut(),
+            object,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+}
+
+/// The driver we forward to, once opened or adopted.
+pub fn primary_driver() -> *mut c_void {
+    CUDA_HANDLE.load(Ordering::Acquire)
 }

@@ -17,8 +17,8 @@ use crate::entry_points::ENTRIES;
 use crate::real::{self, Lib};
 use core_lib::config::Config;
 use core_lib::ledger::{DeviceLedger, Ledger, MAX_DEVICES, UNCAPPED};
+use core_lib::lock::Lock;
 use core_lib::vlog;
-use parking_lot::Mutex;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -32,7 +32,7 @@ pub enum Phase {
 }
 
 static PHASE: AtomicU8 = AtomicU8::new(Phase::Fresh as u8);
-static START: Mutex<()> = Mutex::new(());
+static START: Lock<()> = Lock::new(());
 static CONFIG: OnceLock<Config> = OnceLock::new();
 static DEVICES: OnceLock<Devices> = OnceLock::new();
 
@@ -70,6 +70,7 @@ pub fn start() -> Phase {
             core_lib::log::set_level(config.log);
             resolve_driver(config.real_libcuda.as_deref());
             crate::overhead::use_membarrier();
+            crate::fork::install();
             let _ = CONFIG.set(config);
             Phase::Ready
         }
@@ -189,25 +190,33 @@ pub fn devices() -> Option<&'static Devices> {
     if d.uuids.len() > MAX_DEVICES {
         vlog!(Warn, "only the first {MAX_DEVICES} devices are counted");
     }
-    warn_unmatched_keys(config, &d);
+    check_absent_keys(config, &d);
     Some(DEVICES.get_or_init(|| d))
 }
 
-fn warn_unmatched_keys(config: &Config, d: &Devices) {
-    use core_lib::config::{DeviceKey, Limit};
-    if let Limit::PerDevice(entries) = &config.limit {
-        for (key, _) in entries {
-            let seen = match key {
-                DeviceKey::Ordinal(o) => (*o as usize) < d.uuids.len(),
-                DeviceKey::Uuid(u) => d.ordinal_of_uuid(u).is_some(),
-            };
-            if !seen {
-                vlog!(
-                    Warn,
-                    "VRAMCAP_LIMIT names device {key:?}, which this process does not see"
-                );
-            }
-        }
+/// A per-device limit that names a device this process does not see leaves that device's memory
+/// uncapped wherever it went: a configuration error, unless `VRAMCAP_ALLOW_ABSENT_DEVICES` allows it.
+/// Called with the start lock held, once the driver answers.
+fn check_absent_keys(config: &Config, d: &Devices) {
+    let absent = config.limit.absent_keys(&d.uuids);
+    if absent.is_empty() {
+        return;
+    }
+    let value = std::env::var(core_lib::config::ENV_LIMIT).unwrap_or_default();
+    let line = core_lib::config::absent_devices_error(
+        core_lib::config::ENV_LIMIT,
+        &value,
+        &absent,
+        &d.uuids,
+    );
+    if config.allow_absent_devices {
+        vlog!(Warn, "{line} (allowed)");
+    } else {
+        vlog!(
+            Error,
+            "{line}; refusing CUDA initialisation so that nothing runs uncapped"
+        );
+        PHASE.store(Phase::Refusing as u8, Ordering::Release);
     }
 }
 
@@ -215,4 +224,14 @@ fn warn_unmatched_keys(config: &Config, d: &Devices) {
 pub fn ledger(dev: CUdevice) -> Option<&'static DeviceLedger> {
     devices()?;
     LEDGER.device(dev)
+}
+
+/// In a forked child: a start under way on another thread is not (the configuration and devices, once
+/// set, stay).
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe { START.reset_after_fork(()) };
 }

@@ -88,18 +88,58 @@ fn find_library() -> Result<PathBuf, String> {
     }
 }
 
+/// The machine's GPU UUIDs, from NVML, where it answers.
+fn machine_uuids() -> Option<Vec<String>> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let count = nvml.device_count().ok()?;
+    (0..count)
+        .map(|i| {
+            nvml.device_by_index(i)
+                .and_then(|d| d.uuid())
+                .ok()
+                .map(|u| config::canonical_uuid(&u))
+        })
+        .collect()
+}
+
+/// A per-device limit for a device the command will not see would leave its memory uncapped: refused
+/// here where it can be told (the library refuses `cuInit` for it anyway).
+fn check_devices(var: &str, text: &str, limit: &config::Limit) -> Result<(), String> {
+    if !matches!(limit, config::Limit::PerDevice(_))
+        || std::env::var_os(config::ENV_ALLOW_ABSENT_DEVICES).is_some_and(|v| v == "1" || v == "on")
+    {
+        return Ok(());
+    }
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let machine = machine_uuids();
+    let absent = config::surely_absent_keys(limit, visible.as_deref(), machine.as_deref());
+    if absent.is_empty() {
+        return Ok(());
+    }
+    let seen = match (&visible, &machine) {
+        (None, Some(all)) => all.clone(),
+        _ => Vec::new(),
+    };
+    Err(config::absent_devices_error(var, text, &absent, &seen))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(limit) = &args.limit {
-        if let Err(reason) = parse_limit(limit) {
-            return fail(2, format_args!("--limit {limit:?} is invalid: {reason}"));
-        }
-    } else if let Ok(inherited) = std::env::var(config::ENV_LIMIT) {
-        if let Err(reason) = parse_limit(&inherited) {
-            return fail(
-                2,
-                format_args!("{}={inherited:?} is invalid: {reason}", config::ENV_LIMIT),
-            );
+    let limit = match (&args.limit, std::env::var(config::ENV_LIMIT)) {
+        (Some(given), _) => Some(("--limit", given.clone())),
+        (None, Ok(inherited)) => Some((config::ENV_LIMIT, inherited)),
+        (None, Err(_)) => None,
+    };
+    if let Some((var, text)) = &limit {
+        let parsed = match parse_limit(text) {
+            Ok(parsed) => parsed,
+            Err(reason) if *var == "--limit" => {
+                return fail(2, format_args!("--limit {text:?} is invalid: {reason}"))
+            }
+            Err(reason) => return fail(2, format_args!("{var}={text:?} is invalid: {reason}")),
+        };
+        if let Err(line) = check_devices(config::ENV_LIMIT, text, &parsed) {
+            return fail(2, line);
         }
     }
     if let Some(url) = &args.unload_url {

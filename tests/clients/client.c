@@ -48,6 +48,32 @@ CUresult cuArrayDestroy(CUarray);
 CUresult cuMemPoolCreate(CUmemoryPool *, const CUmemPoolProps *);
 CUresult cuMemAllocFromPoolAsync(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
 CUresult cuDeviceGetMemPool(CUmemoryPool *, CUdevice);
+/* Graphs, capture and limits: weak, so that a driver without them still runs the other scenarios (the
+ * scenarios that need them say missing=NAME and exit 3). */
+#define WEAK __attribute__((weak))
+WEAK CUresult cuStreamCreate(CUstream *, unsigned);
+WEAK CUresult cuStreamDestroy_v2(CUstream);
+WEAK CUresult cuStreamBeginCapture_v2(CUstream, int);
+WEAK CUresult cuStreamEndCapture(CUstream, CUgraph *);
+WEAK CUresult cuStreamIsCapturing(CUstream, int *);
+WEAK CUresult cuGraphCreate(CUgraph *, unsigned);
+WEAK CUresult cuGraphDestroy(CUgraph);
+WEAK CUresult cuGraphAddMemAllocNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUDA_MEM_ALLOC_NODE_PARAMS *);
+WEAK CUresult cuGraphAddMemFreeNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUdeviceptr);
+WEAK CUresult cuGraphAddNode_v2(CUgraphNode *, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t, CUgraphNodeParams *);
+WEAK CUresult cuGraphGetNodes(CUgraph, CUgraphNode *, size_t *);
+WEAK CUresult cuGraphNodeGetType(CUgraphNode, int *);
+WEAK CUresult cuGraphInstantiateWithFlags(CUgraphExec *, CUgraph, unsigned long long);
+WEAK CUresult cuGraphInstantiateWithParams(CUgraphExec *, CUgraph, CUDA_GRAPH_INSTANTIATE_PARAMS *);
+WEAK CUresult cuGraphUpload(CUgraphExec, CUstream);
+WEAK CUresult cuGraphLaunch(CUgraphExec, CUstream);
+WEAK CUresult cuGraphExecDestroy(CUgraphExec);
+WEAK CUresult cuDeviceGraphMemTrim(CUdevice);
+WEAK CUresult cuDeviceGetGraphMemAttribute(CUdevice, int, void *);
+WEAK CUresult cuCtxSetLimit(int, size_t);
+WEAK CUresult cuCtxGetLimit(size_t *, int);
+WEAK CUresult cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
+                             void **, void **);
 
 static struct {
   CUresult (*init)(unsigned);
@@ -75,6 +101,30 @@ static struct {
   CUresult (*pool_create)(CUmemoryPool *, const CUmemPoolProps *);
   CUresult (*alloc_from_pool)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
   CUresult (*get_mem_pool)(CUmemoryPool *, CUdevice);
+  /* Optional (NULL when the driver lacks them). */
+  CUresult (*stream_create)(CUstream *, unsigned);
+  CUresult (*stream_destroy)(CUstream);
+  CUresult (*begin_capture)(CUstream, int);
+  CUresult (*end_capture)(CUstream, CUgraph *);
+  CUresult (*is_capturing)(CUstream, int *);
+  CUresult (*graph_create)(CUgraph *, unsigned);
+  CUresult (*graph_destroy)(CUgraph);
+  CUresult (*add_alloc_node)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUDA_MEM_ALLOC_NODE_PARAMS *);
+  CUresult (*add_free_node)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUdeviceptr);
+  CUresult (*add_node)(CUgraphNode *, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t, CUgraphNodeParams *);
+  CUresult (*get_nodes)(CUgraph, CUgraphNode *, size_t *);
+  CUresult (*node_type)(CUgraphNode, int *);
+  CUresult (*instantiate)(CUgraphExec *, CUgraph, unsigned long long);
+  CUresult (*instantiate_params)(CUgraphExec *, CUgraph, CUDA_GRAPH_INSTANTIATE_PARAMS *);
+  CUresult (*upload)(CUgraphExec, CUstream);
+  CUresult (*launch)(CUgraphExec, CUstream);
+  CUresult (*exec_destroy)(CUgraphExec);
+  CUresult (*graph_trim)(CUdevice);
+  CUresult (*graph_attr)(CUdevice, int, void *);
+  CUresult (*set_limit)(int, size_t);
+  CUresult (*get_limit)(size_t *, int);
+  CUresult (*launch_kernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
+                            void **, void **);
 } cu;
 
 typedef CUresult (*gpa_t)(const char *, void **, int, unsigned long long, int *);
@@ -94,8 +144,22 @@ static void *by_gpa(const char *name, int version, unsigned long long flags) {
   return p;
 }
 
+/* An entry point a scenario may do without: NULL if the driver does not have it. */
+static void *by_gpa_opt(const char *name, int version) {
+  void *p = NULL;
+  int status = -1;
+  return gpa(name, &p, version, 0, &status) == 0 && status == 0 ? p : NULL;
+}
+
 #define DL(field, sym) cu.field = need(dlsym(driver, sym), sym)
 #define GPA(field, name, ver) cu.field = by_gpa(name, ver, 0)
+#define DL_OPT(field, sym) cu.field = dlsym(driver, sym)
+#define GPA_OPT(field, name, ver) cu.field = by_gpa_opt(name, ver)
+/* What a scenario needs of the optional entry points. */
+#define REQ(field)                                                                                                 \
+  do {                                                                                                             \
+    if (!cu.field) { printf("missing=%s\n", #field); exit(3); }                                                    \
+  } while (0)
 
 static void load(const char *path) {
   driver = need(dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL), "libcuda.so.1");
@@ -110,6 +174,15 @@ static void load(const char *path) {
     cu.array_create = cuArrayCreate_v2; cu.array_destroy = cuArrayDestroy;
     cu.pool_create = cuMemPoolCreate; cu.alloc_from_pool = cuMemAllocFromPoolAsync;
     cu.get_mem_pool = cuDeviceGetMemPool;
+    cu.stream_create = cuStreamCreate; cu.stream_destroy = cuStreamDestroy_v2;
+    cu.begin_capture = cuStreamBeginCapture_v2; cu.end_capture = cuStreamEndCapture;
+    cu.is_capturing = cuStreamIsCapturing; cu.graph_create = cuGraphCreate; cu.graph_destroy = cuGraphDestroy;
+    cu.add_alloc_node = cuGraphAddMemAllocNode; cu.add_free_node = cuGraphAddMemFreeNode;
+    cu.add_node = cuGraphAddNode_v2; cu.get_nodes = cuGraphGetNodes; cu.node_type = cuGraphNodeGetType;
+    cu.instantiate = cuGraphInstantiateWithFlags; cu.instantiate_params = cuGraphInstantiateWithParams;
+    cu.upload = cuGraphUpload; cu.launch = cuGraphLaunch; cu.exec_destroy = cuGraphExecDestroy;
+    cu.graph_trim = cuDeviceGraphMemTrim; cu.graph_attr = cuDeviceGetGraphMemAttribute;
+    cu.set_limit = cuCtxSetLimit; cu.get_limit = cuCtxGetLimit; cu.launch_kernel = cuLaunchKernel;
   } else if (!strcmp(path, "dlsym")) {
     DL(init, "cuInit"); DL(count, "cuDeviceGetCount"); DL(retain, "cuDevicePrimaryCtxRetain");
     DL(set_current, "cuCtxSetCurrent"); DL(ctx_create, "cuCtxCreate_v2"); DL(ctx_destroy, "cuCtxDestroy_v2");
@@ -120,6 +193,16 @@ static void load(const char *path) {
     DL(map, "cuMemMap"); DL(unmap, "cuMemUnmap"); DL(array_create, "cuArrayCreate_v2");
     DL(array_destroy, "cuArrayDestroy"); DL(pool_create, "cuMemPoolCreate");
     DL(alloc_from_pool, "cuMemAllocFromPoolAsync"); DL(get_mem_pool, "cuDeviceGetMemPool");
+    DL_OPT(stream_create, "cuStreamCreate"); DL_OPT(stream_destroy, "cuStreamDestroy_v2");
+    DL_OPT(begin_capture, "cuStreamBeginCapture_v2"); DL_OPT(end_capture, "cuStreamEndCapture");
+    DL_OPT(is_capturing, "cuStreamIsCapturing"); DL_OPT(graph_create, "cuGraphCreate");
+    DL_OPT(graph_destroy, "cuGraphDestroy"); DL_OPT(add_alloc_node, "cuGraphAddMemAllocNode");
+    DL_OPT(add_free_node, "cuGraphAddMemFreeNode"); DL_OPT(add_node, "cuGraphAddNode_v2");
+    DL_OPT(get_nodes, "cuGraphGetNodes"); DL_OPT(node_type, "cuGraphNodeGetType");
+    DL_OPT(instantiate, "cuGraphInstantiateWithFlags"); DL_OPT(instantiate_params, "cuGraphInstantiateWithParams");
+    DL_OPT(upload, "cuGraphUpload"); DL_OPT(launch, "cuGraphLaunch"); DL_OPT(exec_destroy, "cuGraphExecDestroy");
+    DL_OPT(graph_trim, "cuDeviceGraphMemTrim"); DL_OPT(graph_attr, "cuDeviceGetGraphMemAttribute");
+    DL_OPT(set_limit, "cuCtxSetLimit"); DL_OPT(get_limit, "cuCtxGetLimit"); DL_OPT(launch_kernel, "cuLaunchKernel");
   } else if (!strcmp(path, "gpa")) {
     /* cuInit must be resolvable before initialisation, as the runtime does it. */
     GPA(init, "cuInit", 12000); GPA(count, "cuDeviceGetCount", 12000);
@@ -134,6 +217,18 @@ static void load(const char *path) {
     GPA(array_create, "cuArrayCreate", 12000); GPA(array_destroy, "cuArrayDestroy", 12000);
     GPA(pool_create, "cuMemPoolCreate", 12000); GPA(alloc_from_pool, "cuMemAllocFromPoolAsync", 12000);
     GPA(get_mem_pool, "cuDeviceGetMemPool", 12000);
+    GPA_OPT(stream_create, "cuStreamCreate", 12000); GPA_OPT(stream_destroy, "cuStreamDestroy", 12000);
+    GPA_OPT(begin_capture, "cuStreamBeginCapture", 12000); GPA_OPT(end_capture, "cuStreamEndCapture", 12000);
+    GPA_OPT(is_capturing, "cuStreamIsCapturing", 12000); GPA_OPT(graph_create, "cuGraphCreate", 12000);
+    GPA_OPT(graph_destroy, "cuGraphDestroy", 12000); GPA_OPT(add_alloc_node, "cuGraphAddMemAllocNode", 12000);
+    GPA_OPT(add_free_node, "cuGraphAddMemFreeNode", 12000); GPA_OPT(add_node, "cuGraphAddNode", 12030);
+    GPA_OPT(get_nodes, "cuGraphGetNodes", 12000); GPA_OPT(node_type, "cuGraphNodeGetType", 12000);
+    GPA_OPT(instantiate, "cuGraphInstantiateWithFlags", 12000);
+    GPA_OPT(instantiate_params, "cuGraphInstantiateWithParams", 12000);
+    GPA_OPT(upload, "cuGraphUpload", 12000); GPA_OPT(launch, "cuGraphLaunch", 12000);
+    GPA_OPT(exec_destroy, "cuGraphExecDestroy", 12000); GPA_OPT(graph_trim, "cuDeviceGraphMemTrim", 12000);
+    GPA_OPT(graph_attr, "cuDeviceGetGraphMemAttribute", 12000); GPA_OPT(set_limit, "cuCtxSetLimit", 12000);
+    GPA_OPT(get_limit, "cuCtxGetLimit", 12000); GPA_OPT(launch_kernel, "cuLaunchKernel", 12000);
   } else {
     printf("unknown path %s\n", path);
     exit(2);
@@ -429,6 +524,20 @@ static int scenario_poolgrowth(void) {
   return 0;
 }
 
+/* Stream-ordered allocations of MIB MiB from the default pool until refused; holds them (for a reader of
+ * the segment), then frees them. The pool grows in steps, so the cap check reserves whole steps. */
+static int scenario_pool_fill(unsigned long long mib) {
+  static CUdeviceptr p[4096];
+  int n = 0;
+  CUresult r = CUDA_SUCCESS;
+  while (n < 4096 && (r = cu.alloc_async(&p[n], mib * MIB, NULL)) == CUDA_SUCCESS) n++;
+  printf("allocated=%d\nrefused_code=%d\ndevice_used_at_cap=%llu\n", n, r, used_now());
+  hold_if_asked();
+  for (int i = 0; i < n; i++) cu.free_async(p[i], NULL);
+  cu.sync(NULL);
+  return 0;
+}
+
 static int scenario_ctx(void) {
   /* A second context on the same device, created and destroyed, leaves the primary's charges alone. */
   unsigned long long base = charged();
@@ -581,6 +690,328 @@ static int scenario_worker(unsigned long long mib) {
   }
 }
 
+/* ---- graphs, stream capture and limits ---- */
+
+static CUdeviceptr (*fake_malloc_kernel)(void);
+static CUdeviceptr (*fake_local_kernel)(unsigned long long);
+
+static CUstream make_stream(void) {
+  REQ(stream_create);
+  CUstream st = NULL;
+  CUresult r = cu.stream_create(&st, CU_STREAM_NON_BLOCKING);
+  if (r) { printf("stream_create_failed=%d\n", r); exit(3); }
+  return st;
+}
+
+static unsigned long long graph_reserved(void) {
+  cuuint64_t v = 0;
+  cu.graph_attr(0, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT, &v);
+  return v;
+}
+
+/* A graph of one allocation node of BYTES on device 0 (cuGraphAddMemAllocNode, or cuGraphAddNode with type
+ * MEM_ALLOC), and with WITH_FREE a free node of it after it; its address in *VA. */
+static CUresult alloc_graph(CUgraph *g, unsigned long long bytes, int with_free, int addnode, CUdeviceptr *va) {
+  REQ(graph_create); REQ(add_alloc_node); REQ(add_free_node);
+  CUresult r = cu.graph_create(g, 0);
+  if (r) return r;
+  CUgraphNode a, f;
+  if (addnode) {
+    REQ(add_node);
+    CUgraphNodeParams np;
+    memset(&np, 0, sizeof np);
+    np.type = CU_GRAPH_NODE_TYPE_MEM_ALLOC;
+    np.alloc.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    np.alloc.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    np.alloc.poolProps.location.id = 0;
+    np.alloc.bytesize = bytes;
+    r = cu.add_node(&a, *g, NULL, NULL, 0, &np);
+    *va = np.alloc.dptr;
+  } else {
+    CUDA_MEM_ALLOC_NODE_PARAMS ap;
+    memset(&ap, 0, sizeof ap);
+    ap.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    ap.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    ap.poolProps.location.id = 0;
+    ap.bytesize = bytes;
+    r = cu.add_alloc_node(&a, *g, NULL, 0, &ap);
+    *va = ap.dptr;
+  }
+  if (r || !with_free) return r;
+  return cu.add_free_node(&f, *g, &a, 1, *va);
+}
+
+/* N graphs, each one allocation of MIB that outlives it, launched in order until one is refused. */
+static int scenario_graphs(int n, unsigned long long mib, int addnode) {
+  REQ(instantiate); REQ(launch); REQ(exec_destroy); REQ(graph_destroy); REQ(graph_trim); REQ(graph_attr);
+  CUstream st = make_stream();
+  if (n < 1) n = 1;
+  CUgraph *g = calloc(n, sizeof *g);
+  CUgraphExec *e = calloc(n, sizeof *e);
+  CUdeviceptr *va = calloc(n, sizeof *va);
+  for (int i = 0; i < n; i++) {
+    CUresult r = alloc_graph(&g[i], mib * MIB, 0, addnode, &va[i]);
+    if (r) { printf("graph_build_failed=%d\n", r); return 3; }
+    r = cu.instantiate(&e[i], g[i], 0);
+    if (r) { printf("instantiate_failed=%d\n", r); return 3; }
+  }
+  int k = 0;
+  CUresult refused = 0;
+  unsigned long long calls_before = 0, calls_on_refusal = 0;
+  for (; k < n; k++) {
+    if (fake_calls) calls_before = fake_calls("cuGraphLaunch");
+    CUresult r = cu.launch(e[k], st);
+    if (r) {
+      refused = r;
+      if (fake_calls) calls_on_refusal = fake_calls("cuGraphLaunch") - calls_before;
+      break;
+    }
+  }
+  cu.sync(st);
+  printf("launched=%d\nlaunch_refused_code=%d\n", k, refused);
+  if (fake_calls) printf("driver_called_on_refusal=%llu\n", calls_on_refusal);
+  printf("charged_graphs=%llu\ndevice_used=%llu\ngraph_reserved=%llu\n", charged(), used_now(), graph_reserved());
+  hold_if_asked();
+  for (int i = 0; i < k; i++) cu.free(va[i]);
+  for (int i = 0; i < n; i++) cu.exec_destroy(e[i]);
+  printf("charged_after_free=%llu\n", charged());
+  cu.graph_trim(0);
+  printf("charged_after_trim=%llu\nreserved_after_trim=%llu\n", charged(), graph_reserved());
+  for (int i = 0; i < n; i++) cu.graph_destroy(g[i]);
+  CUdeviceptr q;
+  CUresult r = cu.alloc(&q, 64 * MIB);
+  printf("alloc_after=%d\n", r);
+  if (!r) cu.free(q);
+  return 0;
+}
+
+/* One graph that allocates and frees MIB, launched once and then 1000 times more. */
+static int scenario_graph_relaunch(unsigned long long mib) {
+  REQ(instantiate); REQ(launch);
+  CUstream st = make_stream();
+  CUgraph g;
+  CUgraphExec e;
+  CUdeviceptr va;
+  CUresult r = alloc_graph(&g, mib * MIB, 1, 0, &va);
+  if (r) { printf("graph_build_failed=%d\n", r); return 3; }
+  r = cu.instantiate(&e, g, 0);
+  if (r) { printf("instantiate_failed=%d\n", r); return 3; }
+  unsigned long long before = fake_calls ? fake_calls("cuGraphLaunch") : 0;
+  r = cu.launch(e, st);
+  cu.sync(st);
+  printf("first_launch=%d\ncharged_after_first=%llu\n", r, charged());
+  int failures = 0;
+  for (int i = 0; i < 1000; i++) failures += cu.launch(e, st) != 0;
+  cu.sync(st);
+  printf("relaunch_failures=%d\ncharged_after_relaunches=%llu\n", failures, charged());
+  if (fake_calls) printf("driver_launches=%llu\n", fake_calls("cuGraphLaunch") - before);
+  return 0;
+}
+
+/* Upload at instantiation (cuGraphInstantiateWithParams with UPLOAD), then cuGraphUpload of a second
+ * graph of the same size. */
+static int scenario_graph_upload(unsigned long long mib) {
+  REQ(instantiate); REQ(instantiate_params); REQ(upload);
+  CUstream st = make_stream();
+  CUgraph g1, g2;
+  CUgraphExec e1 = NULL, e2 = NULL;
+  CUdeviceptr va;
+  CUresult r = alloc_graph(&g1, mib * MIB, 1, 0, &va);
+  if (r) { printf("graph_build_failed=%d\n", r); return 3; }
+  CUDA_GRAPH_INSTANTIATE_PARAMS ip;
+  memset(&ip, 0, sizeof ip);
+  ip.flags = CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD;
+  ip.hUploadStream = st;
+  ip.result_out = -1;
+  r = cu.instantiate_params(&e1, g1, &ip);
+  cu.sync(st);
+  printf("instantiate_upload=%d\nresult_out=%d\ncharged_after_upload=%llu\n", r, ip.result_out, charged());
+  r = alloc_graph(&g2, mib * MIB, 1, 0, &va);
+  if (r) { printf("graph_build_failed=%d\n", r); return 3; }
+  r = cu.instantiate(&e2, g2, 0);
+  if (r) { printf("instantiate_failed=%d\n", r); return 3; }
+  r = cu.upload(e2, st);
+  cu.sync(st);
+  printf("upload=%d\ncharged_after_second_upload=%llu\n", r, charged());
+  return 0;
+}
+
+/* A stream-ordered allocation and free of MIB captured in MODE, with a (hooked) cuMemGetInfo inside the
+ * capture; with BUSY the capture stays open 300 ms, so the library's background thread runs during it. */
+static int scenario_capture(const char *mode_name, unsigned long long mib, int busy) {
+  REQ(begin_capture); REQ(end_capture); REQ(is_capturing); REQ(get_nodes); REQ(node_type); REQ(instantiate);
+  REQ(launch); REQ(exec_destroy); REQ(graph_destroy); REQ(graph_trim);
+  int mode = !strcmp(mode_name, "thread")    ? CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+             : !strcmp(mode_name, "relaxed") ? CU_STREAM_CAPTURE_MODE_RELAXED
+                                             : CU_STREAM_CAPTURE_MODE_GLOBAL;
+  CUstream st = make_stream();
+  long long base = (long long)charged();
+  CUresult r = cu.begin_capture(st, mode);
+  if (r) { printf("begin_capture_failed=%d\n", r); return 3; }
+  CUdeviceptr p = 0;
+  CUresult ra = cu.alloc_async(&p, mib * MIB, st);
+  int status = -1;
+  cu.is_capturing(st, &status);
+  CUresult rf = cu.free_async(p, st);
+  size_t fr = 0, total = 0;
+  CUresult ri = cu.info(&fr, &total);
+  if (busy) usleep(300000);
+  long long during = (long long)charged();
+  CUgraph g = NULL;
+  CUresult re = cu.end_capture(st, &g);
+  printf("alloc_in_capture=%d\nfree_in_capture=%d\ninfo_in_capture=%d\nend_capture=%d\n", ra, rf, ri, re);
+  printf("capture_status_after_alloc=%d\ncharged_delta_capture=%lld\n", status, during - base);
+  if (re || !g) return 0;
+  size_t n = 0;
+  cu.get_nodes(g, NULL, &n);
+  CUgraphNode *nodes = calloc(n ? n : 1, sizeof *nodes);
+  cu.get_nodes(g, nodes, &n);
+  int allocs = 0, frees = 0;
+  for (size_t i = 0; i < n; i++) {
+    int t = -1;
+    cu.node_type(nodes[i], &t);
+    allocs += t == CU_GRAPH_NODE_TYPE_MEM_ALLOC;
+    frees += t == CU_GRAPH_NODE_TYPE_MEM_FREE;
+  }
+  free(nodes);
+  printf("alloc_nodes=%d\nfree_nodes=%d\n", allocs, frees);
+  CUgraphExec e = NULL;
+  r = cu.instantiate(&e, g, 0);
+  if (!r) r = cu.launch(e, st);
+  cu.sync(st);
+  printf("launch=%d\ncharged_after_launch_delta=%lld\n", r, (long long)charged() - base);
+  if (e) cu.exec_destroy(e);
+  cu.graph_destroy(g);
+  cu.graph_trim(0);
+  printf("charged_after_trim_delta=%lld\n", (long long)charged() - base);
+  return 0;
+}
+
+static CUstream other_stream;
+static unsigned long long other_mib;
+static CUresult other_alloc_r = -1;
+static void *alloc_in_other_thread(void *arg) {
+  (void)arg;
+  cu.set_current(ctx);
+  CUdeviceptr p;
+  other_alloc_r = cu.alloc_async(&p, other_mib * MIB, other_stream);
+  if (!other_alloc_r) cu.free_async(p, other_stream);
+  return NULL;
+}
+
+/* The control: a GLOBAL capture on the main thread is invalidated by another thread's (default mode)
+ * stream-ordered allocation on another stream, as the driver does. */
+static int scenario_capture_other_thread(unsigned long long mib) {
+  REQ(begin_capture); REQ(end_capture); REQ(graph_destroy);
+  CUstream st = make_stream();
+  other_stream = make_stream();
+  other_mib = mib;
+  CUresult r = cu.begin_capture(st, CU_STREAM_CAPTURE_MODE_GLOBAL);
+  if (r) { printf("begin_capture_failed=%d\n", r); return 3; }
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_in_other_thread, NULL);
+  pthread_join(t, NULL);
+  CUgraph g = NULL;
+  CUresult re = cu.end_capture(st, &g);
+  if (g) cu.graph_destroy(g);
+  printf("other_alloc=%d\nend_capture=%d\n", other_alloc_r, re);
+  return 0;
+}
+
+static CUresult launch_fake_kernel(CUdeviceptr f) {
+  return cu.launch_kernel((CUfunction)(size_t)f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
+}
+
+/* What each limit takes, and when. */
+static int scenario_limits(void) {
+  REQ(set_limit); REQ(get_limit);
+  size_t v = 0;
+  cu.get_limit(&v, CU_LIMIT_STACK_SIZE);
+  printf("stack_default=%zu\n", v);
+  long long c0 = (long long)charged(), d0 = (long long)used_now();
+  CUresult r = cu.set_limit(CU_LIMIT_STACK_SIZE, 16384);
+  cu.get_limit(&v, CU_LIMIT_STACK_SIZE);
+  printf("stack_16k=%d\nstack_after=%zu\n", r, v);
+  printf("charged_stack_delta=%lld\ndevice_stack_delta=%lld\n", (long long)charged() - c0, (long long)used_now() - d0);
+  r = cu.set_limit(CU_LIMIT_STACK_SIZE, 1024);
+  printf("stack_back=%d\ncharged_back_delta=%lld\n", r, (long long)charged() - c0);
+  long long c1 = (long long)charged(), d1 = (long long)used_now();
+  r = cu.set_limit(CU_LIMIT_MALLOC_HEAP_SIZE, 1ull << 30);
+  printf("heap_1g=%d\ncharged_heap_delta=%lld\ndevice_heap_delta=%lld\n", r, (long long)charged() - c1,
+         (long long)used_now() - d1);
+  if (fake_malloc_kernel && cu.launch_kernel) {
+    long long c2 = (long long)charged(), d2 = (long long)used_now();
+    r = launch_fake_kernel(fake_malloc_kernel());
+    printf("malloc_kernel=%d\ndevice_after_malloc_kernel_delta=%lld\ncharged_after_malloc_kernel_delta=%lld\n", r,
+           (long long)used_now() - d2, (long long)charged() - c2);
+  } else {
+    printf("malloc_kernel=skipped\n");
+  }
+  printf("heap_after_kernel=%d\n", cu.set_limit(CU_LIMIT_MALLOC_HEAP_SIZE, 2ull << 30));
+  long long c3 = (long long)charged();
+  r = cu.set_limit(CU_LIMIT_PRINTF_FIFO_SIZE, 256 * MIB);
+  printf("printf=%d\ncharged_printf_delta=%lld\n", r, (long long)charged() - c3);
+  return 0;
+}
+
+/* A number with an optional K, M or G suffix. */
+static unsigned long long parse_size(const char *s) {
+  char *end;
+  unsigned long long v = strtoull(s, &end, 10);
+  switch (*end) {
+  case 'K': case 'k': return v << 10;
+  case 'M': case 'm': return v << 20;
+  case 'G': case 'g': return v << 30;
+  default: return v;
+  }
+}
+
+/* One limit set to VALUE: what it reads back, what it took, and whether the process still allocates. */
+static int scenario_limits_one(const char *name, const char *value) {
+  REQ(set_limit); REQ(get_limit);
+  int limit = !strcmp(name, "stack")    ? CU_LIMIT_STACK_SIZE
+              : !strcmp(name, "heap")   ? CU_LIMIT_MALLOC_HEAP_SIZE
+              : !strcmp(name, "printf") ? CU_LIMIT_PRINTF_FIFO_SIZE
+              : !strcmp(name, "pending") ? CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT
+                                         : -1;
+  if (limit < 0) { printf("unknown_limit=%s\n", name); return 2; }
+  long long c0 = (long long)charged(), d0 = (long long)used_now();
+  CUresult r = cu.set_limit(limit, parse_size(value));
+  size_t v = 0;
+  cu.get_limit(&v, limit);
+  printf("set=%d\nvalue_after=%zu\n", r, v);
+  printf("charged_delta=%lld\ndevice_delta=%lld\n", (long long)charged() - c0, (long long)used_now() - d0);
+  CUdeviceptr q;
+  r = cu.alloc(&q, 64 * MIB);
+  printf("alloc_after=%d\n", r);
+  if (!r) cu.free(q);
+  return 0;
+}
+
+/* The driver grows the stack on its own for a kernel with BYTES of local memory per thread, after MIB was
+ * allocated: then an allocation that would have fitted beforehand must not. (Fake only.) */
+static int scenario_local_growth(unsigned long long bytes, unsigned long long mib) {
+  if (!fake_local_kernel) { printf("local_kernel=skipped\n"); return 0; }
+  REQ(launch_kernel);
+  CUdeviceptr p, q;
+  CUresult r = cu.alloc(&p, mib * MIB);
+  if (r) { printf("alloc_failed=%d\n", r); return 3; }
+  unsigned long long before = charged();
+  long long d0 = (long long)used_now();
+  printf("charged_before=%llu\n", before);
+  r = launch_fake_kernel(fake_local_kernel(bytes));
+  printf("launch=%d\ndevice_after_launch_delta=%lld\n", r, (long long)used_now() - d0);
+  usleep(500000);
+  printf("charged_after_launch_delta=%lld\n", (long long)charged() - (long long)before);
+  size_t fr = 0, cap = 0;
+  cu.info(&fr, &cap);
+  unsigned long long want = cap > before ? (cap - before) / (2 * MIB) * (2 * MIB) : 0;
+  r = cu.alloc(&q, want);
+  printf("alloc_after_growth=%d\n", r);
+  if (!r) cu.free(q);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc < 3) { fprintf(stderr, "usage: client link|dlsym|gpa SCENARIO [ARG]\n"); return 2; }
@@ -588,6 +1019,8 @@ int main(int argc, char **argv) {
   device_used = dlsym(RTLD_DEFAULT, "fakecuda_device_used");
   fake_calls = dlsym(RTLD_DEFAULT, "fakecuda_calls");
   fake_symbol = dlsym(RTLD_DEFAULT, "fakecuda_symbol");
+  fake_malloc_kernel = dlsym(RTLD_DEFAULT, "fakecuda_malloc_kernel");
+  fake_local_kernel = dlsym(RTLD_DEFAULT, "fakecuda_local_kernel");
   const char *s = argv[2];
   if (!strcmp(s, "table")) { cu.init(0); return scenario_table(argc > 3 ? argv[3] : ""); }
   if (!strcmp(s, "identity")) { cu.init(0); return scenario_identity(); }
@@ -649,6 +1082,7 @@ int main(int argc, char **argv) {
   if (!strcmp(s, "nvml")) return scenario_nvml();
   if (!strcmp(s, "ctx")) return scenario_ctx();
   if (!strcmp(s, "poolgrowth")) return scenario_poolgrowth();
+  if (!strcmp(s, "pool_fill")) return scenario_pool_fill(argc > 3 ? strtoull(argv[3], NULL, 10) : 1);
   if (!strcmp(s, "hidden")) {
     /* The driver takes 128 MiB on its own (a module load) right between two large allocations near
      * the cap: the cap must still hold on what the device really holds. */
@@ -693,6 +1127,23 @@ int main(int argc, char **argv) {
   if (!strcmp(s, "info")) { report_info(); printf("charged=%llu\n", charged()); return 0; }
   if (!strcmp(s, "cross")) return scenario_cross();
   if (!strcmp(s, "worker")) return scenario_worker(argc > 3 ? strtoull(argv[3], NULL, 10) : 64);
+  if (!strcmp(s, "graphs"))
+    return scenario_graphs(argc > 3 ? atoi(argv[3]) : 4, argc > 4 ? strtoull(argv[4], NULL, 10) : 512,
+                           argc > 5 && !strcmp(argv[5], "addnode"));
+  if (!strcmp(s, "graph_relaunch")) return scenario_graph_relaunch(argc > 3 ? strtoull(argv[3], NULL, 10) : 512);
+  if (!strcmp(s, "graph_upload")) return scenario_graph_upload(argc > 3 ? strtoull(argv[3], NULL, 10) : 256);
+  if (!strcmp(s, "capture"))
+    return scenario_capture(argc > 3 ? argv[3] : "global", argc > 4 ? strtoull(argv[4], NULL, 10) : 64,
+                            argc > 5 && !strcmp(argv[5], "busy"));
+  if (!strcmp(s, "capture_other_thread"))
+    return scenario_capture_other_thread(argc > 3 ? strtoull(argv[3], NULL, 10) : 64);
+  if (!strcmp(s, "limits")) return scenario_limits();
+  if (!strcmp(s, "limits_one")) {
+    if (argc < 5) { printf("usage=limits_one LIMIT VALUE\n"); return 2; }
+    return scenario_limits_one(argv[3], argv[4]);
+  }
+  if (!strcmp(s, "local_growth"))
+    return scenario_local_growth(argc > 3 ? parse_size(argv[3]) : 49152, argc > 4 ? strtoull(argv[4], NULL, 10) : 64);
   if (!strcmp(s, "want")) {
     /* One allocation of MIB (cuMemAlloc, or the path named: async, create), timed: with VRAMCAP_WAIT it
        may wait for the unloader. */

@@ -70,6 +70,20 @@ pub fn env() -> &'static Env {
                 .arg(&dir)
                 .args(["-lcuda", "-ldl", "-lpthread"]),
         );
+        for (name, libs) in [
+            ("alias", &["-ldl"][..]),
+            ("fork_busy", &["-lcuda", "-lpthread"][..]),
+        ] {
+            check(
+                Command::new("cc")
+                    .args(["-O1", "-Wall", "-o"])
+                    .arg(dir.join(name))
+                    .arg(clients.join(format!("{name}.c")))
+                    .arg("-L")
+                    .arg(&dir)
+                    .args(libs),
+            );
+        }
         let nextlib = dir.join("libnext.so");
         check(
             Command::new("cc")
@@ -79,7 +93,11 @@ pub fn env() -> &'static Env {
                 .arg("-ldl"),
         );
         Env {
-            preload: out.join("libvramcap.so"),
+            // VRAMCAP_TEST_PRELOAD runs the suite against another build of the library (an older one,
+            // to show that a test fails there).
+            preload: std::env::var_os("VRAMCAP_TEST_PRELOAD")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| out.join("libvramcap.so")),
             bin: PathBuf::from(env!("CARGO_BIN_EXE_vramcap-run"))
                 .parent()
                 .unwrap()

@@ -33,9 +33,11 @@ fn charged_alloc(
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
-    // Without a current context the driver refuses on its own; nothing to count.
-    let Some(dev) = driver::current_device() else {
-        return call();
+    // Without the device there is nothing to charge against, so nothing reaches the driver: the query's
+    // error (no current context) is what the driver would have answered.
+    let dev = match driver::current_device() {
+        Ok(dev) => dev,
+        Err(code) => return code,
     };
     crate::pressure::retry_once(dev, estimate.worst_case(), || {
         let (_op, reservation) = enforce::admit(dev, estimate, requested)?;
@@ -156,8 +158,12 @@ pub fn charged_free(ptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresu
         (Some(rec), false) => {
             PTRS.insert(ptr, rec);
         }
-        // A pointer we never saw: the driver's answer is the caller's answer.
-        (None, _) => {}
+        // A pointer we never saw (a graph's allocation, say): the driver's answer is the caller's answer.
+        (None, ok) => {
+            if ok {
+                crate::registry::graphs::freed(ptr);
+            }
+        }
     }
     r
 }

@@ -16,7 +16,7 @@ const CUDA_ARRAY3D_SPARSE: u32 = 0x40;
 const CUDA_ARRAY3D_DEFERRED_MAPPING: u32 = 0x80;
 
 #[derive(Debug, Clone, Copy)]
-struct ArrayRecord {
+pub(crate) struct ArrayRecord {
     dev: CUdevice,
     charge: Charge,
     requested: u64,
@@ -24,11 +24,16 @@ struct ArrayRecord {
 
 static ARRAYS: Tracker<ArrayRecord> = Tracker::new();
 
+/// What an array takes at most before the driver says: rows padded to 512 bytes (the pitch the H100 and
+/// the fake report), whole pages; unknown formats count 16 bytes an element.
 fn estimate(width: usize, height: usize, depth: usize, format: i32, channels: u32) -> u64 {
-    [width, height.max(1), depth.max(1)].iter().fold(
-        array_element_bytes(format) * u64::from(channels.max(1)),
-        |acc, &d| acc.saturating_mul(d as u64),
-    )
+    let row = (width as u64)
+        .saturating_mul(array_element_bytes(format) * u64::from(channels.max(1)))
+        .div_ceil(512)
+        .saturating_mul(512);
+    [height.max(1), depth.max(1)]
+        .iter()
+        .fold(row, |acc, &d| acc.saturating_mul(d as u64))
 }
 
 fn charged_create(
@@ -40,8 +45,9 @@ fn charged_create(
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
-    let Some(dev) = driver::current_device() else {
-        return call();
+    let dev = match driver::current_device() {
+        Ok(dev) => dev,
+        Err(code) => return code,
     };
     let (_op, reservation) = match enforce::admit(dev, Charge::pages(bytes), bytes) {
         Ok(r) => r,
@@ -50,6 +56,7 @@ fn charged_create(
     let r = call();
     if r == CUDA_SUCCESS {
         if let Some(array) = read_out(handle) {
+            // Unreadable: the estimate stays (rows rounded up to 512 bytes, whole pages).
             let real = driver::array_size(array, dev, mipmapped).unwrap_or(bytes);
             let charge = reservation.commit_as(Charge::pages(real), real);
             ARRAYS.insert(
@@ -161,4 +168,13 @@ pub fn mipmapped_destroy(
 /// Forgets the arrays of a device whose last context is gone.
 pub fn forget_device(dev: CUdevice) {
     ARRAYS.remove_where(|_, a| a.dev == dev);
+}
+
+/// In a forked child: the parent's arrays are not ours.
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe { ARRAYS.reset_after_fork() };
 }

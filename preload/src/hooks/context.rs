@@ -11,23 +11,23 @@ use crate::cuda::*;
 use crate::enforce::{self, read_out};
 use crate::state::{self, LEDGER};
 use core_lib::ledger::MAX_DEVICES;
-use parking_lot::Mutex;
+use core_lib::lock::Lock;
 use std::ffi::{c_uint, c_void};
 
 #[derive(Default, Clone, Copy)]
-struct DeviceContexts {
+pub(crate) struct DeviceContexts {
     primary_refs: u32,
     created: u32,
 }
 
-static CONTEXTS: Mutex<[DeviceContexts; MAX_DEVICES]> = Mutex::new(
+static CONTEXTS: Lock<[DeviceContexts; MAX_DEVICES]> = Lock::new(
     [DeviceContexts {
         primary_refs: 0,
         created: 0,
     }; MAX_DEVICES],
 );
 /// Contexts made with cuCtxCreate, and their devices.
-static CREATED: Mutex<Vec<(usize, CUdevice)>> = Mutex::new(Vec::new());
+static CREATED: Lock<Vec<(usize, CUdevice)>> = Lock::new(Vec::new());
 
 fn slot(dev: CUdevice) -> Option<usize> {
     usize::try_from(dev).ok().filter(|&d| d < MAX_DEVICES)
@@ -90,6 +90,8 @@ fn forget_device(dev: CUdevice) {
     super::vmm::forget_device(dev);
     super::array::forget_device(dev);
     super::pool::forget_device(dev);
+    crate::registry::graphs::forget_device(dev);
+    crate::registry::limits::forget_device(dev);
     crate::overhead::unwatch(dev);
     if let Some(l) = LEDGER.device(dev) {
         l.reset();
@@ -192,4 +194,16 @@ pub fn ctx_destroy(real: unsafe extern "C" fn(CUcontext) -> CUresult, ctx: CUcon
         }
     }
     r
+}
+
+/// In a forked child: the parent's contexts are not ours.
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        CONTEXTS.reset_after_fork([DeviceContexts::default(); MAX_DEVICES]);
+        CREATED.reset_after_fork(Vec::new());
+    }
 }

@@ -9,12 +9,13 @@ use crate::driver;
 use crate::enforce::{read_out, write_out};
 use crate::state;
 use core_lib::ledger::DeviceUsage;
-use parking_lot::Mutex;
+use core_lib::lock::Lock;
 use std::ffi::{c_char, c_void, CStr};
 
 fn capped_usage(dev: CUdevice) -> Option<DeviceUsage> {
     // Pools trim themselves at synchronisation points we do not hook: re-read them before answering.
     crate::hooks::pool::refresh(dev);
+    crate::registry::graphs::refresh(dev);
     let usage = state::ledger(dev)?.snapshot();
     usage.cap.is_some().then_some(usage)
 }
@@ -33,7 +34,7 @@ pub fn mem_get_info(
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(free, total) };
     if r == CUDA_SUCCESS {
-        if let Some(usage) = driver::current_device().and_then(capped_usage) {
+        if let Some(usage) = driver::current_device().ok().and_then(capped_usage) {
             let (f, t) = capped(&usage, read_out(free).unwrap_or(0) as u64);
             write_out(free, f as usize);
             write_out(total, t as usize);
@@ -59,9 +60,11 @@ pub fn device_total_mem(
 
 type GetUuid = unsafe extern "C" fn(nvmlDevice_t, *mut c_char, u32) -> nvmlReturn_t;
 
+/// NVML device handles and the CUDA ordinals they were matched to.
+static KNOWN: Lock<Vec<(usize, CUdevice)>> = Lock::new(Vec::new());
+
 /// The CUDA ordinal of an NVML device, matched by UUID; remembered per handle.
 fn nvml_ordinal(device: nvmlDevice_t) -> Option<CUdevice> {
-    static KNOWN: Mutex<Vec<(usize, CUdevice)>> = Mutex::new(Vec::new());
     if let Some(&(_, o)) = KNOWN.lock().iter().find(|(h, _)| *h == device as usize) {
         return Some(o);
     }
@@ -136,4 +139,13 @@ pub fn nvml_memory_info_v2(
         }
     }
     r
+}
+
+/// In a forked child: the parent's NVML handles are not ours.
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe { KNOWN.reset_after_fork(Vec::new()) };
 }

@@ -14,6 +14,10 @@ pub fn cu_init(real: Real, flags: c_uint) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(flags) };
     if r == CUDA_SUCCESS && state::devices().is_some() {
+        // The devices can disprove the configuration (a limit for a device not seen).
+        if state::refusing() {
+            return state::REFUSED_BY_CONFIG;
+        }
         crate::publish::join();
     }
     r

@@ -3,9 +3,12 @@
 
 pub mod alloc;
 pub mod array;
+pub mod capture;
 pub mod context;
+pub mod graph;
 pub mod info;
 pub mod init;
+pub mod limits;
 pub mod pool;
 pub mod proc_address;
 pub mod vmm;

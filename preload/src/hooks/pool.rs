@@ -9,15 +9,20 @@
 //! One lock covers a pool's read-reserve-allocate-read sequence, so two threads cannot both count on the
 //! same free reserve. Should a pool still grow past the cap, the allocation is undone (freed, the stream
 //! synchronised, the pool trimmed back) and refused, so the cap holds even then.
+//!
+//! On a capturing stream nothing is allocated: the driver adds an allocation node to the graph being
+//! captured, whose memory is charged when the graph is launched (`hooks::graph`), so these hooks pass such
+//! calls on untouched and ask the driver nothing unsafe during a capture (see `driver`). Fail closed:
+//! where the stream's device cannot be told, the driver's error is the answer; where the pool cannot be
+//! found or read, the allocation is charged at its worst case (all of it, in whole pool steps).
 
 use super::{Backing, PtrRecord, PTRS};
 use crate::cuda::*;
-use crate::driver;
+use crate::driver::{self, Stream};
 use crate::enforce::{self, read_out};
 use crate::state::LEDGER;
 use core_lib::charge::{round_up_pages, Charge};
-use parking_lot::Mutex;
-use std::ffi::c_void;
+use core_lib::lock::Lock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How much a pool grows at a time. On an H100 with driver 580 a pool grew by 32 MiB for 1 MiB, by 64 MiB
@@ -25,14 +30,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static POOL_STEP: AtomicU64 = AtomicU64::new(32 << 20);
 
 #[derive(Debug, Clone, Copy)]
-struct PoolCharge {
+pub(crate) struct PoolCharge {
     pool: usize,
     dev: CUdevice,
     /// What the device ledger holds for this pool: its reserved bytes when last read.
     charged: u64,
 }
 
-static POOLS: Mutex<Vec<PoolCharge>> = Mutex::new(Vec::new());
+static POOLS: Lock<Vec<PoolCharge>> = Lock::new(Vec::new());
 
 fn find(pools: &mut Vec<PoolCharge>, pool: usize, dev: CUdevice) -> &mut PoolCharge {
     let i = match pools.iter().position(|p| p.pool == pool) {
@@ -51,7 +56,7 @@ fn find(pools: &mut Vec<PoolCharge>, pool: usize, dev: CUdevice) -> &mut PoolCha
 
 /// Brings the charge of one pool to what the driver says it reserves now.
 fn resync(entry: &mut PoolCharge) {
-    let Some((reserved, _)) = driver::pool_usage(entry.pool as CUmemoryPool) else {
+    let Ok((reserved, _)) = driver::pool_usage(entry.pool as CUmemoryPool) else {
         return;
     };
     let Some(ledger) = LEDGER.device(entry.dev) else {
@@ -119,7 +124,9 @@ fn pooled_once(
     resync_device(&mut pools, dev);
     let entry = find(&mut pools, pool as usize, dev);
     resync(entry);
-    let (reserved, used) = driver::pool_usage(pool).unwrap_or((entry.charged, entry.charged));
+    // Unreadable: no free reserve is counted on, and the whole growth stays charged (fail closed).
+    let read = driver::pool_usage(pool).ok();
+    let (reserved, used) = read.unwrap_or((entry.charged, entry.charged));
     let step = POOL_STEP.load(Ordering::Relaxed);
     let need = round_up_pages(bytes as u64)
         .saturating_sub(reserved.saturating_sub(used))
@@ -130,33 +137,34 @@ fn pooled_once(
     if r != CUDA_SUCCESS {
         return Ok(r);
     }
-    let grew = driver::pool_usage(pool).map_or(0, |(now, _)| now.saturating_sub(reserved));
+    let now = match driver::pool_usage(pool) {
+        Ok((now, _)) if read.is_some() => now,
+        _ => entry.charged.saturating_add(need),
+    };
+    let grew = now.saturating_sub(entry.charged);
     if grew > need {
         POOL_STEP.fetch_max(grew, Ordering::Relaxed);
         if let (Some(ledger), Some(ptr)) = (LEDGER.device(dev), read_out(dptr)) {
-            let over = ledger.cap().is_some_and(|cap| {
-                ledger
-                    .snapshot()
-                    .charged
-                    .saturating_sub(need)
-                    .saturating_add(grew)
-                    > cap
-            });
+            let over = ledger
+                .cap()
+                .is_some_and(|cap| ledger.snapshot().charged.saturating_add(grew) > cap);
             if over {
-                undo(ptr, pool, reserved);
+                driver::undo_pool_allocation(ptr, pool, reserved);
                 resync(entry);
                 drop(reservation);
                 return Err(enforce::refuse(dev, grew));
             }
         }
     }
-    // The pool's real growth replaces the reservation: charge what the pool reserves now, then give the
-    // reservation back (in that order, so the count never dips below the truth).
-    resync(entry);
-    drop(reservation);
-    if let Some(ledger) = LEDGER.device(dev) {
-        ledger.count_allocation(bytes as u64);
+    // The pool's real growth replaces the reservation (one charge, never both at once), and the
+    // allocation is counted.
+    reservation.commit_as(Charge::Pages(grew), bytes as u64);
+    if now < entry.charged {
+        if let Some(ledger) = LEDGER.device(dev) {
+            ledger.give_back(entry.charged - now);
+        }
     }
+    entry.charged = now;
     if let Some(ptr) = read_out(dptr) {
         PTRS.insert(
             ptr,
@@ -170,33 +178,70 @@ fn pooled_once(
     Ok(r)
 }
 
-type FreeAsyncFn = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
-type TrimFn = unsafe extern "C" fn(CUmemoryPool, usize) -> CUresult;
-type SyncFn = unsafe extern "C" fn(CUstream) -> CUresult;
-
-/// Gives back an allocation that made its pool grow past the cap: free it, wait for the free on the
-/// legacy stream, and trim the pool to what it reserved before.
-fn undo(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_before: u64) {
-    use crate::entry_points::{cuMemFreeAsync, cuMemPoolTrimTo};
-    let free = cuMemFreeAsync::REAL.load(Ordering::Acquire);
-    let trim = cuMemPoolTrimTo::REAL.load(Ordering::Acquire);
-    let sync = crate::state::driver_fn(c"cuStreamSynchronize");
-    if free.is_null() || trim.is_null() || sync.is_null() {
-        return;
-    }
-    // SAFETY: each pointer is the driver's function of that name with the matching prototype; ptr was
-    // just allocated by the caller's call and is freed exactly once, on the legacy stream, then waited for.
-    unsafe {
-        std::mem::transmute::<*mut c_void, FreeAsyncFn>(free)(ptr, std::ptr::null_mut());
-        std::mem::transmute::<*mut c_void, SyncFn>(sync)(std::ptr::null_mut());
-        std::mem::transmute::<*mut c_void, TrimFn>(trim)(pool, reserved_before as usize);
-    }
-}
-
 type AllocAsync = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
 type AllocFromPool =
     unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
 type FreeAsync = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
+
+/// An allocation from the current pool of the stream's device.
+fn from_current_pool(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: Stream,
+    pass: impl Fn() -> CUresult,
+) -> CUresult {
+    if crate::state::refusing() {
+        return crate::state::REFUSED_BY_CONFIG;
+    }
+    match stream.capturing() {
+        // A graph allocation node: charged when its graph is launched.
+        Ok(true) => return pass(),
+        Ok(false) => {}
+        Err(code) => return code,
+    }
+    let dev = match stream.device() {
+        Ok(dev) => dev,
+        Err(code) => return code,
+    };
+    match driver::current_pool(dev) {
+        Ok(pool) => pooled_alloc(dptr, bytes, dev, pool, pass),
+        Err(_) => unpooled(dptr, bytes, dev, pass),
+    }
+}
+
+/// A stream-ordered allocation whose pool cannot be found: charged as memory of its own, at the most a
+/// pool could grow for it, and given back when it is freed.
+fn unpooled(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    dev: CUdevice,
+    pass: impl Fn() -> CUresult,
+) -> CUresult {
+    let step = POOL_STEP.load(Ordering::Relaxed);
+    let charge = Charge::Pages(
+        round_up_pages(bytes as u64)
+            .div_ceil(step)
+            .saturating_mul(step),
+    );
+    crate::pressure::retry_once(dev, charge.worst_case(), || {
+        let (_op, reservation) = enforce::admit(dev, charge, bytes as u64)?;
+        let r = pass();
+        if r == CUDA_SUCCESS {
+            if let Some(ptr) = read_out(dptr) {
+                let charge = reservation.commit(bytes as u64);
+                PTRS.insert(
+                    ptr,
+                    PtrRecord {
+                        dev,
+                        backing: Backing::Own(charge),
+                        requested: bytes as u64,
+                    },
+                );
+            }
+        }
+        Ok(r)
+    })
+}
 
 pub fn alloc_async(
     real: AllocAsync,
@@ -206,14 +251,63 @@ pub fn alloc_async(
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(dptr, bytes, stream) };
+    from_current_pool(
+        dptr,
+        bytes,
+        Stream {
+            handle: stream,
+            per_thread: false,
+        },
+        pass,
+    )
+}
+
+pub fn alloc_async_ptsz(
+    real: AllocAsync,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let pass = || unsafe { real(dptr, bytes, stream) };
+    from_current_pool(
+        dptr,
+        bytes,
+        Stream {
+            handle: stream,
+            per_thread: true,
+        },
+        pass,
+    )
+}
+
+/// An allocation from a pool the caller names.
+fn from_pool(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    stream: Stream,
+    pass: impl Fn() -> CUresult,
+) -> CUresult {
     if crate::state::refusing() {
         return crate::state::REFUSED_BY_CONFIG;
     }
-    let Some(dev) = driver::stream_device(stream) else {
-        return pass();
-    };
-    let Some(pool) = driver::current_pool(dev) else {
-        return pass();
+    match stream.capturing() {
+        Ok(true) => return pass(),
+        Ok(false) => {}
+        Err(code) => return code,
+    }
+    let known = POOLS
+        .lock()
+        .iter()
+        .find(|p| p.pool == pool as usize)
+        .map(|p| p.dev);
+    let dev = match known.or_else(|| driver::pool_device(pool)) {
+        Some(dev) => dev,
+        None => match stream.device() {
+            Ok(dev) => dev,
+            Err(code) => return code,
+        },
     };
     pooled_alloc(dptr, bytes, dev, pool, pass)
 }
@@ -227,26 +321,70 @@ pub fn alloc_from_pool_async(
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(dptr, bytes, pool, stream) };
-    if crate::state::refusing() {
-        return crate::state::REFUSED_BY_CONFIG;
-    }
-    let known = POOLS
-        .lock()
-        .iter()
-        .find(|p| p.pool == pool as usize)
-        .map(|p| p.dev);
-    let dev = known
-        .or_else(|| driver::pool_device(pool))
-        .or_else(|| driver::stream_device(stream));
-    let Some(dev) = dev else {
+    from_pool(
+        dptr,
+        bytes,
+        pool,
+        Stream {
+            handle: stream,
+            per_thread: false,
+        },
+        pass,
+    )
+}
+
+pub fn alloc_from_pool_async_ptsz(
+    real: AllocFromPool,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    pool: CUmemoryPool,
+    stream: CUstream,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    let pass = || unsafe { real(dptr, bytes, pool, stream) };
+    from_pool(
+        dptr,
+        bytes,
+        pool,
+        Stream {
+            handle: stream,
+            per_thread: true,
+        },
+        pass,
+    )
+}
+
+/// A stream-ordered free: on a capturing stream it is a free node of the graph (its memory is given back
+/// when the graph runs, and stays charged until then); otherwise as `cuMemFree`.
+fn free_on(ptr: CUdeviceptr, stream: Stream, pass: impl FnOnce() -> CUresult) -> CUresult {
+    if matches!(stream.capturing(), Ok(true)) {
         return pass();
-    };
-    pooled_alloc(dptr, bytes, dev, pool, pass)
+    }
+    super::alloc::charged_free(ptr, pass)
 }
 
 pub fn free_async(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
     // SAFETY: the caller's own call, passed on.
-    super::alloc::charged_free(ptr, || unsafe { real(ptr, stream) })
+    free_on(
+        ptr,
+        Stream {
+            handle: stream,
+            per_thread: false,
+        },
+        || unsafe { real(ptr, stream) },
+    )
+}
+
+pub fn free_async_ptsz(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    free_on(
+        ptr,
+        Stream {
+            handle: stream,
+            per_thread: true,
+        },
+        || unsafe { real(ptr, stream) },
+    )
 }
 
 type PoolCreate = unsafe extern "C" fn(*mut CUmemoryPool, *const CUmemPoolProps) -> CUresult;
@@ -300,4 +438,13 @@ pub fn pool_trim(
         sync(pool as usize);
     }
     r
+}
+
+/// In a forked child: the parent's pools are not ours.
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe { POOLS.reset_after_fork(Vec::new()) };
 }

@@ -12,8 +12,8 @@ use crate::cuda::*;
 use crate::enforce::{self, read_out};
 use crate::state::LEDGER;
 use core_lib::charge::Charge;
+use core_lib::lock::Lock;
 use core_lib::tracker::Tracker;
-use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 
@@ -28,7 +28,7 @@ pub struct HandleRecord {
 
 pub static HANDLES: Tracker<HandleRecord> = Tracker::new();
 /// Mapped ranges of tracked handles: start address -> (length, handle).
-static MAPPINGS: Mutex<BTreeMap<u64, (u64, u64)>> = Mutex::new(BTreeMap::new());
+static MAPPINGS: Lock<BTreeMap<u64, (u64, u64)>> = Lock::new(BTreeMap::new());
 
 /// Applies `change` to a handle's counts, and gives its charge back once nothing holds it.
 fn adjust(handle: u64, change: impl FnOnce(&mut HandleRecord)) {
@@ -169,4 +169,16 @@ pub fn forget_device(dev: CUdevice) {
     MAPPINGS
         .lock()
         .retain(|_, (_, h)| HANDLES.get(*h).is_some());
+}
+
+/// In a forked child: the parent's handles and mappings are not ours.
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        HANDLES.reset_after_fork();
+        MAPPINGS.reset_after_fork(BTreeMap::new());
+    }
 }

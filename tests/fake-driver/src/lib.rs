@@ -9,13 +9,26 @@
 //!   release threshold; VMM handles freed when the last reference and mapping are gone;
 //! - `cuGetProcAddress_v2` answering from the table read off the real driver
 //!   (`proc-address-table.txt`, a copy of `shared/measurements/driver580-proc-address-table.txt`);
-//! - per-process figures through NVML, as nvidia-smi would show them.
+//! - per-process figures through NVML, as nvidia-smi would show them;
+//! - streams and stream capture, with the driver's rules for "potentially unsafe" calls made while a
+//!   capture is open (`capture.rs`); graphs with allocation nodes and the per-device graph memory pool
+//!   behind them (`graph.rs`); context limits, of which the stack takes memory at once and the malloc
+//!   heap at the first kernel that uses it (`limits.rs`), as measured on an H200 with driver 580
+//!   (`docs/probe-graph-limits-h200.txt`).
 //!
 //! Test hooks: `fakecuda_calls(name)` counts calls per entry point, `fakecuda_symbol(name)` returns the
-//! fake's own address of an export, and `fakecuda_device_used(dev)` what the device holds.
+//! fake's own address of an export, `fakecuda_device_used(dev)` what the device holds, and
+//! `fakecuda_malloc_kernel()` / `fakecuda_local_kernel(bytes)` fake kernels whose launch grows the malloc
+//! heap or the stack, as real kernels that call malloc or use much local memory do.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
+mod capture;
+mod graph;
+mod limits;
 mod state;
 mod table;
 
+pub use capture::*;
+pub use graph::*;
+pub use limits::*;
 pub use state::*;

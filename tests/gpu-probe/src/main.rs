@@ -8,6 +8,8 @@
 //! - `gpu-probe bench-alloc N`: microseconds per 1 MiB cuMemAlloc+cuMemFree pair (fastest of 9 rounds of N).
 //! - `gpu-probe bench-launch-ab N`: in one process, alternating rounds of empty-kernel launches through
 //!   the `cuLaunchKernel` a program gets and through libcuda's own.
+//! - `gpu-probe bench-graph-ab N`: the same for `cuGraphLaunch` of a graph without allocation nodes (one
+//!   empty-kernel node), N launches and one stream synchronize a round.
 //! - `gpu-probe bench-alloc-ab N [ROUNDS]`: in one process, alternating rounds of N 1 MiB alloc+free pairs
 //!   through the pointers a program gets (vramcap's, when preloaded) and through libcuda's own.
 
@@ -554,6 +556,69 @@ fn bench_launch_ab(n: u32) {
     );
 }
 
+type GraphLaunchFn = unsafe extern "C" fn(sys::CUgraphExec, sys::CUstream) -> CUresult;
+
+/// In one process, alternating rounds of `n` launches of one graph without allocation nodes (a single
+/// empty-kernel node) through the `cuGraphLaunch` a program gets (vramcap's, when it wraps it) and through
+/// libcuda's own, each round followed by one stream synchronize: prints the median round of each, their
+/// median ratio, and whether the two pointers are the same function.
+fn bench_graph_ab(n: u32) {
+    let gpu = init();
+    let (seen, own) = seen_and_own(c"cuGraphLaunch");
+    // SAFETY: builds, instantiates and launches a graph of one kernel node, with handles we own; the empty
+    // kernel takes no parameters; both pointers are cuGraphLaunch (or vramcap's answer for it).
+    unsafe {
+        let mut stream = std::ptr::null_mut();
+        ok(
+            sys::cuStreamCreate(
+                &mut stream,
+                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+            ),
+            "cuStreamCreate",
+        );
+        let mut graph = std::ptr::null_mut();
+        ok(sys::cuGraphCreate(&mut graph, 0), "cuGraphCreate");
+        let mut params: sys::CUDA_KERNEL_NODE_PARAMS = std::mem::zeroed();
+        params.func = gpu.empty;
+        (params.gridDimX, params.gridDimY, params.gridDimZ) = (1, 1, 1);
+        (params.blockDimX, params.blockDimY, params.blockDimZ) = (1, 1, 1);
+        let mut node = std::ptr::null_mut();
+        ok(
+            sys::cuGraphAddKernelNode_v2(&mut node, graph, std::ptr::null(), 0, &params),
+            "cuGraphAddKernelNode_v2",
+        );
+        let mut exec = std::ptr::null_mut();
+        ok(
+            sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0),
+            "cuGraphInstantiateWithFlags",
+        );
+        let (seen_fn, own_fn) = (
+            std::mem::transmute::<*mut c_void, GraphLaunchFn>(seen),
+            std::mem::transmute::<*mut c_void, GraphLaunchFn>(own),
+        );
+        let round = |launch: GraphLaunchFn| {
+            let t = Instant::now();
+            for _ in 0..n {
+                ok(launch(exec, stream), "cuGraphLaunch");
+            }
+            ok(sys::cuStreamSynchronize(stream), "cuStreamSynchronize");
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        };
+        let m = ab_medians(30, || round(seen_fn), || round(own_fn));
+        println!(
+            "graph_seen_us={:.4} graph_own_us={:.4} graph_ratio={:.4} same_pointer={} graph_resolves_to={}",
+            m.a,
+            m.b,
+            m.ratio,
+            u8::from(seen == own),
+            resolved_in(c"cuGraphLaunch")
+        );
+        ok(sys::cuGraphExecDestroy(exec), "cuGraphExecDestroy");
+        ok(sys::cuGraphDestroy(graph), "cuGraphDestroy");
+        ok(sys::cuStreamDestroy_v2(stream), "cuStreamDestroy");
+    }
+}
+
 /// Microseconds per 1 MiB cuMemAlloc+cuMemFree pair, each process on its own: the fastest of nine rounds
 /// (interference on a shared machine only ever adds time) and their median.
 fn bench_alloc(n: u32) {
@@ -586,6 +651,9 @@ fn main() {
         Some("bench-launch-ab") => {
             bench_launch_ab(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000))
         }
+        Some("bench-graph-ab") => {
+            bench_graph_ab(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20_000))
+        }
         Some("bench-alloc-ab") => {
             let arg =
                 |i: usize, default| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
@@ -596,7 +664,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: gpu-probe pattern NAME HOLD_FILE | bench-alloc N | bench-alloc-ab N [ROUNDS] | bench-launch-ab N"
+                "usage: gpu-probe pattern NAME HOLD_FILE | bench-alloc N | bench-alloc-ab N [ROUNDS] | bench-launch-ab N | bench-graph-ab N"
             );
             std::process::exit(2);
         }

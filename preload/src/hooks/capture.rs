@@ -1,0 +1,112 @@
+//! Stream capture: `cuStreamBeginCapture` (v1, `_v2`, `ToGraph`, and their `_ptsz` variants) and
+//! `cuStreamEndCapture`. Nothing is charged here; the hooks only keep count of the captures under way, so
+//! that our own driver queries switch to relaxed mode while any is (see `driver`), and capture stays as
+//! transparent under vramcap as it is bare. Allocations made on a capturing stream become graph
+//! allocation nodes, charged when the graph is launched (`hooks::graph`).
+//! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__STREAM.html>
+
+use crate::cuda::*;
+use crate::driver::{self, Stream};
+use std::ffi::c_void;
+
+/// Counts a capture the driver began.
+fn began(r: CUresult) -> CUresult {
+    if r == CUDA_SUCCESS {
+        driver::capture_began();
+    }
+    r
+}
+
+/// Counts a capture as ended once the driver says the stream no longer captures (an invalidated capture
+/// ends too; a call on a stream that was not capturing, or from the wrong thread, ends nothing).
+fn ended(stream: Stream, r: CUresult) -> CUresult {
+    const NOTHING_ENDED: [CUresult; 4] = [
+        CUDA_ERROR_INVALID_VALUE,
+        CUDA_ERROR_INVALID_HANDLE,
+        CUDA_ERROR_ILLEGAL_STATE,
+        CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD,
+    ];
+    if !NOTHING_ENDED.contains(&r) && !matches!(stream.capturing(), Ok(true)) {
+        driver::capture_ended();
+    }
+    r
+}
+
+fn stream(handle: CUstream, per_thread: bool) -> Stream {
+    Stream { handle, per_thread }
+}
+
+pub fn begin_v1(real: unsafe extern "C" fn(CUstream) -> CUresult, s: CUstream) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    began(unsafe { real(s) })
+}
+
+pub fn begin_v1_ptsz(real: unsafe extern "C" fn(CUstream) -> CUresult, s: CUstream) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    began(unsafe { real(s) })
+}
+
+pub fn begin(
+    real: unsafe extern "C" fn(CUstream, i32) -> CUresult,
+    s: CUstream,
+    mode: i32,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    began(unsafe { real(s, mode) })
+}
+
+pub fn begin_ptsz(
+    real: unsafe extern "C" fn(CUstream, i32) -> CUresult,
+    s: CUstream,
+    mode: i32,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    began(unsafe { real(s, mode) })
+}
+
+type BeginToGraph = unsafe extern "C" fn(
+    CUstream,
+    CUgraph,
+    *const CUgraphNode,
+    *const c_void,
+    usize,
+    i32,
+) -> CUresult;
+
+pub fn begin_to_graph(
+    real: BeginToGraph,
+    s: CUstream,
+    graph: CUgraph,
+    deps: *const CUgraphNode,
+    data: *const c_void,
+    n: usize,
+    mode: i32,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    began(unsafe { real(s, graph, deps, data, n, mode) })
+}
+
+pub fn begin_to_graph_ptsz(
+    real: BeginToGraph,
+    s: CUstream,
+    graph: CUgraph,
+    deps: *const CUgraphNode,
+    data: *const c_void,
+    n: usize,
+    mode: i32,
+) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    began(unsafe { real(s, graph, deps, data, n, mode) })
+}
+
+type End = unsafe extern "C" fn(CUstream, *mut CUgraph) -> CUresult;
+
+pub fn end(real: End, s: CUstream, graph: *mut CUgraph) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    ended(stream(s, false), unsafe { real(s, graph) })
+}
+
+pub fn end_ptsz(real: End, s: CUstream, graph: *mut CUgraph) -> CUresult {
+    // SAFETY: the caller's own call, passed on.
+    ended(stream(s, true), unsafe { real(s, graph) })
+}
