@@ -61,6 +61,9 @@ run_held() {
   pid=$!
   for _ in $(seq 1 2400); do grep -q '^HOLD' "$log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.05; done
   sleep 0.5
+  # Memory the driver takes on its own (a module loaded at the first launch) is read by vramcap's
+  # background thread within a second (IDLE_PERIOD): a row comparing its figure waits for that reading.
+  [ -n "${HELD_STATUS:-}" ] && sleep 1.5
   HPID=$(grep -m1 -o 'HOLD pid=[0-9]*' "$log" | cut -d= -f2)
   SMI=$(smi_mib "$HPID")
   if [ -n "${HELD_STATUS:-}" ] && [ "$cap" != bare ]; then "$B/vramcap" status --json >"$LOG/$name.status.json" 2>&1; fi

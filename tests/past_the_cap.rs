@@ -4,39 +4,10 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 
 /// Runs one of the extra clients (`alias`, `fork_busy`) under libvramcap.so with the fake driver.
 fn extra(name: &str, args: &[&str], vars: &[(&str, &str)]) -> Run {
-    let e = env();
-    let mut cmd = Command::new(e.dir.join(name));
-    cmd.args(args)
-        .env("LD_LIBRARY_PATH", &e.dir)
-        .env("LD_PRELOAD", &e.preload)
-        .env("VRAMCAP_CONTEXT_BYTES", CONTEXT.to_string())
-        .env("FAKECUDA_CONTEXT_BYTES", CONTEXT.to_string())
-        .env_remove("VRAMCAP_LIMIT")
-        .env_remove("VRAMCAP_LOG")
-        .env_remove("VRAMCAP_REAL_LIBCUDA")
-        .env(
-            "VRAMCAP_SHM",
-            format!("vramcap-test-{}", std::process::id()),
-        );
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run client");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    Run {
-        values: stdout
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code(),
-    }
+    program(&env().dir.join(name), args, vars, None)
 }
 
 #[test]

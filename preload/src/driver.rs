@@ -157,6 +157,10 @@ pub struct Stream {
 }
 
 impl Stream {
+    pub fn of(handle: CUstream, per_thread: bool) -> Stream {
+        Stream { handle, per_thread }
+    }
+
     /// Whether the stream is capturing now. The legacy stream never captures (and asking about it while
     /// another stream captures would itself invalidate that capture), so it is not asked about.
     pub fn capturing(self) -> Result<bool> {

@@ -9,7 +9,9 @@
 //!   pointer the driver hands out, so the variant is always the one the driver chose).
 //!
 //! Anything not listed here is never wrapped: `dlsym` and `cuGetProcAddress` return the driver's own
-//! pointer, so launches and copies cost nothing extra.
+//! pointer, so launches and copies cost nothing extra. A line may end in `unless CONDITION`: while the
+//! condition holds, the shim calls the driver at once, before the re-entry guard (for the hot graph
+//! launch, whose hook has nothing to do for graphs without allocation nodes).
 
 use crate::cuda::*;
 use crate::hooks;
@@ -36,7 +38,16 @@ impl Entry {
 
 macro_rules! entry_points {
     // One exported variant: its REAL slot and its shim.
-    (@shim $lib:ident $variant:ident ($($arg:ident: $ty:ty),*) $ret:ty => $hook:path) => {
+    // The condition of a line's `unless`: none is `false`.
+    (@cond ()) => { false };
+    (@cond ($($cond:tt)+)) => { $($cond)+ };
+    // One line: a shim for each of its variants.
+    (@line $lib:ident $params:tt $ret:ty => $hook:path, [$($variant:ident),+] $cond:tt) => {
+        $(
+            entry_points!(@shim $lib $variant $params $ret => $hook, $cond);
+        )+
+    };
+    (@shim $lib:ident $variant:ident ($($arg:ident: $ty:ty),*) $ret:ty => $hook:path, $cond:tt) => {
         #[allow(non_snake_case)]
         pub mod $variant {
             #[allow(unused_imports)]
@@ -64,6 +75,10 @@ macro_rules! entry_points {
             // SAFETY: p was returned by the driver's dlsym for exactly this symbol, whose C prototype is
             // the signature declared on this line.
             let real = unsafe { std::mem::transmute::<*mut c_void, $variant::Real>(p) };
+            if entry_points!(@cond $cond) {
+                // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
+                return unsafe { real($($arg),*) };
+            }
             crate::guard::run(
                 stringify!($variant),
                 || $hook(real, $($arg),*),
@@ -73,11 +88,11 @@ macro_rules! entry_points {
         }
     };
     ($(
-        $lib:ident fn $params:tt -> $ret:ty => $hook:path, [$($variant:ident),+ $(,)?];
+        $lib:ident fn $params:tt -> $ret:ty => $hook:path, [$($variant:ident),+ $(,)?] $(unless $pass:expr)?;
     )*) => {
-        $($(
-            entry_points!(@shim $lib $variant $params $ret => $hook);
-        )+)*
+        $(
+            entry_points!(@line $lib $params $ret => $hook, [$($variant),+] ($($pass)?));
+        )*
 
         /// Every wrapped variant, in declaration order.
         pub static ENTRIES: &[Entry] = &[
@@ -172,15 +187,12 @@ entry_points! {
     Cuda fn (array: CUmipmappedArray) -> CUresult => hooks::array::mipmapped_destroy, [cuMipmappedArrayDestroy];
 
     // Stream capture: counted, so that our own queries never invalidate a capture (see `driver`).
-    Cuda fn (stream: CUstream) -> CUresult => hooks::capture::begin_v1, [cuStreamBeginCapture];
-    Cuda fn (stream: CUstream) -> CUresult => hooks::capture::begin_v1_ptsz, [cuStreamBeginCapture_ptsz];
-    Cuda fn (stream: CUstream, mode: i32) -> CUresult => hooks::capture::begin, [cuStreamBeginCapture_v2];
+    Cuda fn (stream: CUstream) -> CUresult
+        => hooks::capture::begin_v1, [cuStreamBeginCapture, cuStreamBeginCapture_ptsz];
     Cuda fn (stream: CUstream, mode: i32) -> CUresult
-        => hooks::capture::begin_ptsz, [cuStreamBeginCapture_v2_ptsz];
+        => hooks::capture::begin, [cuStreamBeginCapture_v2, cuStreamBeginCapture_v2_ptsz];
     Cuda fn (stream: CUstream, graph: CUgraph, deps: *const CUgraphNode, data: *const c_void, n: usize, mode: i32) -> CUresult
-        => hooks::capture::begin_to_graph, [cuStreamBeginCaptureToGraph];
-    Cuda fn (stream: CUstream, graph: CUgraph, deps: *const CUgraphNode, data: *const c_void, n: usize, mode: i32) -> CUresult
-        => hooks::capture::begin_to_graph_ptsz, [cuStreamBeginCaptureToGraph_ptsz];
+        => hooks::capture::begin_to_graph, [cuStreamBeginCaptureToGraph, cuStreamBeginCaptureToGraph_ptsz];
     Cuda fn (stream: CUstream, graph: *mut CUgraph) -> CUresult => hooks::capture::end, [cuStreamEndCapture];
     Cuda fn (stream: CUstream, graph: *mut CUgraph) -> CUresult
         => hooks::capture::end_ptsz, [cuStreamEndCapture_ptsz];
@@ -194,7 +206,7 @@ entry_points! {
     Cuda fn (exec: *mut CUgraphExec, graph: CUgraph, params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS) -> CUresult
         => hooks::graph::instantiate_with_params, [cuGraphInstantiateWithParams, cuGraphInstantiateWithParams_ptsz];
     Cuda fn (exec: CUgraphExec, stream: CUstream) -> CUresult
-        => hooks::graph::launch, [cuGraphLaunch, cuGraphLaunch_ptsz];
+        => hooks::graph::launch, [cuGraphLaunch, cuGraphLaunch_ptsz] unless !crate::registry::graphs::any();
     Cuda fn (exec: CUgraphExec, stream: CUstream) -> CUresult
         => hooks::graph::upload, [cuGraphUpload, cuGraphUpload_ptsz];
     Cuda fn (exec: CUgraphExec) -> CUresult => hooks::graph::exec_destroy, [cuGraphExecDestroy];

@@ -6,7 +6,7 @@
 //! counted allocations: the context itself, module images, library workspaces, and whatever packing the
 //! charge model could not see. Readings come from two places:
 //! - a background thread, started with the first context, every 200 ms while our count moves and every
-//!   5 s otherwise;
+//!   second otherwise (a reading NVML did not answer is taken again at the next tick, a few times);
 //! - the cap check itself, synchronously, when an allocation would leave less than [`NEAR_CAP`] of
 //!   headroom (at most once per [`FRESH`]), because a framework can load hundreds of MiB of kernels
 //!   between two background readings.
@@ -32,7 +32,7 @@ use core_lib::log::monotonic_ns;
 use core_lib::striped::{stripe, Padded, Stripe, STRIPES};
 use core_lib::vlog;
 use std::ffi::{c_char, c_void, CString};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -45,8 +45,10 @@ const FRESH: u64 = 20_000_000;
 /// The background thread's tick (publishing), and how many ticks make one NVML period (200 ms).
 const TICK: Duration = Duration::from_millis(10);
 const TICKS_PER_READING: u64 = 20;
-/// Even with no change in our count, module loads can grow the context: read again after this long.
-const IDLE_PERIOD: u64 = 5_000_000_000;
+/// Even with no change in our count, the driver can take memory on its own (a module loaded at the first
+/// launch of its kernels: 138 MiB seen on an H200 right after a program's first allocations): read again
+/// after this long.
+const IDLE_PERIOD: u64 = 1_000_000_000;
 
 /// Read-held by every allocating or freeing hook while its bookkeeping and driver call are in flight;
 /// write-held by a reading. A big-reader lock: a reader touches only its thread's stripe (and reads the
@@ -126,6 +128,7 @@ pub unsafe fn reset_after_fork() {
         WATCHED[dev].store(false, Ordering::Relaxed);
         LAST_READING_NS[dev].store(0, Ordering::Relaxed);
         LAST_COUNTED[dev].store(u64::MAX, Ordering::Relaxed);
+        MISSED[dev].store(0, Ordering::Relaxed);
     }
 }
 
@@ -214,6 +217,9 @@ static WATCHED: [AtomicBool; MAX_DEVICES] = [const { AtomicBool::new(false) }; M
 static LAST_READING_NS: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(0) }; MAX_DEVICES];
 /// Our count at the last reading, so an idle process is not read again and again.
 static LAST_COUNTED: [AtomicU64; MAX_DEVICES] = [const { AtomicU64::new(u64::MAX) }; MAX_DEVICES];
+/// Readings in a row that NVML did not answer, and how many are retried at once.
+static MISSED: [AtomicU32; MAX_DEVICES] = [const { AtomicU32::new(0) }; MAX_DEVICES];
+const RETRIES: u32 = 25;
 /// The PID whose thread is running; a forked child starts its own.
 static THREAD_PID: AtomicI32 = AtomicI32::new(0);
 
@@ -377,8 +383,17 @@ pub fn measure(dev: i32, wait: bool) -> bool {
     let before = counted(ledger.snapshot());
     let used = nvml.used_by(r.handle, std::process::id());
     LAST_READING_NS[i].store(monotonic_ns(), Ordering::Relaxed);
-    LAST_COUNTED[i].store(before, Ordering::Relaxed);
-    let Some(used) = used else { return false };
+    // A reading NVML could not answer (a process it does not list yet, before its first launch) is taken
+    // again at the next tick, a few times, before our count must move again to be read.
+    let missed = MISSED[i].load(Ordering::Relaxed);
+    if used.is_some() || missed >= RETRIES {
+        LAST_COUNTED[i].store(before, Ordering::Relaxed);
+    }
+    let Some(used) = used else {
+        MISSED[i].store(missed.saturating_add(1), Ordering::Relaxed);
+        return false;
+    };
+    MISSED[i].store(0, Ordering::Relaxed);
     if !WATCHED[i].load(Ordering::Relaxed) {
         return true;
     }

@@ -154,10 +154,22 @@ pub fn client_with_preload(
     vars: &[(&str, &str)],
     preload: Option<String>,
 ) -> Run {
+    let mut all = vec![path];
+    all.extend_from_slice(args);
+    program(&env().client, &all, vars, preload)
+}
+
+/// Runs `program` under libvramcap.so (or `preload`) with the fake driver: `vars` are added to a clean
+/// CUDA environment, and a segment of this test process's own.
+pub fn program(
+    program: &Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+    preload: Option<String>,
+) -> Run {
     let e = env();
-    let mut cmd = Command::new(&e.client);
-    cmd.arg(path)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env("LD_LIBRARY_PATH", &e.dir)
         .env(
             "LD_PRELOAD",

@@ -32,30 +32,12 @@ fn ended(stream: Stream, r: CUresult) -> CUresult {
     r
 }
 
-fn stream(handle: CUstream, per_thread: bool) -> Stream {
-    Stream { handle, per_thread }
-}
-
 pub fn begin_v1(real: unsafe extern "C" fn(CUstream) -> CUresult, s: CUstream) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     began(unsafe { real(s) })
 }
 
-pub fn begin_v1_ptsz(real: unsafe extern "C" fn(CUstream) -> CUresult, s: CUstream) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    began(unsafe { real(s) })
-}
-
 pub fn begin(
-    real: unsafe extern "C" fn(CUstream, i32) -> CUresult,
-    s: CUstream,
-    mode: i32,
-) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    began(unsafe { real(s, mode) })
-}
-
-pub fn begin_ptsz(
     real: unsafe extern "C" fn(CUstream, i32) -> CUresult,
     s: CUstream,
     mode: i32,
@@ -86,27 +68,14 @@ pub fn begin_to_graph(
     began(unsafe { real(s, graph, deps, data, n, mode) })
 }
 
-pub fn begin_to_graph_ptsz(
-    real: BeginToGraph,
-    s: CUstream,
-    graph: CUgraph,
-    deps: *const CUgraphNode,
-    data: *const c_void,
-    n: usize,
-    mode: i32,
-) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    began(unsafe { real(s, graph, deps, data, n, mode) })
-}
-
 type End = unsafe extern "C" fn(CUstream, *mut CUgraph) -> CUresult;
 
 pub fn end(real: End, s: CUstream, graph: *mut CUgraph) -> CUresult {
     // SAFETY: the caller's own call, passed on.
-    ended(stream(s, false), unsafe { real(s, graph) })
+    ended(Stream::of(s, false), unsafe { real(s, graph) })
 }
 
 pub fn end_ptsz(real: End, s: CUstream, graph: *mut CUgraph) -> CUresult {
     // SAFETY: the caller's own call, passed on.
-    ended(stream(s, true), unsafe { real(s, graph) })
+    ended(Stream::of(s, true), unsafe { real(s, graph) })
 }

@@ -183,6 +183,20 @@ type AllocFromPool =
     unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
 type FreeAsync = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
 
+/// `Some(answer)` for a stream-ordered allocation that is not charged here: refused while the
+/// configuration is invalid, or, on a capturing stream, passed on (it becomes a graph allocation node,
+/// charged when its graph is launched).
+fn not_charged_here(stream: Stream, pass: impl Fn() -> CUresult) -> Option<CUresult> {
+    if crate::state::refusing() {
+        return Some(crate::state::REFUSED_BY_CONFIG);
+    }
+    match stream.capturing() {
+        Ok(true) => Some(pass()),
+        Ok(false) => None,
+        Err(code) => Some(code),
+    }
+}
+
 /// An allocation from the current pool of the stream's device.
 fn from_current_pool(
     dptr: *mut CUdeviceptr,
@@ -190,14 +204,8 @@ fn from_current_pool(
     stream: Stream,
     pass: impl Fn() -> CUresult,
 ) -> CUresult {
-    if crate::state::refusing() {
-        return crate::state::REFUSED_BY_CONFIG;
-    }
-    match stream.capturing() {
-        // A graph allocation node: charged when its graph is launched.
-        Ok(true) => return pass(),
-        Ok(false) => {}
-        Err(code) => return code,
+    if let Some(answer) = not_charged_here(stream, &pass) {
+        return answer;
     }
     let dev = match stream.device() {
         Ok(dev) => dev,
@@ -251,15 +259,7 @@ pub fn alloc_async(
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(dptr, bytes, stream) };
-    from_current_pool(
-        dptr,
-        bytes,
-        Stream {
-            handle: stream,
-            per_thread: false,
-        },
-        pass,
-    )
+    from_current_pool(dptr, bytes, Stream::of(stream, false), pass)
 }
 
 pub fn alloc_async_ptsz(
@@ -270,15 +270,7 @@ pub fn alloc_async_ptsz(
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(dptr, bytes, stream) };
-    from_current_pool(
-        dptr,
-        bytes,
-        Stream {
-            handle: stream,
-            per_thread: true,
-        },
-        pass,
-    )
+    from_current_pool(dptr, bytes, Stream::of(stream, true), pass)
 }
 
 /// An allocation from a pool the caller names.
@@ -289,13 +281,8 @@ fn from_pool(
     stream: Stream,
     pass: impl Fn() -> CUresult,
 ) -> CUresult {
-    if crate::state::refusing() {
-        return crate::state::REFUSED_BY_CONFIG;
-    }
-    match stream.capturing() {
-        Ok(true) => return pass(),
-        Ok(false) => {}
-        Err(code) => return code,
+    if let Some(answer) = not_charged_here(stream, &pass) {
+        return answer;
     }
     let known = POOLS
         .lock()
@@ -321,16 +308,7 @@ pub fn alloc_from_pool_async(
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(dptr, bytes, pool, stream) };
-    from_pool(
-        dptr,
-        bytes,
-        pool,
-        Stream {
-            handle: stream,
-            per_thread: false,
-        },
-        pass,
-    )
+    from_pool(dptr, bytes, pool, Stream::of(stream, false), pass)
 }
 
 pub fn alloc_from_pool_async_ptsz(
@@ -342,16 +320,7 @@ pub fn alloc_from_pool_async_ptsz(
 ) -> CUresult {
     // SAFETY: the caller's own call, passed on.
     let pass = || unsafe { real(dptr, bytes, pool, stream) };
-    from_pool(
-        dptr,
-        bytes,
-        pool,
-        Stream {
-            handle: stream,
-            per_thread: true,
-        },
-        pass,
-    )
+    from_pool(dptr, bytes, pool, Stream::of(stream, true), pass)
 }
 
 /// A stream-ordered free: on a capturing stream it is a free node of the graph (its memory is given back
@@ -365,26 +334,16 @@ fn free_on(ptr: CUdeviceptr, stream: Stream, pass: impl FnOnce() -> CUresult) ->
 
 pub fn free_async(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
     // SAFETY: the caller's own call, passed on.
-    free_on(
-        ptr,
-        Stream {
-            handle: stream,
-            per_thread: false,
-        },
-        || unsafe { real(ptr, stream) },
-    )
+    free_on(ptr, Stream::of(stream, false), || unsafe {
+        real(ptr, stream)
+    })
 }
 
 pub fn free_async_ptsz(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
     // SAFETY: the caller's own call, passed on.
-    free_on(
-        ptr,
-        Stream {
-            handle: stream,
-            per_thread: true,
-        },
-        || unsafe { real(ptr, stream) },
-    )
+    free_on(ptr, Stream::of(stream, true), || unsafe {
+        real(ptr, stream)
+    })
 }
 
 type PoolCreate = unsafe extern "C" fn(*mut CUmemoryPool, *const CUmemPoolProps) -> CUresult;
