@@ -476,10 +476,17 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
 /// Splits an `http://host:port/path` URL into (host, port, path). Only plain HTTP: unload endpoints are
 /// local services.
 pub fn parse_http_url(text: &str) -> Result<(String, u16, String), String> {
-    let t = text.trim();
+    // One exact grammar, `http://host[:port][/path]`: the URL is written into an HTTP request line, so a
+    // control character or a space could write the request itself (headers, a body, a second request).
+    if let Some(bad) = text.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{text:?} contains {bad:?}: no spaces or control characters in a URL"
+        ));
+    }
+    let t = text;
     let rest = t
         .strip_prefix("http://")
-        .ok_or_else(|| format!("'{t}' is not an http:// URL"))?;
+        .ok_or_else(|| format!("{t:?} is not an http:// URL"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -487,8 +494,12 @@ pub fn parse_http_url(text: &str) -> Result<(String, u16, String), String> {
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6
             .split_once(']')
-            .ok_or_else(|| format!("'{t}' has an unclosed [IPv6] host"))?;
-        (h, after.strip_prefix(':'))
+            .ok_or_else(|| format!("{t:?} has an unclosed [IPv6] host"))?;
+        if after.is_empty() || after.starts_with(':') {
+            (h, after.strip_prefix(':'))
+        } else {
+            return Err(format!("{t:?} has text after its [IPv6] host"));
+        }
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -496,12 +507,28 @@ pub fn parse_http_url(text: &str) -> Result<(String, u16, String), String> {
         }
     };
     if host.is_empty() {
-        return Err(format!("'{t}' names no host"));
+        return Err(format!("{t:?} names no host"));
+    }
+    let host_ok = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '%'));
+    if !host_ok {
+        return Err(format!(
+            "{t:?}: the host may hold letters, digits, '.', '-' (and ':' in [IPv6])"
+        ));
     }
     let port = match port {
         None => 80,
-        Some(p) => p.parse().map_err(|_| format!("'{t}' has a bad port"))?,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            p.parse().map_err(|_| format!("{t:?} has a bad port"))?
+        }
+        Some(_) => return Err(format!("{t:?} has a bad port")),
     };
+    if !path.is_ascii() {
+        return Err(format!(
+            "{t:?}: the path must be ASCII (percent-encode the rest)"
+        ));
+    }
     Ok((host.to_string(), port, path.to_string()))
 }
 
@@ -668,6 +695,31 @@ mod tests {
         assert!(surely_absent_keys(&parse_limit("5G").unwrap(), Some(""), None).is_empty());
         let line = absent_devices_error(ENV_LIMIT, "3=2G", &["3".into()], &uuids);
         assert!(line.starts_with("VRAMCAP_LIMIT=\"3=2G\" names device 3, which this process does not see (it sees 0 = GPU-aaaa"), "{line}");
+    }
+
+    #[test]
+    fn urls_cannot_write_the_request() {
+        for bad in [
+            "http://127.0.0.1:8001/unload\r\nX-Injected: 1",
+            "http://127.0.0.1:8001/unload HTTP/1.1\r\n\r\nGET /admin",
+            "http://127.0.0.1:8001/a\nb",
+            "http://127.0.0.1:8001/a\tb",
+            "http://user@127.0.0.1/x",
+            "http://127.0.0.1:80x/x",
+            "http://[::1]x/y",
+            "http://127.0.0.1/\u{e9}",
+            " http://127.0.0.1/x",
+        ] {
+            let e = parse_http_url(bad).unwrap_err();
+            assert!(
+                !e.contains('\r') && !e.contains('\n'),
+                "the error shows no raw line break: {e}"
+            );
+        }
+        assert_eq!(
+            parse_http_url("http://localhost:9/memory/unload?now=1").unwrap(),
+            ("localhost".into(), 9, "/memory/unload?now=1".into())
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! segment, beside NVML's physical and per-process figures where NVML is present.
 
 use crate::config::{canonical_uuid, format_uuid};
-use crate::shm::{live_slots, text, Segment, VRAMCAP_FLAG_PROTECTED};
+use crate::shm::{live_slots, printable, Segment, VRAMCAP_FLAG_PROTECTED};
 use crate::size::HumanBytes;
 use nvml_wrapper::Nvml;
 use serde::Serialize;
@@ -117,7 +117,7 @@ pub fn collect(seg: &Segment, path: &str, with_nvml: bool) -> Status {
                 slot,
                 pid: s.pid,
                 host_pid: s.host_pid,
-                name: text(&s.name),
+                name: printable(&s.name),
                 priority: s.priority,
                 protected: s.flags & VRAMCAP_FLAG_PROTECTED != 0,
                 uid: s.uid,
@@ -158,9 +158,10 @@ pub fn collect(seg: &Segment, path: &str, with_nvml: bool) -> Status {
                 caps: 0,
                 processes: 0,
             });
-            t.charged += d.charged;
-            t.caps += d.cap.unwrap_or(0);
-            t.processes += 1;
+            // Figures come from the segment, anyone's input: they add up without ever wrapping.
+            t.charged = t.charged.saturating_add(d.charged);
+            t.caps = t.caps.saturating_add(d.cap.unwrap_or(0));
+            t.processes = t.processes.saturating_add(1);
         }
     }
     Status {

@@ -8,7 +8,9 @@ pub mod layout;
 pub mod segment;
 
 pub use layout::*;
-pub use segment::{process_alive, segment_mode, segment_path, text, Identity, Segment, ShmError};
+pub use segment::{
+    printable, process_alive, segment_mode, segment_path, text, Identity, Segment, ShmError,
+};
 
 /// Every live slot of a segment whose owner is alive, with its index.
 pub fn live_slots(seg: &Segment) -> Vec<(usize, VramcapSlot)> {

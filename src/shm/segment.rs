@@ -109,7 +109,9 @@ impl Segment {
     /// Opens the segment for a capped process, creating it with `mode` if it does not exist.
     pub fn open_or_create(path: &Path, mode: u32) -> Result<Segment, ShmError> {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
-        let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // O_NONBLOCK: a FIFO planted at the path must not block the open (it is then refused as no
+        // regular file).
+        let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
         // SAFETY: a NUL-terminated path and plain flags.
         let mut fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CREAT | libc::O_EXCL, mode) };
         let created = fd >= 0;
@@ -147,12 +149,20 @@ impl Segment {
         } else {
             libc::O_RDONLY
         };
+        // O_NONBLOCK: a FIFO planted at the path must not block the open (it is then refused as no
+        // regular file).
         // SAFETY: a NUL-terminated path and plain flags.
-        let fd = unsafe { libc::open(c.as_ptr(), access | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                access | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(io(path)(last_error()));
         }
-        let allowed = segment_mode().unwrap_or(0o660).max(0o660);
+        // A segment of another owner is accepted only where VRAMCAP_SHM_MODE opens it to the group.
+        let allowed = segment_mode()?;
         let result = Segment::map_fd(path, fd, allowed, writable, false);
         // SAFETY: the descriptor is ours to close.
         unsafe { libc::close(fd) };
@@ -710,6 +720,22 @@ fn padded<const N: usize>(text: &str) -> [u8; N] {
 pub fn text(field: &[u8]) -> String {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// Text of a NUL-padded field that is safe to print: the segment is anyone's input, so control
+/// characters (terminal escape sequences, line breaks, C1 codes) and bidirectional overrides come out as
+/// `\u{..}` escapes, never raw.
+pub fn printable(field: &[u8]) -> String {
+    let mut out = String::new();
+    for c in text(field).chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22).

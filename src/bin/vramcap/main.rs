@@ -39,9 +39,9 @@ enum Cmd {
     },
     /// The status table, refreshed live; q or Ctrl-C quits.
     Watch {
-        /// Seconds between refreshes.
-        #[arg(long, default_value_t = 1.0)]
-        interval: f64,
+        /// Time between refreshes: seconds (0.5) or a duration (500ms, 2s), from 100ms to 1h.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
     },
     /// The priority unloader, in the foreground: serves the requests of workers whose device is full by
     /// asking lower-priority workers to unload. Stops on SIGTERM or Ctrl-C.
@@ -187,6 +187,21 @@ fn open_segment_as(writable: bool) -> Result<(Segment, String), ExitCode> {
     }
 }
 
+/// `--interval`: a duration (`500ms`) or plain seconds (`0.5`), from 100 ms to an hour.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.1..=3600.0).contains(&secs) => {
+            Duration::from_secs_f64(secs)
+        }
+        Ok(_) => return Err(format!("{text:?} is not between 0.1 and 3600 seconds")),
+        Err(_) => vramcap::config::parse_duration(text)?,
+    };
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{text:?} is not between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Status { json, no_nvml } => {
@@ -215,7 +230,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let every = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+            let every = interval;
             watch::run(
                 || status::render(&status::collect(&seg, &path, true)),
                 every,

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use vramcap::config::{canonical_uuid, format_uuid};
 use vramcap::policy::{plan_reclaim, reclaim_order, Worker};
 use vramcap::shm::{
-    live_slots, process_alive, text, Segment, VramcapDevice, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
-    VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE, VRAMCAP_UNLOAD_NONE,
+    live_slots, printable, process_alive, text, Segment, VramcapDevice, VramcapSlot,
+    VRAMCAP_ANSWER_CANNOT, VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE,
+    VRAMCAP_UNLOAD_NONE,
 };
 use vramcap::size::HumanBytes;
 
@@ -129,7 +130,7 @@ impl Seen {
             pid: s.pid,
             start_time: s.start_time,
             uid: s.uid,
-            name: text(&s.name),
+            name: printable(&s.name),
             priority: s.priority,
             protected: s.flags & VRAMCAP_FLAG_PROTECTED != 0,
             hook: (s.unload_kind != VRAMCAP_UNLOAD_NONE)

@@ -1,0 +1,163 @@
+//! The segment is anyone's input (issue 13, first findings): what a stranger can put at the segment's
+//! path or in a slot must never hang a reader, write a request for it, or reach a terminal raw.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `vramcap ARGS` with the segment at `shm`, killed after `limit` (a hang fails the test, not the suite).
+fn vramcap_within(
+    shm: &std::path::Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<i32>, String, String, Duration) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+    cmd.args(args)
+        .env("VRAMCAP_SHM", shm)
+        .env_remove("VRAMCAP_SHM_MODE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = start.elapsed();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        took,
+    )
+}
+
+#[test]
+fn a_fifo_at_the_segment_path_hangs_no_reader() {
+    let shm = shm_path("fifo");
+    let c = std::ffi::CString::new(shm.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for args in [&["status"][..], &["status", "--json"], &["unload", "chat"]] {
+        let (code, _, err, took) = vramcap_within(&shm, args, &[], Duration::from_secs(5));
+        assert!(took < Duration::from_secs(5), "{args:?} hung on a FIFO");
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    let _ = std::fs::remove_file(&shm);
+}
+
+#[test]
+fn a_segment_of_another_owner_is_refused_unless_the_mode_opens_it() {
+    // Made by a worker under VRAMCAP_SHM_MODE=0660, then handed to another owner (uid 65534) who shares
+    // our group: a reader without VRAMCAP_SHM_MODE must not trust it.
+    let shm = shm_path("foreign");
+    let holder = hold(
+        "dlsym",
+        &[
+            ("VRAMCAP_LIMIT", "1GiB"),
+            ("VRAMCAP_SHM", shm.to_str().unwrap()),
+            ("VRAMCAP_SHM_MODE", "0660"),
+        ],
+    );
+    let c = std::ffi::CString::new(shm.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; CI and this machine run the tests as root, who may chown.
+    let gid = unsafe { libc::getegid() };
+    // SAFETY: as above.
+    assert_eq!(
+        // SAFETY: a NUL-terminated path; chown touches no memory of ours.
+        unsafe { libc::chown(c.as_ptr(), 65534, gid) },
+        0,
+        "the tests run as root"
+    );
+    let (code, _, err, _) = vramcap_within(&shm, &["status"], &[], Duration::from_secs(5));
+    assert_eq!(code, Some(2), "refused: {err}");
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    let (code, out, err, _) = vramcap_within(
+        &shm,
+        &["status", "--no-nvml"],
+        &[("VRAMCAP_SHM_MODE", "0660")],
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, Some(0), "the group mode was asked for: {err}");
+    assert!(out.contains(&holder.pid().to_string()), "{out}");
+    holder.release();
+    let _ = std::fs::remove_file(&shm);
+}
+
+#[test]
+fn names_reach_the_terminal_escaped() {
+    let shm = shm_path("escape");
+    let holder = hold(
+        "dlsym",
+        &[
+            ("VRAMCAP_LIMIT", "1GiB"),
+            ("VRAMCAP_SHM", shm.to_str().unwrap()),
+            ("VRAMCAP_NAME", "\u{1b}[31mred\u{7}\u{202e}"),
+        ],
+    );
+    let (code, out, err, _) =
+        vramcap_within(&shm, &["status", "--no-nvml"], &[], Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{202e}'),
+        "{out:?}"
+    );
+    assert!(out.contains("\\u{1b}[31mred\\u{7}\\u{202e}"), "{out}");
+    holder.release();
+    let _ = std::fs::remove_file(&shm);
+}
+
+#[test]
+fn a_bad_watch_interval_is_an_error_not_a_panic() {
+    let shm = shm_path("interval");
+    for bad in ["NaN", "inf", "-1", "0", "0.01", "1e9", "soon"] {
+        let (code, _, err, _) = vramcap_within(
+            &shm,
+            &["watch", &format!("--interval={bad}")],
+            &[],
+            Duration::from_secs(5),
+        );
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{bad}: {err}");
+        assert!(err.contains("--interval"), "names the flag: {err}");
+    }
+}
+
+#[test]
+fn an_unload_url_cannot_write_the_request() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vramcap-run"))
+        .args([
+            "--unload-url",
+            "http://127.0.0.1:8001/unload\r\nX-Injected: 1\r\n\r\nGET /admin",
+            "--",
+            "true",
+        ])
+        .env("VRAMCAP_LIB", &env().preload)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one line, no raw line break: {err:?}"
+    );
+    // And the library refuses it too, whoever set the variable.
+    let r = client(
+        "link",
+        &["info"],
+        &[(
+            "VRAMCAP_UNLOAD_URL",
+            "http://127.0.0.1:8001/x\r\nX-Injected: 1",
+        )],
+    );
+    assert_eq!(r.int("init"), 1, "cuInit refused: {}", r.stdout);
+}
