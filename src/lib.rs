@@ -5,6 +5,7 @@
 //! - [`charge`]: what the driver really takes for an allocation;
 //! - [`ledger`]: per-device counts with the atomic reserve-then-commit cap check;
 //! - [`pages`]: which shared pages hold live small allocations;
+//! - [`process`]: what `/proc` says about a process, to verify a slot's claims;
 //! - [`policy`]: whom the priority unloader asks to give memory back, in which order;
 //! - [`addr_map`]: which device pointer was charged what, lock-free, for the hot path;
 //! - [`tracker`]: which handle was charged what (a locked map, for the rarer handles);
@@ -24,6 +25,7 @@ pub mod lock;
 pub mod log;
 pub mod pages;
 pub mod policy;
+pub mod process;
 pub mod shm;
 pub mod size;
 #[cfg(feature = "cli")]

@@ -55,9 +55,10 @@ fn a_fifo_at_the_segment_path_hangs_no_reader() {
 }
 
 #[test]
-fn a_segment_of_another_owner_is_refused_unless_the_mode_opens_it() {
-    // Made by a worker under VRAMCAP_SHM_MODE=0660, then handed to another owner (uid 65534) who shares
-    // our group: a reader without VRAMCAP_SHM_MODE must not trust it.
+fn a_group_members_reader_trusts_another_owners_segment_only_where_the_mode_says_so() {
+    use std::os::unix::process::CommandExt;
+    // Made by root's worker under VRAMCAP_SHM_MODE=0660, in group nogroup: a reader of that group (uid
+    // 65534) must not trust it unless it asks for the group mode itself.
     let shm = shm_path("foreign");
     let holder = hold(
         "dlsym",
@@ -68,26 +69,36 @@ fn a_segment_of_another_owner_is_refused_unless_the_mode_opens_it() {
         ],
     );
     let c = std::ffi::CString::new(shm.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path; CI and this machine run the tests as root, who may chown.
-    let gid = unsafe { libc::getegid() };
-    // SAFETY: as above.
     assert_eq!(
-        // SAFETY: a NUL-terminated path; chown touches no memory of ours.
-        unsafe { libc::chown(c.as_ptr(), 65534, gid) },
+        // SAFETY: a NUL-terminated path; chown touches no memory of ours. The tests run as root.
+        unsafe { libc::chown(c.as_ptr(), 0, 65534) },
         0,
         "the tests run as root"
     );
-    let (code, _, err, _) = vramcap_within(&shm, &["status"], &[], Duration::from_secs(5));
-    assert_eq!(code, Some(2), "refused: {err}");
-    assert!(err.contains("belongs to uid 65534"), "{err}");
-    let (code, out, err, _) = vramcap_within(
-        &shm,
-        &["status", "--no-nvml"],
-        &[("VRAMCAP_SHM_MODE", "0660")],
-        Duration::from_secs(5),
+    let reader = |mode: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+        cmd.args(["status", "--no-nvml"])
+            .env("VRAMCAP_SHM", &shm)
+            .env_remove("VRAMCAP_SHM_MODE")
+            .uid(65534)
+            .gid(65534);
+        if let Some(m) = mode {
+            cmd.env("VRAMCAP_SHM_MODE", m);
+        }
+        cmd.output().unwrap()
+    };
+    let out = reader(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "refused: {err}");
+    assert!(err.contains("belongs to uid 0"), "{err}");
+    let out = reader(Some("0660"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the group mode was asked for: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(code, Some(0), "the group mode was asked for: {err}");
-    assert!(out.contains(&holder.pid().to_string()), "{out}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&holder.pid().to_string()));
     holder.release();
     let _ = std::fs::remove_file(&shm);
 }

@@ -410,8 +410,9 @@ fn a_forged_slot_is_ignored() {
     let mut want = card.request("want", "5", "10s", "300", &[]);
     assert_eq!(want.value("want_r", Duration::from_secs(20)), 2);
     let log = unloader.drain(Duration::from_millis(200));
-    assert!(log.contains("ignoring forged"), "{log}");
-    assert!(log.contains("start time"), "{log}");
+    // A slot whose PID does not have the start time it records is not even live: nobody is asked.
+    assert!(!log.contains("forged"), "{log}");
+    assert!(log.contains("can be freed by asking []"), "{log}");
     assert!(
         bystander.try_wait().unwrap().is_none(),
         "the forged slot's PID was not signalled"
@@ -699,8 +700,13 @@ fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
         ticks(&mut video, Duration::from_millis(400)) > before,
         "video was never held up"
     );
-    // A worker in another PID namespace cannot be reached by the checkpoint API from here.
-    let mut other = Command::new("sleep").arg("60").spawn().unwrap();
+    // A worker in another PID namespace cannot be reached by the checkpoint API from here. (It maps
+    // libvramcap.so, as a worker does, so that it passes the checks of /proc.)
+    let mut other = Command::new("sleep")
+        .arg("60")
+        .env("LD_PRELOAD", &env().preload)
+        .spawn()
+        .unwrap();
     let seg = Segment::open_existing_rw(Path::new(&card.shm)).unwrap();
     let pid = other.id();
     let slot = seg
@@ -722,4 +728,211 @@ fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
     seg.release(slot, pid);
     other.kill().unwrap();
     other.wait().unwrap();
+}
+
+/// Plants a slot for `pid` with its real start time, our uid and a TERM hook, holding 400 MiB on the
+/// card's device: a claim the unloader must check in /proc before it acts.
+fn plant(card: &Card, pid: u32, name: &str) -> (vramcap::shm::Segment, usize) {
+    use vramcap::shm::{Identity, Segment, VramcapDevice, VRAMCAP_UNLOAD_SIGNAL};
+    let seg = Segment::open_existing_rw(Path::new(&card.shm)).unwrap();
+    let uuid = vramcap::shm::live_slots(&seg)[0].1.devices[0].uuid;
+    let slot = seg
+        .claim(&Identity {
+            pid,
+            start_time: vramcap::shm::segment::start_time_of(pid).unwrap(),
+            // The slot says root (or whoever we are): only /proc can say who the process belongs to.
+            // SAFETY: getuid has no preconditions.
+            uid: unsafe { libc::getuid() },
+            priority: 0,
+            name: name.into(),
+            unload_kind: VRAMCAP_UNLOAD_SIGNAL,
+            unload: "TERM".into(),
+            ..Identity::default()
+        })
+        .unwrap();
+    seg.write_devices(
+        slot,
+        &[VramcapDevice {
+            uuid,
+            charged: 400 * MIB,
+            cap: u64::MAX,
+            ..VramcapDevice::default()
+        }],
+    );
+    (seg, slot)
+}
+
+#[test]
+fn a_slot_with_a_bystanders_real_start_time_makes_no_one_act_on_it() {
+    let card = Card::new("bystander");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 800, &[]);
+    // A process that TERM would kill and that is no worker: no libvramcap.so, no segment.
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let (seg, slot) = plant(&card, bystander.id(), "planted");
+    let out = card.vramcap(&["cleanup", "--hook-timeout", "2s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("neither libvramcap.so nor the segment mapped"),
+        "{err}"
+    );
+    let mut unloader = card.unloader(&[]);
+    let mut want = card.request("want", "5", "10s", "300", &[]);
+    assert_eq!(want.value("want_r", Duration::from_secs(20)), 2);
+    let log = unloader.drain(Duration::from_millis(200));
+    assert!(log.contains("ignoring planted"), "{log}");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was not signalled"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    seg.release(slot, 0);
+}
+
+#[test]
+fn as_root_a_slot_for_another_users_process_is_refused() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "CI runs the tests as root");
+    let card = Card::new("other-user");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 800, &[]);
+    // Another user's process that maps libvramcap.so, as a worker of theirs would.
+    let mut victim = Command::new("sleep")
+        .arg("60")
+        .env("LD_PRELOAD", &env().preload)
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    let pid = victim.id();
+    for _ in 0..100 {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        if maps.contains("libvramcap") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        vramcap::process::maps_vramcap(pid, Path::new(&card.shm)),
+        "the victim maps libvramcap.so: only its owner can make it no worker of ours"
+    );
+    let (seg, slot) = plant(&card, pid, "victim");
+    let out = card.vramcap(&["cleanup", "--hook-timeout", "2s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to uid 65534, not to uid 0"), "{err}");
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "root's cleanup did not signal another user's process"
+    );
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    seg.release(slot, 0);
+}
+
+#[test]
+fn a_request_from_a_forged_slot_is_not_served() {
+    let card = Card::new("forged-request");
+    let mut chat = card.signalled("chat", "1", 400);
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let (seg, slot) = plant(&card, bystander.id(), "requester");
+    let uuid = vramcap::shm::live_slots(&seg)[0].1.devices[0].uuid;
+    let seq = seg.post_request(slot, uuid, 600 * MIB);
+    let mut unloader = card.unloader(&[]);
+    let mut answer = None;
+    for _ in 0..200 {
+        answer = seg.answer_to(slot, seq);
+        if answer.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = unloader.drain(Duration::from_millis(200));
+    assert_eq!(
+        answer,
+        Some(vramcap::shm::VRAMCAP_ANSWER_CANNOT),
+        "answered, and not served: {log}"
+    );
+    assert!(log.contains("ignoring a request from requester"), "{log}");
+    assert!(
+        !log.contains("asking chat"),
+        "no real worker was asked: {log}"
+    );
+    assert!(unloaded_at(&mut chat, Duration::from_millis(300)).is_none());
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    seg.release(slot, 0);
+}
+
+#[test]
+fn a_killed_unreaped_worker_is_no_longer_listed() {
+    let card = Card::new("zombie");
+    let mut chat = card.signalled("chat", "1", 400);
+    let pid = chat.child.id();
+    // SAFETY: signals our own child, which stays unreaped (a zombie) until we wait for it.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    for _ in 0..200 {
+        if vramcap::process::facts(pid).is_some_and(|f| f.zombie) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = card.vramcap(&["status", "--json", "--no-nvml"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["pid"] != pid),
+        "{json}"
+    );
+    let start = std::time::Instant::now();
+    let out = card.vramcap(&["unload", "chat", "--hook-timeout", "10s"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "no wait for a zombie: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    chat.child.wait().unwrap();
+}
+
+#[test]
+fn as_root_a_command_hook_runs_as_the_workers_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "CI runs the tests as root");
+    let card = Card::new("hook-user");
+    let out_dir = env().dir.join(format!("hook-user-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for dir in [&out_dir, &card.shared] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let who = out_dir.join("who");
+    let hook = format!("id -u > {}", who.display());
+    // A worker of user 65534, in that user's own segment.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap-run"));
+    cmd.args(["--name", "theirs", "--unload-cmd", &hook, "--"])
+        .arg(&env().client)
+        .args(["dlsym", "worker", "100"]);
+    card.vars(&mut cmd);
+    cmd.uid(65534).gid(65534);
+    let mut worker = Proc::spawn(cmd);
+    worker
+        .wait_for("READY", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the worker never got ready:\n{}", worker.seen.join("\n")));
+    std::thread::sleep(Duration::from_millis(300));
+    // Root's cleanup serves that user's segment, and runs the hook as that user.
+    let out = card.vramcap(&["cleanup", "--hook-timeout", "5s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ran_as = std::fs::read_to_string(&who).unwrap_or_default();
+    assert_eq!(
+        ran_as.trim(),
+        "65534",
+        "the hook ran as the worker's user: {err}"
+    );
+    let _ = worker.child.kill();
+    let _ = worker.child.wait();
+    let _ = std::fs::remove_dir_all(&out_dir);
 }

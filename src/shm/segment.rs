@@ -80,6 +80,8 @@ pub struct Segment {
     len: usize,
     slots: usize,
     writable: bool,
+    /// The file's owner when it was opened.
+    owner: u32,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics and volatile copies.
@@ -105,7 +107,21 @@ fn last_error() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// Who opens a segment, which decides whose segment it may be.
+#[derive(Clone, Copy)]
+enum Opener {
+    /// A capped process, which writes its slot (and may have created the file).
+    Worker { created: bool },
+    /// The CLI: `status` reads, the unloader also answers requests.
+    Reader { writable: bool },
+}
+
 impl Segment {
+    /// The uid that owned the segment's file when it was opened.
+    pub fn owner_uid(&self) -> u32 {
+        self.owner
+    }
+
     /// Opens the segment for a capped process, creating it with `mode` if it does not exist.
     pub fn open_or_create(path: &Path, mode: u32) -> Result<Segment, ShmError> {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
@@ -126,7 +142,7 @@ impl Segment {
         if fd < 0 {
             return Err(io(path)(last_error()));
         }
-        let result = Segment::map_fd(path, fd, mode, true, created);
+        let result = Segment::map_fd(path, fd, mode, Opener::Worker { created });
         // SAFETY: the mapping (if any) keeps its own reference; the descriptor is ours to close.
         unsafe { libc::close(fd) };
         result
@@ -163,19 +179,17 @@ impl Segment {
         }
         // A segment of another owner is accepted only where VRAMCAP_SHM_MODE opens it to the group.
         let allowed = segment_mode()?;
-        let result = Segment::map_fd(path, fd, allowed, writable, false);
+        let result = Segment::map_fd(path, fd, allowed, Opener::Reader { writable });
         // SAFETY: the descriptor is ours to close.
         unsafe { libc::close(fd) };
         result
     }
 
-    fn map_fd(
-        path: &Path,
-        fd: i32,
-        allowed: u32,
-        writable: bool,
-        created: bool,
-    ) -> Result<Segment, ShmError> {
+    fn map_fd(path: &Path, fd: i32, allowed: u32, opener: Opener) -> Result<Segment, ShmError> {
+        let (writable, created, reader) = match opener {
+            Opener::Worker { created } => (true, created, false),
+            Opener::Reader { writable } => (writable, false, true),
+        };
         // SAFETY: a zeroed stat is a valid value of this plain C struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat fills the struct we own.
@@ -185,7 +199,10 @@ impl Segment {
         // SAFETY: geteuid/getegid have no preconditions.
         let (me, my_group) = unsafe { (libc::geteuid(), libc::getegid()) };
         let group_ok = allowed & 0o060 != 0 && st.st_gid == my_group;
-        if st.st_uid != me && !group_ok {
+        // Root reads (and serves) any user's segment: the unloader then acts on that user's processes
+        // alone (see the CLI's `Trust`). A capped process writes only into its own user's segment.
+        let root_reader = reader && me == 0;
+        if st.st_uid != me && !group_ok && !root_reader {
             return Err(ShmError::NotOwner {
                 path: path.into(),
                 owner: st.st_uid,
@@ -235,6 +252,7 @@ impl Segment {
             len,
             slots: VRAMCAP_SLOTS as usize,
             writable,
+            owner: st.st_uid,
         };
         if created {
             seg.init_header();
@@ -757,9 +775,11 @@ pub fn pid_exists(pid: u32) -> bool {
             || last_error().raw_os_error() == Some(libc::EPERM))
 }
 
-/// Whether `pid` is still the process that claimed with `start_time`.
+/// Whether `pid` is still the process that claimed with `start_time`: it exists with that start time and
+/// has not exited (a zombie holds no memory and answers nothing).
 pub fn process_alive(pid: u32, start_time: u64) -> bool {
-    pid != 0 && start_time_of(pid).is_some_and(|s| start_time == 0 || s == start_time)
+    crate::process::facts(pid)
+        .is_some_and(|f| !f.zombie && (start_time == 0 || f.start_time == start_time))
 }
 
 /// The first (outermost visible) PID in `/proc/self/status`'s NSpid line.

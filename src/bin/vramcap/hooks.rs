@@ -121,14 +121,44 @@ fn post(url: &str, allow_remote: bool, timeout: Duration) -> Result<(), String> 
     }
 }
 
-/// Runs `sh -c cmd` with the worker's PID and name in its environment; killed after `timeout`.
+/// Runs `sh -c cmd` with the worker's PID and name in its environment, in a process group of its own,
+/// which is killed whole after `timeout`. As root, the command runs as the worker's user (its real uid
+/// and gid from `/proc`, and that user's groups), never as root.
 fn run(cmd: &str, pid: u32, name: &str, timeout: Duration) -> Result<(), String> {
-    let mut child = Command::new("sh")
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    let as_user = if unsafe { libc::geteuid() } == 0 {
+        let f = vramcap::process::facts(pid).ok_or_else(|| format!("pid {pid} is gone"))?;
+        (f.uid != 0).then(|| (f.uid, f.gid, vramcap::process::groups_of(f.uid, f.gid)))
+    } else {
+        None
+    };
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(cmd)
         .env("VRAMCAP_PID", pid.to_string())
         .env("VRAMCAP_NAME", name)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec and only makes system calls
+    // (setpgid, setgroups, setgid, setuid) on values computed before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &as_user {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     let start = Instant::now();
@@ -137,6 +167,8 @@ fn run(cmd: &str, pid: u32, name: &str, timeout: Duration) -> Result<(), String>
             Ok(Some(status)) if status.success() => return Ok(()),
             Ok(Some(status)) => return Err(format!("{cmd:?} exited with {status}")),
             Ok(None) if start.elapsed() >= timeout => {
+                // SAFETY: signals the command's own process group (it called setpgid(0, 0)).
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("{cmd:?} did not finish within {timeout:?}; killed"));

@@ -154,8 +154,8 @@ fn describe(size: Size) -> String {
 
 /// The unloader for a one-off command, on the segment opened `writable`.
 fn open_unloader(opts: unloader::Options, writable: bool) -> Result<Unloader, ExitCode> {
-    let (seg, _) = open_segment_as(writable)?;
-    Ok(Unloader::new(seg, opts))
+    let (seg, path) = open_segment_as(writable)?;
+    Ok(Unloader::new(seg, std::path::Path::new(&path), opts))
 }
 
 /// Exit codes: 0 fine, 1 no segment (no capped process has started), 2 a segment refused or bad input.

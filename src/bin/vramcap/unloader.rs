@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use vramcap::config::{canonical_uuid, format_uuid};
 use vramcap::policy::{plan_reclaim, reclaim_order, Worker};
 use vramcap::shm::{
-    live_slots, printable, process_alive, text, Segment, VramcapDevice, VramcapSlot,
-    VRAMCAP_ANSWER_CANNOT, VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE,
-    VRAMCAP_UNLOAD_NONE,
+    live_slots, printable, text, Segment, VramcapDevice, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
+    VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE, VRAMCAP_UNLOAD_NONE,
 };
 use vramcap::size::HumanBytes;
 
@@ -106,7 +105,6 @@ pub struct Seen {
     pub slot: usize,
     pub pid: u32,
     pub start_time: u64,
-    pub uid: u32,
     pub name: String,
     pub priority: i32,
     pub protected: bool,
@@ -129,7 +127,6 @@ impl Seen {
             slot,
             pid: s.pid,
             start_time: s.start_time,
-            uid: s.uid,
             name: printable(&s.name),
             priority: s.priority,
             protected: s.flags & VRAMCAP_FLAG_PROTECTED != 0,
@@ -154,20 +151,10 @@ impl Seen {
         }
     }
 
-    /// Why the unloader will not act on this worker, if it will not.
-    pub fn unverified(&self) -> Option<String> {
-        // SAFETY: getuid has no preconditions.
-        let uid = unsafe { libc::getuid() };
-        if self.uid != uid {
-            return Some(format!("its uid {} is not ours ({uid})", self.uid));
-        }
-        if self.start_time == 0 || !process_alive(self.pid, self.start_time) {
-            return Some(format!(
-                "pid {} does not have the start time its slot records",
-                self.pid
-            ));
-        }
-        None
+    /// Why the unloader will not act on this worker, if it will not: everything is checked in `/proc`
+    /// (see `vramcap::process`), nothing taken from the slot but the claims to check.
+    pub fn unverified(&self, trust: &Trust) -> Option<String> {
+        vramcap::process::unverified(self.pid, self.start_time, trust.uid, &trust.segment)
     }
 
     pub fn describe(&self) -> String {
@@ -202,8 +189,29 @@ pub struct Outcome {
 
 /// What every unloader action works with: the segment, the options, the log's clock, each device's free
 /// memory and the checkpoint API.
+/// Whose processes the unloader may act on, and how it recognises a worker.
+pub struct Trust {
+    /// The real uid a worker must have: ours, or as root the segment's owner (a user's segment can
+    /// never make root act on anyone else's process).
+    pub uid: u32,
+    /// The segment's path, which a worker maps.
+    pub segment: std::path::PathBuf,
+}
+
+impl Trust {
+    pub fn for_segment(seg: &Segment, path: &std::path::Path) -> Trust {
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        Trust {
+            uid: if me == 0 { seg.owner_uid() } else { me },
+            segment: path.to_path_buf(),
+        }
+    }
+}
+
 pub struct Unloader {
     seg: Segment,
+    trust: Trust,
     opts: Options,
     log: Log,
     mem: Memory,
@@ -211,10 +219,11 @@ pub struct Unloader {
 }
 
 impl Unloader {
-    pub fn new(seg: Segment, opts: Options) -> Unloader {
+    pub fn new(seg: Segment, path: &std::path::Path, opts: Options) -> Unloader {
         let log = Log::new();
         let mem = Memory::open(opts.nvml, &log);
         Unloader {
+            trust: Trust::for_segment(&seg, path),
             seg,
             opts,
             log,
@@ -278,7 +287,7 @@ impl Unloader {
             if Some(w.slot) == requester || !w.held.contains_key(uuid) {
                 continue;
             }
-            match w.unverified() {
+            match w.unverified(&self.trust) {
                 Some(why) => log.line(format_args!("ignoring {}: {why}", w.describe())),
                 None => seen.push(w),
             }
@@ -411,6 +420,16 @@ impl Unloader {
                 };
                 let uuid = format_uuid(&req.uuid);
                 let who = Seen::of(slot, &s);
+                // A request is served only for a verified worker (a forged one could make us ask real
+                // workers to unload).
+                if let Some(why) = who.unverified(&self.trust) {
+                    log.line(format_args!(
+                        "ignoring a request from {}: {why}",
+                        who.describe()
+                    ));
+                    seg.answer(slot, req.seq, VRAMCAP_ANSWER_CANNOT);
+                    continue;
+                }
                 log.line(format_args!(
                     "request from {} for {} on {uuid}",
                     who.describe(),
@@ -463,7 +482,7 @@ impl Unloader {
         if w.protected {
             return Some("it is protected".into());
         }
-        if let Some(why) = w.unverified() {
+        if let Some(why) = w.unverified(&self.trust) {
             return Some(why);
         }
         if w.suspended.is_some() {
@@ -525,7 +544,7 @@ impl Unloader {
 
     /// Resumes `w` (restore + unlock) and clears the mark in its slot.
     pub fn resume_one(&self, w: &Seen) -> Result<(), String> {
-        if let Some(why) = w.unverified() {
+        if let Some(why) = w.unverified(&self.trust) {
             return Err(why);
         }
         let api = self.sus.api()?;
@@ -561,7 +580,7 @@ impl Unloader {
             .collect();
         suspended.sort_by_key(|w| std::cmp::Reverse(w.priority));
         for w in suspended {
-            if w.unverified().is_some() {
+            if w.unverified(&self.trust).is_some() {
                 continue;
             }
             let fits = w.charged.iter().all(|(uuid, bytes)| {
@@ -582,7 +601,7 @@ impl Unloader {
     /// Asks one verified worker to unload and waits for its usage to fall on every device; returns the
     /// bytes freed.
     pub fn unload_one(&self, w: &Seen) -> Result<u64, String> {
-        if let Some(why) = w.unverified() {
+        if let Some(why) = w.unverified(&self.trust) {
             return Err(format!("not asking {}: {why}", w.describe()));
         }
         let hook = w
