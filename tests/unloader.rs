@@ -118,6 +118,7 @@ impl Drop for Card {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.shared);
         let _ = std::fs::remove_file(&self.shm);
+        let _ = std::fs::remove_file(format!("{}.unloader", self.shm.display()));
     }
 }
 
@@ -935,4 +936,25 @@ fn as_root_a_command_hook_runs_as_the_workers_user() {
     let _ = worker.child.kill();
     let _ = worker.child.wait();
     let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn a_second_unloader_says_who_serves_the_segment_and_exits() {
+    let card = Card::new("second");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 200, &[]);
+    let first = card.unloader(&[]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+    cmd.arg("unloader");
+    card.vars(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "another unloader (pid {}) already serves",
+            first.child.id()
+        )),
+        "{err}"
+    );
+    drop(first);
 }

@@ -242,10 +242,18 @@ fn main() -> ExitCode {
                 Ok(o) => o,
                 Err(code) => return code,
             };
+            let serving = match unloader::Serving::take(&segment_path()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("vramcap unloader: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             match open_unloader(opts, true) {
                 Ok(u) => u.run(),
                 Err(code) => return code,
             }
+            drop(serving);
             ExitCode::SUCCESS
         }
         Cmd::Reclaim {

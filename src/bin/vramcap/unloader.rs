@@ -662,3 +662,56 @@ impl Served {
 fn charged_on(s: &VramcapSlot, uuid: &str) -> u64 {
     device_of(s, uuid).map_or(0, |d| d.charged)
 }
+
+/// The claim of one unloader on one segment, held while the daemon runs: a POSIX lock on a file beside
+/// the segment (`PATH.unloader`), which the kernel drops when the process ends, however it ends. A second
+/// unloader learns the holder's PID from the lock itself.
+pub struct Serving(#[allow(dead_code)] std::fs::File);
+
+impl Serving {
+    pub fn take(segment: &std::path::Path) -> Result<Serving, String> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::io::AsRawFd;
+        let path = std::path::PathBuf::from(format!("{}.unloader", segment.display()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if !meta.file_type().is_file() || meta.uid() != me {
+            return Err(format!(
+                "{} is not a regular file of uid {me} (it belongs to uid {}); remove it",
+                path.display(),
+                meta.uid()
+            ));
+        }
+        // SAFETY: an all-zero flock is a valid value of this plain C struct.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as _;
+        lock.l_whence = libc::SEEK_SET as _;
+        // SAFETY: F_SETLK with a flock we own, on our descriptor.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } == 0 {
+            return Ok(Serving(file));
+        }
+        // SAFETY: F_GETLK fills the flock we own with the conflicting lock.
+        let holder = if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) } == 0
+            && i32::from(lock.l_type) != libc::F_UNLCK
+        {
+            format!("pid {}", lock.l_pid)
+        } else {
+            "another process".into()
+        };
+        Err(format!(
+            "another unloader ({holder}) already serves {}",
+            segment.display()
+        ))
+    }
+}
