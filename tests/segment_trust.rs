@@ -172,3 +172,39 @@ fn an_unload_url_cannot_write_the_request() {
     );
     assert_eq!(r.int("init"), 1, "cuInit refused: {}", r.stdout);
 }
+
+#[test]
+fn a_half_made_segment_is_replaced_and_capping_goes_on_listed() {
+    // What a creator killed between its open and its header leaves: our own empty file, and one of
+    // the full size with no header.
+    for size in [0u64, 4 << 20] {
+        let shm = shm_path(&format!("half-{size}"));
+        let f = std::fs::File::create(&shm).unwrap();
+        f.set_len(size).unwrap();
+        drop(f);
+        std::fs::set_permissions(&shm, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let start = Instant::now();
+        let holder = hold(
+            "dlsym",
+            &[
+                ("VRAMCAP_LIMIT", "1GiB"),
+                ("VRAMCAP_SHM", shm.to_str().unwrap()),
+            ],
+        );
+        let (code, out, err, _) =
+            vramcap_within(&shm, &["status", "--no-nvml"], &[], Duration::from_secs(5));
+        assert_eq!(code, Some(0), "{size}: {err}");
+        assert!(
+            out.contains(&holder.pid().to_string()),
+            "{size}: the worker is listed: {out}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let stderr = holder.release();
+        assert!(
+            !stderr.contains("shared segment not used"),
+            "{size}: {stderr}"
+        );
+        let _ = std::fs::remove_file(&shm);
+    }
+}

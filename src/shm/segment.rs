@@ -123,29 +123,105 @@ impl Segment {
     }
 
     /// Opens the segment for a capped process, creating it with `mode` if it does not exist.
+    ///
+    /// Creation is atomic: the file is made complete (sized, header written) under a name of its own and
+    /// only then linked at `path`, so no process ever sees a half-made segment there. One that an older
+    /// creator left (killed between its open and its header) is recognised, if it is ours, and replaced
+    /// the same way.
     pub fn open_or_create(path: &Path, mode: u32) -> Result<Segment, ShmError> {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
         // O_NONBLOCK: a FIFO planted at the path must not block the open (it is then refused as no
         // regular file).
         let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        for _ in 0..4 {
+            // SAFETY: a NUL-terminated path and plain flags.
+            let fd = unsafe { libc::open(c.as_ptr(), flags) };
+            if fd < 0 {
+                let e = last_error();
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    return Err(io(path)(e));
+                }
+                match Segment::create_at(path, mode, false) {
+                    Err(ShmError::Io { source, .. })
+                        if source.raw_os_error() == Some(libc::EEXIST) =>
+                    {
+                        continue
+                    }
+                    made => return made,
+                }
+            }
+            let half_made = Segment::half_made(fd);
+            let result = Segment::map_fd(path, fd, mode, Opener::Worker { created: false });
+            // SAFETY: the mapping (if any) keeps its own reference; the descriptor is ours to close.
+            unsafe { libc::close(fd) };
+            match result {
+                Err(ShmError::Layout { .. } | ShmError::Magic { found: 0, .. }) if half_made => {
+                    crate::vlog!(
+                        Info,
+                        "replacing the half-made segment at {}",
+                        path.display()
+                    );
+                    return Segment::create_at(path, mode, true);
+                }
+                other => return other,
+            }
+        }
+        Err(io(path)(std::io::Error::from_raw_os_error(libc::EEXIST)))
+    }
+
+    /// Whether the file behind `fd` is a segment its creator never finished: ours, and its header was
+    /// never written (too short for one, or all zeros).
+    fn half_made(fd: i32) -> bool {
+        // SAFETY: a zeroed stat is a valid value of this plain C struct; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, and geteuid has no preconditions.
+        let ours =
+            unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_uid == unsafe { libc::geteuid() };
+        ours && Segment::peek_header(fd).is_none_or(|h| h.magic == 0)
+    }
+
+    /// Makes a complete segment under a temporary name beside `path`, then links it at `path` (failing
+    /// with `EEXIST` if another creator was first) or, with `replace`, renames it over what is there.
+    fn create_at(path: &Path, mode: u32, replace: bool) -> Result<Segment, ShmError> {
+        let tmp = PathBuf::from(format!(
+            "{}.new-{}-{}",
+            path.display(),
+            std::process::id(),
+            crate::log::monotonic_ns()
+        ));
+        let ct = CString::new(tmp.as_os_str().as_bytes()).map_err(|e| io(&tmp)(e.into()))?;
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
+        let flags =
+            libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_CREAT | libc::O_EXCL;
         // SAFETY: a NUL-terminated path and plain flags.
-        let mut fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CREAT | libc::O_EXCL, mode) };
-        let created = fd >= 0;
-        if created {
-            // The umask may have narrowed the mode; set exactly what was asked.
-            // SAFETY: fd is ours.
-            unsafe { libc::fchmod(fd, mode) };
-        } else {
-            // SAFETY: as above, without O_CREAT.
-            fd = unsafe { libc::open(c.as_ptr(), flags) };
-        }
+        let fd = unsafe { libc::open(ct.as_ptr(), flags, mode) };
         if fd < 0 {
-            return Err(io(path)(last_error()));
+            return Err(io(&tmp)(last_error()));
         }
-        let result = Segment::map_fd(path, fd, mode, Opener::Worker { created });
-        // SAFETY: the mapping (if any) keeps its own reference; the descriptor is ours to close.
+        // The umask may have narrowed the mode; set exactly what was asked.
+        // SAFETY: fd is ours.
+        unsafe { libc::fchmod(fd, mode) };
+        let made = Segment::map_fd(&tmp, fd, mode, Opener::Worker { created: true });
+        // SAFETY: the mapping keeps its own reference; the descriptor is ours to close.
         unsafe { libc::close(fd) };
-        result
+        let published = made.and_then(|seg| {
+            // SAFETY: two NUL-terminated paths.
+            let r = unsafe {
+                if replace {
+                    libc::rename(ct.as_ptr(), c.as_ptr())
+                } else {
+                    libc::link(ct.as_ptr(), c.as_ptr())
+                }
+            };
+            if r == 0 {
+                Ok(seg)
+            } else {
+                Err(io(path)(last_error()))
+            }
+        });
+        // SAFETY: a NUL-terminated path (gone already after a rename).
+        unsafe { libc::unlink(ct.as_ptr()) };
+        published
     }
 
     /// Opens an existing segment to read it and answer requests in it (the unloader).
@@ -223,15 +299,6 @@ impl Segment {
             if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
                 return Err(io(path)(last_error()));
             }
-        } else if (st.st_size as u64) < len as u64 {
-            // A creator may be between open and ftruncate: give it a moment before calling it truncated.
-            for _ in 0..50 {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                // SAFETY: as above.
-                if unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_size as u64 >= len as u64 {
-                    break;
-                }
-            }
         }
         if (st.st_size as u64) < len as u64 && !created {
             let header = Self::peek_header(fd);
@@ -257,7 +324,7 @@ impl Segment {
         if created {
             seg.init_header();
         } else {
-            seg.wait_for_header();
+            // Creators publish complete segments (see `open_or_create`): no header yet means none ever.
             let header = seg.header();
             if header.magic != VRAMCAP_MAGIC
                 || header.version != VRAMCAP_VERSION
@@ -326,15 +393,6 @@ impl Segment {
             (*h).slot_count = VRAMCAP_SLOTS;
         }
         self.magic().store(VRAMCAP_MAGIC, Ordering::Release);
-    }
-
-    fn wait_for_header(&self) {
-        for _ in 0..100 {
-            if self.magic().load(Ordering::Acquire) != 0 {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
     }
 
     pub fn header(&self) -> VramcapHeader {
