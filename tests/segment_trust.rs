@@ -208,3 +208,33 @@ fn a_half_made_segment_is_replaced_and_capping_goes_on_listed() {
         let _ = std::fs::remove_file(&shm);
     }
 }
+
+#[test]
+fn an_exec_replaces_the_slot_of_the_image_it_replaced() {
+    let shm = shm_path("exec");
+    let holder = hold_scenario(
+        "dlsym",
+        "exec_cap",
+        &[
+            ("VRAMCAP_LIMIT", "1GiB"),
+            ("VRAMCAP_SHM", shm.to_str().unwrap()),
+        ],
+    );
+    let (code, out, err, _) = vramcap_within(
+        &shm,
+        &["status", "--json", "--no-nvml"],
+        &[],
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = json["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["pid"] == holder.pid())
+        .count();
+    assert_eq!(rows, 1, "one row for one process: {json}");
+    holder.release();
+    let _ = std::fs::remove_file(&shm);
+}

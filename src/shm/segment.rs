@@ -107,6 +107,14 @@ fn last_error() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// The passes of [`Segment::claim`], in order.
+#[derive(Clone, Copy)]
+enum Pass {
+    OwnImage,
+    Free,
+    Gone,
+}
+
 /// Who opens a segment, which decides whose segment it may be.
 #[derive(Clone, Copy)]
 enum Opener {
@@ -443,19 +451,25 @@ impl Segment {
         if !self.writable {
             return None;
         }
-        // Free slots first; only when none is left, the slots of processes that are gone (which needs a
-        // look at /proc for each).
-        for reclaim in [false, true] {
+        // A slot of this very process first: it was claimed by the image this one replaced with exec (same
+        // PID, same start time), which can never release it. Then free slots; only when none is left,
+        // the slots of processes that are gone (which needs a look at /proc for each).
+        for pass in [Pass::OwnImage, Pass::Free, Pass::Gone] {
             for i in 0..self.slots {
                 let state = self.state(i);
                 let current = state.load(Ordering::Acquire);
-                let takeable = match current {
-                    VRAMCAP_SLOT_FREE => true,
-                    _ if reclaim => {
-                        let (pid, start) = self.owner(i);
-                        pid != 0 && !process_alive(pid, start)
+                let (pid, start) = self.owner(i);
+                let takeable = match pass {
+                    Pass::OwnImage => {
+                        current == VRAMCAP_SLOT_LIVE
+                            && pid == who.pid
+                            && start == who.start_time
+                            && who.start_time != 0
                     }
-                    _ => false,
+                    Pass::Free => current == VRAMCAP_SLOT_FREE,
+                    Pass::Gone => {
+                        current != VRAMCAP_SLOT_FREE && pid != 0 && !process_alive(pid, start)
+                    }
                 };
                 if takeable
                     && state

@@ -1089,6 +1089,14 @@ int main(int argc, char **argv) {
   if (!strcmp(s, "nvml")) return scenario_nvml();
   if (!strcmp(s, "ctx")) return scenario_ctx();
   if (!strcmp(s, "poolgrowth")) return scenario_poolgrowth();
+  if (!strcmp(s, "exec_cap")) {
+    /* Claims a slot (cuInit), then replaces itself with exec, as a launcher script's last command does:
+     * the new image claims again under the same PID and start time. */
+    if (start()) return 3;
+    char *next[] = {argv[0], argv[1], "cap", NULL};
+    execv(argv[0], next);
+    return 3;
+  }
   if (!strcmp(s, "pool_fill")) return scenario_pool_fill(argc > 3 ? strtoull(argv[3], NULL, 10) : 1);
   if (!strcmp(s, "hidden")) {
     /* The driver takes 128 MiB on its own (a module load) right between two large allocations near
