@@ -883,6 +883,26 @@ mod tests {
     }
 
     #[test]
+    fn a_process_that_claims_again_gets_its_own_slot_back() {
+        let path = temp("own-image");
+        let seg = Segment::open_or_create(&path, 0o600).unwrap();
+        let me = Identity::of_this_process(Some("before exec"), 0);
+        let first = seg.claim(&me).unwrap();
+        let after = Identity::of_this_process(Some("after exec"), 0);
+        assert_eq!(
+            seg.claim(&after),
+            Some(first),
+            "the same PID and start time"
+        );
+        assert_eq!(
+            seg.read(first).map(|s| text(&s.name)),
+            Some("after exec".into())
+        );
+        seg.release(first, me.pid);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn slots_of_dead_processes_are_taken_over_when_the_segment_is_full() {
         let path = temp("reclaim");
         let seg = Segment::open_or_create(&path, 0o600).unwrap();
@@ -904,15 +924,20 @@ mod tests {
             ..me.clone()
         };
         assert!(!process_alive(impostor.pid, impostor.start_time));
+        // Live owners that are not this image (no start time recorded: alive while the PID is).
+        let live = Identity {
+            start_time: 0,
+            ..me.clone()
+        };
         for _ in 1..VRAMCAP_SLOTS {
-            seg.claim(&me).unwrap();
+            seg.claim(&live).unwrap();
         }
         assert_eq!(
-            seg.claim(&me),
+            seg.claim(&live),
             Some(ghost_slot),
             "full: the dead process's slot is reclaimed"
         );
-        assert_eq!(seg.claim(&me), None, "every slot held by a live process");
+        assert_eq!(seg.claim(&live), None, "every slot held by a live process");
         seg.release(ghost_slot, me.pid);
         assert_eq!(seg.claim(&me), Some(ghost_slot));
         drop(seg);
