@@ -238,3 +238,67 @@ fn an_exec_replaces_the_slot_of_the_image_it_replaced() {
     holder.release();
     let _ = std::fs::remove_file(&shm);
 }
+
+#[test]
+fn every_user_has_a_default_segment_of_their_own() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let e = env();
+    // Root's worker makes root's default segment first.
+    let root = {
+        let mut cmd = Command::new(&e.client);
+        cmd.args(["dlsym", "info"])
+            .env("LD_LIBRARY_PATH", &e.dir)
+            .env("LD_PRELOAD", &e.preload)
+            .env_remove("VRAMCAP_SHM");
+        cmd.output().unwrap()
+    };
+    assert!(root.status.success());
+    // Then a worker of user 65534, with no VRAMCAP_SHM either, holds its memory.
+    let hold = e.dir.join(format!("hold-user-{}", std::process::id()));
+    let _ = std::fs::remove_file(&hold);
+    let mut worker = Command::new(&e.client)
+        .args(["dlsym", "cap"])
+        .env("LD_LIBRARY_PATH", &e.dir)
+        .env("LD_PRELOAD", &e.preload)
+        .env("VRAMCAP_LIMIT", "1GiB")
+        .env("VRAMCAP_E2E_HOLD", &hold)
+        .env_remove("VRAMCAP_SHM")
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let worker_pid = worker.id();
+    let stdout = worker.stdout.take().unwrap();
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.unwrap().starts_with("HOLD") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let out = Command::new(env!("CARGO_BIN_EXE_vramcap"))
+        .args(["status", "--no-nvml"])
+        .env_remove("VRAMCAP_SHM")
+        .env_remove("VRAMCAP_SHM_MODE")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    std::fs::write(&hold, b"").unwrap();
+    let worker_out = worker.wait_with_output().unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains(&worker_pid.to_string()),
+        "the user sees their worker: {listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&worker_out.stderr).contains("shared segment not used"),
+        "{}",
+        String::from_utf8_lossy(&worker_out.stderr)
+    );
+    let _ = std::fs::remove_file("/dev/shm/vramcap-65534");
+    let _ = std::fs::remove_file(&hold);
+}

@@ -47,12 +47,15 @@ pub enum ShmError {
     BadMode(String),
 }
 
-/// `VRAMCAP_SHM` (a name under /dev/shm, or a path), default `/dev/shm/vramcap`.
+/// `VRAMCAP_SHM` (a name under /dev/shm, or a path), default `/dev/shm/vramcap-<uid>`: each user has a
+/// segment of their own (another user's default could only be refused). A group of users shares one by
+/// naming it, with `VRAMCAP_SHM_MODE=0660`.
 pub fn segment_path() -> PathBuf {
     match std::env::var_os(ENV_SHM) {
         Some(v) if v.as_bytes().contains(&b'/') => PathBuf::from(v),
         Some(v) if !v.is_empty() => Path::new("/dev/shm").join(v),
-        _ => PathBuf::from("/dev/shm/vramcap"),
+        // SAFETY: getuid has no preconditions.
+        _ => PathBuf::from(format!("/dev/shm/vramcap-{}", unsafe { libc::getuid() })),
     }
 }
 
