@@ -61,10 +61,22 @@ pub fn ask(hook: &Hook, pid: u32, name: &str, opts: &Options) -> Result<(), Stri
 /// HTTP POST with an empty body; a 2xx answer is success.
 fn post(url: &str, allow_remote: bool, timeout: Duration) -> Result<(), String> {
     let (host, port, path) = parse_http_url(url)?;
-    let addrs: Vec<_> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
+    // The timeout bounds the whole hook, the name's resolution included: it runs on a thread of its
+    // own, left behind if it does not answer in time.
+    let deadline = Instant::now() + timeout;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            (name.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>),
+        );
+    });
+    let addrs: Vec<_> = match rx.recv_timeout(timeout) {
+        Ok(resolved) => resolved.map_err(|e| format!("cannot resolve {host}: {e}"))?,
+        Err(_) => return Err(format!("{url}: {host} did not resolve within {timeout:?}")),
+    };
     let addr = *addrs
         .first()
         .ok_or_else(|| format!("{host} has no address"))?;
@@ -73,7 +85,6 @@ fn post(url: &str, allow_remote: bool, timeout: Duration) -> Result<(), String> 
             "{url} is not a loopback address (start the unloader with --allow-remote to call it)"
         ));
     }
-    let deadline = Instant::now() + timeout;
     let left = || {
         deadline
             .saturating_duration_since(Instant::now())
