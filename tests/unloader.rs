@@ -958,3 +958,21 @@ fn a_second_unloader_says_who_serves_the_segment_and_exits() {
     );
     drop(first);
 }
+
+#[test]
+fn every_thread_that_meets_a_full_device_is_answered() {
+    let card = Card::new("threads");
+    // 1 GiB device: chat holds 800 MiB, so eight threads of 40 MiB meet a full device together.
+    let mut chat = card.signalled("chat", "1", 800);
+    let _unloader = card.unloader(&[]);
+    let mut want = card.start(
+        &["--name", "want", "--priority", "5", "--wait", "10s"],
+        &["want_threads", "8", "40"],
+        &[],
+    );
+    let ok = want.value("want_ok", Duration::from_secs(30));
+    let took = want.value("want_ms", Duration::from_secs(1));
+    assert_eq!(ok, 8, "every thread got its memory");
+    assert!(took < 5_000, "answered, not timed out: {took} ms");
+    assert!(unloaded_at(&mut chat, Duration::from_secs(2)).is_some());
+}

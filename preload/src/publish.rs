@@ -126,19 +126,30 @@ pub fn publish() {
     *last = usage;
 }
 
+/// Serialises this process's requests: the slot holds one, so threads that meet a full device at once
+/// must add up into it rather than overwrite each other.
+static POSTING: Lock<()> = Lock::new(());
+
 /// Posts a request for `bytes` on the device `uuid` for the unloader; returns its sequence number, or
-/// `None` if this process has no slot.
+/// `None` if this process has no slot. While an earlier request for the same device is unanswered, the
+/// new one asks for both (the sum), so one answer serves every waiting thread (see [`answer_to`]).
 pub fn post_request(uuid: [u8; 16], bytes: u64) -> Option<u32> {
     if SLOT_PID.load(Ordering::Acquire) != std::process::id() {
         return None;
     }
     let seg = segment()?;
-    Some(seg.post_request(SLOT.load(Ordering::Acquire), uuid, bytes))
+    let slot = SLOT.load(Ordering::Acquire);
+    let _posting = POSTING.lock();
+    let total = match seg.pending_request(slot) {
+        Some(pending) if pending.uuid == uuid => pending.bytes.saturating_add(bytes),
+        _ => bytes,
+    };
+    Some(seg.post_request(slot, uuid, total))
 }
 
-/// The unloader's answer to request `seq`, once given.
+/// The unloader's answer to request `seq`, or to a later one that covered it, once given.
 pub fn answer_to(seq: u32) -> Option<u32> {
-    segment()?.answer_to(SLOT.load(Ordering::Acquire), seq)
+    segment()?.answer_since(SLOT.load(Ordering::Acquire), seq)
 }
 
 /// In a forked child: what the parent published is not ours (its slot follows the PID).
@@ -147,5 +158,8 @@ pub fn answer_to(seq: u32) -> Option<u32> {
 /// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
 pub unsafe fn reset_after_fork() {
     // SAFETY: the caller's guarantee.
-    unsafe { LAST.reset_after_fork(Vec::new()) };
+    unsafe {
+        LAST.reset_after_fork(Vec::new());
+        POSTING.reset_after_fork(());
+    }
 }

@@ -627,6 +627,21 @@ impl Segment {
             .wrapping_add(1)
     }
 
+    /// The unloader's answer to request `seq` of slot `i`, or to a later request of the slot (which, posted
+    /// while `seq` was unanswered, covers it: see the preload's `publish::post_request`), once given.
+    pub fn answer_since(&self, i: usize, seq: u32) -> Option<u32> {
+        let answered = self.answer_seq(i).load(Ordering::Acquire);
+        // Sequence numbers wrap: "at or after seq" is within half the range after it.
+        if answered == 0 || answered.wrapping_sub(seq) >= 1 << 31 {
+            return None;
+        }
+        // SAFETY: in range; written before the Release store of answer_seq.
+        Some(
+            self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).answer) })
+                .load(Ordering::Relaxed),
+        )
+    }
+
     /// The unloader's answer to request `seq` of slot `i`, once given.
     pub fn answer_to(&self, i: usize, seq: u32) -> Option<u32> {
         if self.answer_seq(i).load(Ordering::Acquire) != seq {

@@ -620,6 +620,17 @@ static int scenario_cross(void) {
 static volatile sig_atomic_t asked;
 static void on_usr1(int sig) { (void)sig; asked = 1; }
 
+static unsigned long long want_mib;
+static volatile int want_ok;
+static void *want_one(void *arg) {
+  (void)arg;
+  cu.set_current(ctx);
+  pthread_barrier_wait(&barrier);
+  CUdeviceptr p;
+  if (cu.alloc(&p, want_mib * MIB) == CUDA_SUCCESS) __sync_fetch_and_add(&want_ok, 1);
+  return NULL;
+}
+
 static double now_ms(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -1159,6 +1170,20 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(s, "local_growth"))
     return scenario_local_growth(argc > 3 ? parse_size(argv[3]) : 49152, argc > 4 ? strtoull(argv[4], NULL, 10) : 64);
+  if (!strcmp(s, "want_threads")) {
+    /* THREADS threads allocate MIB each at once (as a framework's threads meet a full device together):
+       each may wait for the unloader with VRAMCAP_WAIT. */
+    int n = argc > 3 ? atoi(argv[3]) : 8;
+    want_mib = argc > 4 ? strtoull(argv[4], NULL, 10) : 64;
+    if (n > 64) n = 64;
+    pthread_t t[64];
+    pthread_barrier_init(&barrier, NULL, (unsigned)n);
+    double t0 = now_ms();
+    for (int i = 0; i < n; i++) pthread_create(&t[i], NULL, want_one, NULL);
+    for (int i = 0; i < n; i++) pthread_join(t[i], NULL);
+    printf("want_ok=%d\nwant_threads=%d\nwant_ms=%.0f\n", want_ok, n, now_ms() - t0);
+    return 0;
+  }
   if (!strcmp(s, "want")) {
     /* One allocation of MIB (cuMemAlloc, or the path named: async, create), timed: with VRAMCAP_WAIT it
        may wait for the unloader. */
