@@ -14,7 +14,7 @@ use core_lib::shm::{
     segment_mode, segment_path, Identity, Segment, VramcapDevice, VRAMCAP_SLOT_DEVICES,
 };
 use core_lib::vlog;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 static SEGMENT: OnceLock<Option<Segment>> = OnceLock::new();
@@ -43,10 +43,17 @@ fn segment() -> Option<&'static Segment> {
         .as_ref()
 }
 
+/// Set at exit, before the slot is released: the background thread (which runs on while exit handlers
+/// do) must never write figures into a slot that a new owner may already hold.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn release_at_exit() {
     let pid = std::process::id();
     if SLOT_PID.load(Ordering::Acquire) == pid {
         if let Some(seg) = SEGMENT.get().and_then(Option::as_ref) {
+            // A publication under way holds LAST: wait for it, then let none start.
+            let _last = LAST.lock();
+            STOPPED.store(true, Ordering::Release);
             seg.release(SLOT.load(Ordering::Acquire), pid);
         }
     }
@@ -102,7 +109,7 @@ pub fn publish() {
         })
         .collect();
     let mut last = LAST.lock();
-    if *last == usage {
+    if *last == usage || STOPPED.load(Ordering::Acquire) {
         return;
     }
     let entries: Vec<VramcapDevice> = usage
