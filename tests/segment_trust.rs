@@ -302,3 +302,45 @@ fn every_user_has_a_default_segment_of_their_own() {
     let _ = std::fs::remove_file("/dev/shm/vramcap-65534");
     let _ = std::fs::remove_file(&hold);
 }
+
+#[test]
+fn totals_of_forged_figures_saturate() {
+    use vramcap::shm::{Identity, Segment, VramcapDevice};
+    let shm = shm_path("totals");
+    let seg = Segment::open_or_create(&shm, 0o600).unwrap();
+    // Two slots of this (live) process whose figures add up past u64::MAX.
+    let me = Identity::of_this_process(Some("forged"), 0);
+    let uuid = [7u8; 16];
+    for start in [me.start_time, 0] {
+        let who = Identity {
+            start_time: start,
+            ..me.clone()
+        };
+        let slot = seg.claim(&who).unwrap();
+        seg.write_devices(
+            slot,
+            &[VramcapDevice {
+                uuid,
+                charged: u64::MAX - 1,
+                cap: u64::MAX - 1,
+                ..VramcapDevice::default()
+            }],
+        );
+    }
+    let (code, out, err, _) = vramcap_within(
+        &shm,
+        &["status", "--json", "--no-nvml"],
+        &[],
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let t = &json["totals"][0];
+    assert_eq!(t["charged"], u64::MAX, "{json}");
+    assert_eq!(t["caps"], u64::MAX, "{json}");
+    let (code, _, err, _) =
+        vramcap_within(&shm, &["status", "--no-nvml"], &[], Duration::from_secs(5));
+    assert_eq!(code, Some(0), "the table renders too: {err}");
+    drop(seg);
+    let _ = std::fs::remove_file(&shm);
+}
