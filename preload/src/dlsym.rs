@@ -35,7 +35,12 @@ extern "C" fn answer(handle: *mut c_void, name: *const c_char) -> *mut c_void {
     // SAFETY: dlsym's contract: name is a NUL-terminated string.
     let name = unsafe { CStr::from_ptr(name) };
     let wanted = name.to_bytes();
-    if !(wanted.starts_with(b"cu") || wanted.starts_with(b"nvml")) {
+    // Driver and NVML names only (`cuMemAlloc`, `nvmlInit`): the runtime's and the libraries' names
+    // (`cudaMalloc`, `cublasCreate`) go straight to glibc, with no lookup of ours.
+    let driver_name = |prefix: &[u8]| {
+        wanted.starts_with(prefix) && wanted.get(prefix.len()).is_some_and(u8::is_ascii_uppercase)
+    };
+    if !(driver_name(b"cu") || driver_name(b"nvml")) {
         return std::ptr::null_mut();
     }
     // What glibc would answer, and the object that defines it. Where the driver lacks the symbol (an
@@ -55,7 +60,7 @@ extern "C" fn answer(handle: *mut c_void, name: *const c_char) -> *mut c_void {
             _ => std::ptr::null_mut(),
         };
     }
-    if wanted.starts_with(b"cu") && real::is_cuda_driver(object) {
+    if driver_name(b"cu") && real::is_cuda_driver(object) {
         real::adopt(object);
         let primary = real::primary_driver();
         if primary != object {
