@@ -19,16 +19,22 @@ pub struct Facts {
     pub zombie: bool,
 }
 
-/// The facts of `pid`, if it exists.
-pub fn facts(pid: u32) -> Option<Facts> {
+/// `pid`'s (start time, zombie) from `/proc/PID/stat`, if it exists: all that liveness needs.
+pub fn stat(pid: u32) -> Option<(u64, bool)> {
     if pid == 0 {
         return None;
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold anything: the fields follow the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let zombie = *fields.first()? == "Z";
-    let start_time = fields.get(19)?.parse().ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let zombie = fields.next()? == "Z";
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some((start_time, zombie))
+}
+
+/// The facts of `pid`, if it exists.
+pub fn facts(pid: u32) -> Option<Facts> {
+    let (start_time, zombie) = stat(pid)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let id = |key: &str| -> Option<u32> {
         status

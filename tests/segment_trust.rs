@@ -344,3 +344,34 @@ fn totals_of_forged_figures_saturate() {
     drop(seg);
     let _ = std::fs::remove_file(&shm);
 }
+
+#[test]
+fn another_users_half_made_segment_is_never_replaced() {
+    // An empty file at the path that belongs to uid 65534: half-made or planted, it is not ours to
+    // replace; root's worker leaves it and caps on its own.
+    let shm = shm_path("half-theirs");
+    std::fs::File::create(&shm).unwrap();
+    std::os::unix::fs::chown(&shm, Some(65534), Some(65534)).unwrap();
+    let r = client(
+        "dlsym",
+        &["cap"],
+        &[
+            ("VRAMCAP_LIMIT", "1GiB"),
+            ("VRAMCAP_SHM", shm.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.get("allocated"), 11, "still capped: {}", r.stdout);
+    assert!(
+        r.stderr.contains("shared segment not used") && r.stderr.contains("belongs to uid 65534"),
+        "{}",
+        r.stderr
+    );
+    let meta = std::fs::metadata(&shm).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        65534,
+        "left as it was"
+    );
+    assert_eq!(meta.len(), 0);
+    let _ = std::fs::remove_file(&shm);
+}

@@ -731,6 +731,13 @@ fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
     other.wait().unwrap();
 }
 
+/// Asserts that `p` still runs (nothing signalled it), then stops it.
+fn stop_unsignalled(p: &mut Child, why: &str) {
+    assert!(p.try_wait().unwrap().is_none(), "{why}");
+    p.kill().unwrap();
+    p.wait().unwrap();
+}
+
 /// Plants a slot for `pid` with its real start time, our uid and a TERM hook, holding 400 MiB on the
 /// card's device: a claim the unloader must check in /proc before it acts.
 fn plant(card: &Card, pid: u32, name: &str) -> (vramcap::shm::Segment, usize) {
@@ -781,12 +788,7 @@ fn a_slot_with_a_bystanders_real_start_time_makes_no_one_act_on_it() {
     assert_eq!(want.value("want_r", Duration::from_secs(20)), 2);
     let log = unloader.drain(Duration::from_millis(200));
     assert!(log.contains("ignoring planted"), "{log}");
-    assert!(
-        bystander.try_wait().unwrap().is_none(),
-        "the bystander was not signalled"
-    );
-    bystander.kill().unwrap();
-    bystander.wait().unwrap();
+    stop_unsignalled(&mut bystander, "the bystander was not signalled");
     seg.release(slot, 0);
 }
 
@@ -821,12 +823,10 @@ fn as_root_a_slot_for_another_users_process_is_refused() {
     let out = card.vramcap(&["cleanup", "--hook-timeout", "2s"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("belongs to uid 65534, not to uid 0"), "{err}");
-    assert!(
-        victim.try_wait().unwrap().is_none(),
-        "root's cleanup did not signal another user's process"
+    stop_unsignalled(
+        &mut victim,
+        "root's cleanup did not signal another user's process",
     );
-    victim.kill().unwrap();
-    victim.wait().unwrap();
     seg.release(slot, 0);
 }
 
@@ -975,4 +975,20 @@ fn every_thread_that_meets_a_full_device_is_answered() {
     assert_eq!(ok, 8, "every thread got its memory");
     assert!(took < 5_000, "answered, not timed out: {took} ms");
     assert!(unloaded_at(&mut chat, Duration::from_secs(2)).is_some());
+}
+
+#[test]
+fn an_unloader_lock_file_of_another_user_is_refused() {
+    let card = Card::new("lock-theirs");
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 200, &[]);
+    let lock = PathBuf::from(format!("{}.unloader", card.shm.display()));
+    std::fs::File::create(&lock).unwrap();
+    std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+    cmd.arg("unloader");
+    card.vars(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to uid 65534"), "{err}");
 }

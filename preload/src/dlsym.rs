@@ -62,7 +62,7 @@ extern "C" fn answer(handle: *mut c_void, name: *const c_char) -> *mut c_void {
     }
     if driver_name(b"cu") && real::is_cuda_driver(object) {
         real::adopt(object);
-        let primary = real::primary_driver();
+        let primary = real::handle(Lib::Cuda);
         if primary != object {
             return real::lookup(primary, name);
         }

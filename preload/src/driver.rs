@@ -161,14 +161,21 @@ impl Stream {
         Stream { handle, per_thread }
     }
 
+    /// The handle the driver reads: in a `_ptsz` variant, null is the per-thread stream.
+    fn resolved(self) -> CUstream {
+        match (self.handle as usize, self.per_thread) {
+            (0, true) => CU_STREAM_PER_THREAD as CUstream,
+            _ => self.handle,
+        }
+    }
+
     /// Whether the stream is capturing now. The legacy stream never captures (and asking about it while
     /// another stream captures would itself invalidate that capture), so it is not asked about.
     pub fn capturing(self) -> Result<bool> {
-        let handle = match self.handle as usize {
-            0 if self.per_thread => CU_STREAM_PER_THREAD as CUstream,
-            0 | CU_STREAM_LEGACY => return Ok(false),
-            _ => self.handle,
-        };
+        let handle = self.resolved();
+        if matches!(handle as usize, 0 | CU_STREAM_LEGACY) {
+            return Ok(false);
+        }
         if !capturing_anywhere() {
             return Ok(false);
         }
@@ -183,10 +190,7 @@ impl Stream {
     /// The device a stream's work runs on, falling back to the current context's. Never asked of a
     /// capturing stream: check [`Stream::capturing`] first.
     pub fn device(self) -> Result<CUdevice> {
-        let handle = match (self.handle as usize, self.per_thread) {
-            (0, true) => CU_STREAM_PER_THREAD as CUstream,
-            _ => self.handle,
-        };
+        let handle = self.resolved();
         if let Some(f) = called().stream_get_device {
             let mut dev = -1;
             // SAFETY: writes one int; the stream is the caller's.
@@ -336,11 +340,7 @@ pub fn undo_pool_allocation(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_befor
         // SAFETY: the driver's own functions of these prototypes; ptr was just allocated by the caller's
         // call and is freed exactly once, on the legacy stream, then waited for.
         unsafe { free(ptr, std::ptr::null_mut()) };
-        let legacy = Stream {
-            handle: std::ptr::null_mut(),
-            per_thread: false,
-        };
-        let _ = legacy.synchronize();
+        let _ = Stream::of(std::ptr::null_mut(), false).synchronize();
         // SAFETY: as above.
         unsafe { trim(pool, reserved_before as usize) };
     });

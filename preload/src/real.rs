@@ -160,6 +160,9 @@ pub fn is_nvml(object: *mut c_void) -> bool {
 /// to, unless `VRAMCAP_REAL_LIBCUDA` names one (a program that opens the driver as `gpu.so` before its
 /// first CUDA call must find its own driver behind every wrapper). One atomic swap, no allocation.
 pub fn adopt(object: *mut c_void) {
+    if !CUDA_HANDLE.load(Ordering::Acquire).is_null() {
+        return;
+    }
     // SAFETY: getenv with a NUL-terminated name; the result is only compared with null.
     let configured = !unsafe { libc::getenv(c"VRAMCAP_REAL_LIBCUDA".as_ptr()) }.is_null();
     if !configured && !object.is_null() {
@@ -170,9 +173,4 @@ pub fn adopt(object: *mut c_void) {
             Ordering::Acquire,
         );
     }
-}
-
-/// The driver we forward to, once opened or adopted.
-pub fn primary_driver() -> *mut c_void {
-    CUDA_HANDLE.load(Ordering::Acquire)
 }

@@ -15,22 +15,14 @@ pub use segment::{
 /// Every live slot of a segment whose owner is alive, with its index.
 pub fn live_slots(seg: &Segment) -> Vec<(usize, VramcapSlot)> {
     // Live: the PID exists and has not exited (a zombie holds nothing), and it is still the process
-    // that claimed the slot (a reused PID is not).
+    // that claimed the slot (a reused PID is not). The cheap existence check first, `/proc` once after,
+    // from our PID namespace or from the host's (a worker in a container records both).
     let mut known = std::collections::HashMap::new();
-    let mut alive = |pid: u32| {
-        *known
-            .entry(pid)
-            .or_insert_with(|| match crate::process::facts(pid) {
-                Some(f) => !f.zombie,
-                None => segment::pid_exists(pid),
-            })
-    };
+    let mut alive = |pid: u32| *known.entry(pid).or_insert_with(|| segment::pid_exists(pid));
     (0..seg.slot_count())
         .filter_map(|i| seg.read_with(i, &mut alive).map(|s| (i, s)))
         .filter(|(_, s)| {
-            // Seen from our PID namespace or from the host's (a worker in a container records both).
-            s.start_time == 0
-                || segment::process_alive(s.pid, s.start_time)
+            segment::process_alive(s.pid, s.start_time)
                 || (s.host_pid != 0 && segment::process_alive(s.host_pid, s.start_time))
         })
         .collect()

@@ -848,13 +848,7 @@ pub fn printable(field: &[u8]) -> String {
 
 /// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22).
 pub fn start_time_of(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    crate::process::stat(pid).map(|(start, _)| start)
 }
 
 /// Whether a process with this PID exists (it may have been reused: see [`process_alive`]).
@@ -868,8 +862,8 @@ pub fn pid_exists(pid: u32) -> bool {
 /// Whether `pid` is still the process that claimed with `start_time`: it exists with that start time and
 /// has not exited (a zombie holds no memory and answers nothing).
 pub fn process_alive(pid: u32, start_time: u64) -> bool {
-    crate::process::facts(pid)
-        .is_some_and(|f| !f.zombie && (start_time == 0 || f.start_time == start_time))
+    crate::process::stat(pid)
+        .is_some_and(|(start, zombie)| !zombie && (start_time == 0 || start == start_time))
 }
 
 /// The first (outermost visible) PID in `/proc/self/status`'s NSpid line.
