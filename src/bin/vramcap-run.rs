@@ -66,7 +66,10 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// libvramcap.so: `VRAMCAP_LIB`, else beside this executable.
+/// libvramcap.so: `VRAMCAP_LIB`, else beside this executable (`target/release/`), else in `../lib/`
+/// from it (`PREFIX/bin/vramcap-run` and `PREFIX/lib/libvramcap.so`: `scripts/install.sh`, the wheel).
+/// The executable's path is the kernel's (`/proc/self/exe`), links resolved, so a link to it on `PATH`
+/// finds the library of the real install.
 fn find_library() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("VRAMCAP_LIB") {
         let path = PathBuf::from(path);
@@ -77,15 +80,19 @@ fn find_library() -> Result<PathBuf, String> {
         };
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
-    let path = exe.with_file_name("libvramcap.so");
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "libvramcap.so is not beside {} (set VRAMCAP_LIB to its path)",
-            exe.display()
-        ))
-    }
+    let dir = exe.parent().unwrap_or(std::path::Path::new("/"));
+    let places = [dir.to_path_buf(), dir.parent().unwrap_or(dir).join("lib")];
+    places
+        .iter()
+        .map(|place| place.join("libvramcap.so"))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            format!(
+                "libvramcap.so is neither beside {} nor in {} (set VRAMCAP_LIB to its path)",
+                exe.display(),
+                places[1].display()
+            )
+        })
 }
 
 /// The machine's GPU UUIDs, from NVML, where it answers.
