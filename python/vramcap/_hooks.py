@@ -104,7 +104,8 @@ def _handler(routes, lock: threading.Lock):
 
         def _answer(self, code: int, text: str, extra: Tuple[Tuple[str, str], ...] = ()) -> None:
             body = (text + "\n").encode("utf-8", "replace")
-            self.send_response(code)
+            # The line is also the status line's reason, which is what the unloader logs of an answer.
+            self.send_response(code, text.encode("ascii", "replace").decode("ascii"))
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
