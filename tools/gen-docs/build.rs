@@ -2,9 +2,10 @@
 //! from the very structs the binaries parse with, without the binaries exporting anything.
 //!
 //! From `src/bin/vramcap/main.rs` and `src/bin/vramcap-run.rs` it keeps the items that derive a clap trait
-//! (`Parser`, `Subcommand`, `Args`, `ValueEnum`), the functions and constants they name (value parsers,
-//! defaults), transitively, and the `use` lines of `std`, `clap` and the `vramcap` library; it drops the
-//! rest (`main`, the modules of the binary, impls). Each file becomes `$OUT_DIR/<name>.rs` with a
+//! (`Parser`, `Subcommand`, `Args`, `ValueEnum`), the functions, constants and types they name in their
+//! attributes and field types (value parsers, defaults, parsed values), transitively, and the `use` lines
+//! of `std`, `clap` and the `vramcap` library; it drops the rest (`main`, the modules of the binary,
+//! impls, tests). Each file becomes `$OUT_DIR/<name>.rs` with a
 //! `pub fn command()` that returns the parser's `clap::Command`. A definition that comes to need
 //! something this leaves out fails to build here, loudly, rather than documenting another CLI.
 
@@ -24,6 +25,20 @@ fn idents(tokens: TokenStream, into: &mut BTreeSet<String>) {
             TokenTree::Group(g) => idents(g.stream(), into),
             TokenTree::Literal(_) | TokenTree::Punct(_) => {}
         }
+    }
+}
+
+/// What a clap item refers to: the tokens of its attributes and of its fields' attributes and types (not
+/// the fields' names, which may be any word).
+fn references(attrs: &[syn::Attribute], fields: Vec<&syn::Field>, into: &mut BTreeSet<String>) {
+    for attr in attrs {
+        idents(attr.to_token_stream(), into);
+    }
+    for field in fields {
+        for attr in &field.attrs {
+            idents(attr.to_token_stream(), into);
+        }
+        idents(field.ty.to_token_stream(), into);
     }
 }
 
@@ -48,12 +63,25 @@ fn extract(source: &Path, shown: &str, out: &Path) {
     let mut parser = None;
     let mut wanted = BTreeSet::new();
     for (i, item) in file.items.iter().enumerate() {
-        let (attrs, ident) = match item {
-            syn::Item::Struct(s) => (&s.attrs, &s.ident),
-            syn::Item::Enum(e) => (&e.attrs, &e.ident),
+        let (attrs, ident, fields) = match item {
+            syn::Item::Struct(s) => (
+                std::borrow::Cow::Borrowed(&s.attrs[..]),
+                &s.ident,
+                s.fields.iter().collect(),
+            ),
+            syn::Item::Enum(e) => {
+                // A variant's attributes count as the item's own.
+                let mut attrs = e.attrs.clone();
+                let mut fields = Vec::new();
+                for v in &e.variants {
+                    attrs.extend(v.attrs.iter().cloned());
+                    fields.extend(v.fields.iter());
+                }
+                (std::borrow::Cow::Owned(attrs), &e.ident, fields)
+            }
             _ => continue,
         };
-        let traits = derives(attrs);
+        let traits = derives(&attrs);
         if traits.is_empty() {
             continue;
         }
@@ -65,10 +93,10 @@ fn extract(source: &Path, shown: &str, out: &Path) {
             );
         }
         keep[i] = true;
-        idents(item.to_token_stream(), &mut wanted);
+        references(&attrs, fields, &mut wanted);
     }
     let parser = parser.unwrap_or_else(|| panic!("{}: no clap Parser", source.display()));
-    // Functions, constants and statics the kept items name, and those they name in turn.
+    // Functions, constants, statics and types the kept items name, and those they name in turn.
     loop {
         let mut grew = false;
         for (i, item) in file.items.iter().enumerate() {
@@ -76,6 +104,9 @@ fn extract(source: &Path, shown: &str, out: &Path) {
                 syn::Item::Fn(f) => f.sig.ident.to_string(),
                 syn::Item::Const(c) => c.ident.to_string(),
                 syn::Item::Static(s) => s.ident.to_string(),
+                syn::Item::Struct(s) => s.ident.to_string(),
+                syn::Item::Enum(e) => e.ident.to_string(),
+                syn::Item::Type(t) => t.ident.to_string(),
                 _ => continue,
             };
             if !keep[i] && name != "main" && wanted.contains(&name) {
