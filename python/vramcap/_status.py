@@ -37,16 +37,18 @@ def status(
     executable: Optional[str] = None,
     timeout: float = 30.0,
 ) -> Dict[str, Any]:
-    """The data of ``vramcap status --json``, parsed: a dict with ``segment``, ``nvml``, ``devices``,
-    ``processes`` (each with ``pid``, ``name``, ``priority``, ``protected``, and ``devices``: ``uuid``,
-    ``charged``, ``cap``, ``peak``, ``context``, ``refusals``…) and ``totals``; sizes in bytes.
+    """The data of ``vramcap status --json``, parsed: a dict with ``segment``, ``devices``,
+    ``processes`` (each with ``pid``, ``name``, ``priority``, ``protected``, and per device its ``uuid``,
+    what it is charged, its cap, peak, context and refusals) and ``totals``; sizes in bytes. The fields
+    are exactly ``vramcap status --json``'s.
 
     ``shm`` names the segment (``VRAMCAP_SHM``; default: the inherited one, else the user's own).
     ``nvml=False`` passes ``--no-nvml``. ``executable`` is the ``vramcap`` to run (default: the one
     installed with this package, else ``PATH``'s).
 
-    Raises :class:`NoSegmentError` when no capped process has started, :class:`VramcapError` for any
-    other failure (with ``vramcap``'s own message), ``FileNotFoundError`` when there is no ``vramcap``.
+    Raises :class:`NoSegmentError` where ``vramcap`` exits 1 for want of a segment (no capped process has
+    started), :class:`VramcapError` for any other failure (with ``vramcap``'s own message),
+    ``FileNotFoundError`` when there is no ``vramcap``.
     """
     if not isinstance(nvml, bool):
         raise TypeError(f"status: nvml={nvml!r} is not True or False")

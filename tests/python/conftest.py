@@ -231,6 +231,17 @@ def small_card(fake_dir, tmp_path):
     c.close()
 
 
+def sizes(status):
+    """``size(entry, "charged")``: a size field of an entry of ``status`` in bytes. ``status --json`` spells
+    them ``charged``, ``cap``… before ``schema_version`` 1 and ``charged_bytes``, ``cap_bytes``… from it on."""
+    suffix = "_bytes" if status.get("schema_version", 0) >= 1 else ""
+
+    def size(entry, name):
+        return entry[name + suffix]
+
+    return size
+
+
 def process(status, pid):
     """The one process of ``status`` with this PID."""
     found = [p for p in status["processes"] if p["pid"] == pid]

@@ -6,23 +6,25 @@ import json
 import pytest
 
 import vramcap
-from conftest import CONTEXT, GIB, MIB, process
+from conftest import CONTEXT, GIB, MIB, process, sizes
 
 
 def test_status_lists_a_capped_python_worker_with_its_figures(card):
     w = card.worker(["--limit", "1GiB", "--name", "py-worker", "--priority", "3"], ["--hold", "256"])
     s = card.status()
+    size = sizes(s)
     assert s["segment"] == str(card.shm)
     p = process(s, w.pid)
     assert (p["name"], p["priority"], p["protected"]) == ("py-worker", 3, False)
     [d] = p["devices"]
-    assert d["cap"] == GIB
-    assert d["charged"] == 256 * MIB + CONTEXT
-    assert d["context"] == CONTEXT
-    assert d["peak"] == 256 * MIB + CONTEXT
+    assert size(d, "cap") == GIB
+    assert size(d, "charged") == 256 * MIB + CONTEXT
+    assert size(d, "context") == CONTEXT
+    assert size(d, "peak") == 256 * MIB + CONTEXT
     assert (d["allocations"], d["refusals"]) == (1, 0)
     [t] = s["totals"]
-    assert (t["uuid"], t["charged"], t["caps"], t["processes"]) == (d["uuid"], d["charged"], GIB, 1)
+    assert (t["uuid"], size(t, "charged"), size(t, "caps"), t["processes"]) == (
+        d["uuid"], size(d, "charged"), GIB, 1)
 
 
 def test_status_is_the_data_of_vramcap_status_json(card):
@@ -39,8 +41,9 @@ def test_status_is_the_data_of_vramcap_status_json(card):
 def test_a_refusal_past_the_cap_shows_in_status(card):
     w = card.worker(["--limit", "1GiB", "--name", "greedy"], ["--hold", "256", "--try", "1024"])
     assert "TRY code=2" in w.lines, w.lines  # CUDA_ERROR_OUT_OF_MEMORY
-    [d] = process(card.status(), w.pid)["devices"]
-    assert d["charged"] == 256 * MIB + CONTEXT, "the refused allocation is not charged"
+    s = card.status()
+    [d] = process(s, w.pid)["devices"]
+    assert sizes(s)(d, "charged") == 256 * MIB + CONTEXT, "the refused allocation is not charged"
     assert d["refusals"] == 1
     assert d["last_refused_bytes"] == 1024 * MIB
     assert d["last_refused_unix_ms"] > 0
@@ -51,22 +54,29 @@ def test_two_workers_two_rows_and_their_sum(card):
     b = card.worker(["--limit", "1500MiB", "--name", "b"], ["--hold", "128"])
     s = card.status()
     assert {p["name"] for p in s["processes"]} == {"a", "b"}
+    size = sizes(s)
     [t] = s["totals"]
     assert t["processes"] == 2
-    assert t["charged"] == 64 * MIB + 128 * MIB + 2 * CONTEXT
-    assert t["caps"] == GIB + 1500 * MIB
+    assert size(t, "charged") == 64 * MIB + 128 * MIB + 2 * CONTEXT
+    assert size(t, "caps") == GIB + 1500 * MIB
     a.stop()
     b.stop()
     assert card.status()["processes"] == [], "a worker's row goes when it exits"
 
 
-def test_no_segment_is_a_no_segment_error(tmp_path):
+def test_no_segment_is_a_no_segment_error_or_the_empty_view(tmp_path):
+    # vramcap status exits 1 without a segment (NoSegmentError), or, from schema_version 1 on, shows the
+    # empty view and exits 0.
     missing = f"/dev/shm/vramcap-pytest-missing-{tmp_path.name}"
-    with pytest.raises(vramcap.NoSegmentError) as e:
-        vramcap.status(shm=missing)
-    assert e.value.returncode == 1
-    assert f"no segment at {missing}" in str(e.value)
-    assert isinstance(e.value, vramcap.VramcapError)
+    try:
+        s = vramcap.status(shm=missing)
+    except vramcap.NoSegmentError as e:
+        assert e.returncode == 1
+        assert f"no segment at {missing}" in str(e)
+        assert isinstance(e, vramcap.VramcapError)
+    else:
+        assert s["schema_version"] >= 1
+        assert (s["segment"], s["segment_exists"], s["processes"]) == (missing, False, [])
 
 
 def test_a_missing_command_and_bad_arguments_say_which(tmp_path):

@@ -3,7 +3,14 @@
 
 import http.client
 
-from conftest import CONTEXT, MIB, free_port, process
+from conftest import CONTEXT, MIB, free_port, process, sizes
+
+
+def charged(card, pid):
+    """What the worker's one device is charged, from vramcap.status()."""
+    s = card.status()
+    [d] = process(s, pid)["devices"]
+    return sizes(s)(d, "charged")
 
 
 def serving_worker(card, name, hold, extra_run=(), extra_worker=()):
@@ -18,24 +25,21 @@ def serving_worker(card, name, hold, extra_run=(), extra_worker=()):
 def test_vramcap_unload_reaches_a_python_worker_and_its_memory_falls(card):
     w, port = serving_worker(card, "chat", 256)
     assert f"SERVING http://127.0.0.1:{port}/unload http://127.0.0.1:{port}/reload" in w.lines
-    [d] = process(card.status(), w.pid)["devices"]
-    assert d["charged"] == 256 * MIB + CONTEXT
+    assert charged(card, w.pid) == 256 * MIB + CONTEXT
     out = card.vramcap("unload", "chat", "--hook-timeout", "10s")
     assert out.returncode == 0, out.stderr
     assert "freed 256.00 MiB from 1 worker(s)" in out.stdout
     # The unloader answered once the memory fell: the model was dropped, then the cache emptied.
     assert w.wait_for("FREED") == "FREED mib=256"
     assert w.wait_for("TORCH empty_cache")
-    [d] = process(card.status(), w.pid)["devices"]
-    assert d["charged"] == CONTEXT
+    assert charged(card, w.pid) == CONTEXT
     # And back, through the reload endpoint.
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("POST", "/reload", body=b"")
     assert c.getresponse().status == 200
     c.close()
     assert w.wait_for("LOADED") == "LOADED mib=256"
-    [d] = process(card.status(), w.pid)["devices"]
-    assert d["charged"] == 256 * MIB + CONTEXT
+    assert charged(card, w.pid) == 256 * MIB + CONTEXT
     assert w.stop() == 0
 
 
@@ -44,8 +48,7 @@ def test_a_failing_unload_is_reported_with_its_reason(card):
     out = card.vramcap("unload", "busy", "--hook-timeout", "5s")
     assert out.returncode != 0
     assert "500 unload failed: RuntimeError: model is busy" in out.stderr, out.stderr
-    [d] = process(card.status(), w.pid)["devices"]
-    assert d["charged"] == 128 * MIB + CONTEXT, "nothing was freed"
+    assert charged(card, w.pid) == 128 * MIB + CONTEXT, "nothing was freed"
 
 
 def test_the_unloader_makes_room_for_a_higher_priority_worker(small_card):
@@ -60,5 +63,4 @@ def test_the_unloader_makes_room_for_a_higher_priority_worker(small_card):
     )
     assert "TRY code=0" in high.lines, high.lines
     assert low.wait_for("FREED") == "FREED mib=600"
-    s = card.status()
-    assert process(s, low.pid)["devices"][0]["charged"] == 16 * MIB
+    assert charged(card, low.pid) == 16 * MIB
