@@ -28,7 +28,7 @@ def test_vramcap_unload_reaches_a_python_worker_and_its_memory_falls(card):
     assert charged(card, w.pid) == 256 * MIB + CONTEXT
     out = card.vramcap("unload", "chat", "--hook-timeout", "10s")
     assert out.returncode == 0, out.stderr
-    assert "freed 256.00 MiB from 1 worker(s)" in out.stdout
+    assert "freed 256.00 MiB" in out.stdout, out.stdout
     # The unloader answered once the memory fell: the model was dropped, then the cache emptied.
     assert w.wait_for("FREED") == "FREED mib=256"
     assert w.wait_for("TORCH empty_cache")
