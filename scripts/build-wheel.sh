@@ -13,5 +13,6 @@ tag=${VRAMCAP_MANYLINUX:-manylinux_2_34}
 mkdir -p "$out"
 MATURIN_PEP517_ARGS="--compatibility $tag --locked" \
   "$python" -m pip wheel --no-deps --disable-pip-version-check -w "$out" .
-wheel=$(ls -t "$out"/vramcap-*-"${tag}"_x86_64.whl | head -1)
-echo "$wheel"
+# The newest wheel of that tag in OUT (no pipe: a reader that stops early would fail the script).
+wheel=$(ls -t "$out"/vramcap-*-"${tag}"_x86_64.whl)
+echo "${wheel%%$'\n'*}"
