@@ -25,7 +25,6 @@ from pathlib import Path
 
 import maturin
 from maturin import (  # noqa: F401 - the hooks maturin answers unchanged
-    build_sdist,
     get_requires_for_build_editable,
     get_requires_for_build_sdist,
     get_requires_for_build_wheel,
@@ -64,6 +63,15 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 def prepare_metadata_for_build_editable(metadata_directory, config_settings=None):
     DATA.mkdir(parents=True, exist_ok=True)
     return maturin.prepare_metadata_for_build_editable(metadata_directory, config_settings)
+
+
+def build_sdist(sdist_directory, config_settings=None):
+    # maturin's source distribution holds the root package and its dependencies, not preload/, so a
+    # wheel built from it would have no libvramcap.so: refused, rather than made and broken.
+    raise RuntimeError(
+        "vramcap has no source distribution: build the wheel from the repository "
+        "(scripts/build-wheel.sh, pip wheel ., or python -m build --wheel)"
+    )
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
