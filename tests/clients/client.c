@@ -303,6 +303,24 @@ static int scenario_cap(void) {
   return 0;
 }
 
+/* Allocates and frees in a loop, so the figures keep moving and the slot keeps being rewritten, until the
+ * hold file appears; then fills its cap as `cap` does. */
+static int scenario_churn(void) {
+  const char *path = getenv("VRAMCAP_E2E_HOLD");
+  if (!path) return 2;
+  printf("HOLD pid=%d\n", getpid());
+  unsigned long long rounds = 0, failed = 0;
+  for (int i = 0; i < 60000 && access(path, F_OK) != 0; i++) {
+    CUdeviceptr q;
+    if (cu.alloc(&q, 64 * MIB) == CUDA_SUCCESS) cu.free(q); else failed++;
+    rounds++;
+    usleep(1000);
+  }
+  printf("rounds=%llu\nfailed_rounds=%llu\n", rounds, failed);
+  unsetenv("VRAMCAP_E2E_HOLD");
+  return scenario_cap();
+}
+
 static int scenario_rounding(void) {
   unsigned long long sizes[] = {2 * MIB + 1, 3 * MIB, 10 * MIB + 7, 64 << 10, 1};
   for (int i = 0; i < 5; i++) {
@@ -1066,6 +1084,7 @@ int main(int argc, char **argv) {
   }
   if (r) { printf("start_failed=%d\n", r); return 0; }
   if (!strcmp(s, "cap")) return scenario_cap();
+  if (!strcmp(s, "churn")) return scenario_churn();
   if (!strcmp(s, "fork")) {
     /* A child forked by a CUDA process, using CUDA itself, takes a slot of its own. */
     int ready[2];

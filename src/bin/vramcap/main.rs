@@ -51,6 +51,10 @@ enum Cmd {
         /// How often to look for requests (e.g. 50ms).
         #[arg(long, default_value = "50ms")]
         poll: String,
+        /// Serve every user's default segment (/dev/shm/vramcap-<uid>) at once, with one priority order
+        /// across them (root only: each user's workers are acted on as that user).
+        #[arg(long)]
+        all_users: bool,
     },
     /// Free memory on a device now, as the unloader would for a request.
     Reclaim {
@@ -237,23 +241,35 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Unloader { hooks, poll } => {
+        Cmd::Unloader {
+            hooks,
+            poll,
+            all_users,
+        } => {
             let opts = match hooks.options(&poll) {
                 Ok(o) => o,
                 Err(code) => return code,
             };
-            let serving = match unloader::Serving::take(&segment_path()) {
-                Ok(s) => s,
-                Err(e) => {
+            // SAFETY: geteuid has no preconditions.
+            if all_users && unsafe { libc::geteuid() } != 0 {
+                eprintln!(
+                    "vramcap unloader: --all-users needs root (it reads every user's segment)"
+                );
+                return ExitCode::from(2);
+            }
+            let mut u = if all_users {
+                Unloader::daemon(unloader::Finder::AllUsers, opts)
+            } else {
+                let path = segment_path();
+                let mut u = Unloader::daemon(unloader::Finder::One(path.clone()), opts);
+                // One unloader per segment: a second one says who serves it and exits.
+                if let Err(e) = u.serve(&path) {
                     eprintln!("vramcap unloader: {e}");
                     return ExitCode::from(1);
                 }
+                u
             };
-            match open_unloader(opts, true) {
-                Ok(u) => u.run(),
-                Err(code) => return code,
-            }
-            drop(serving);
+            u.run();
             ExitCode::SUCCESS
         }
         Cmd::Reclaim {
@@ -324,7 +340,7 @@ fn reclaim(
     let (priority, requester) = match for_name {
         None => (i32::MAX, None),
         Some(name) => match u.workers().into_iter().find(|w| w.name == name) {
-            Some(w) => (w.priority, Some(w.slot)),
+            Some(w) => (w.priority, Some((w.source, w.slot))),
             None => {
                 eprintln!("vramcap: --for {name:?}: no such worker");
                 return ExitCode::from(2);
