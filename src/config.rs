@@ -18,6 +18,9 @@ pub const ENV_PROTECT: &str = "VRAMCAP_PROTECT";
 pub const ENV_UNLOAD_URL: &str = "VRAMCAP_UNLOAD_URL";
 pub const ENV_UNLOAD_SIGNAL: &str = "VRAMCAP_UNLOAD_SIGNAL";
 pub const ENV_UNLOAD_CMD: &str = "VRAMCAP_UNLOAD_CMD";
+pub const ENV_RELOAD_URL: &str = "VRAMCAP_RELOAD_URL";
+pub const ENV_RELOAD_SIGNAL: &str = "VRAMCAP_RELOAD_SIGNAL";
+pub const ENV_RELOAD_CMD: &str = "VRAMCAP_RELOAD_CMD";
 pub const ENV_WAIT: &str = "VRAMCAP_WAIT";
 pub const ENV_ON_PRESSURE: &str = "VRAMCAP_ON_PRESSURE";
 pub const ENV_ALLOW_ABSENT_DEVICES: &str = "VRAMCAP_ALLOW_ABSENT_DEVICES";
@@ -60,6 +63,47 @@ pub enum Limit {
     PerDevice(Vec<(DeviceKey, Size)>),
 }
 
+fn invalid(var: &'static str, value: &str, reason: String) -> ConfigError {
+    ConfigError {
+        var,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// The hook that one of `[url, signal, cmd]` declares (at most one of them may be set).
+fn hook_of(
+    lookup: &impl Fn(&str) -> Option<String>,
+    vars: [&'static str; 3],
+    what: &str,
+) -> Result<UnloadHook, ConfigError> {
+    let [url, signal, _] = vars;
+    let mut given = vars.iter().filter_map(|&var| {
+        lookup(var)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (var, v))
+    });
+    Ok(match (given.next(), given.next()) {
+        (None, _) => UnloadHook::None,
+        (Some((var, v)), Some((other, _))) => {
+            return Err(invalid(
+                var,
+                &v,
+                format!("{other} is set too; give one way to {what}"),
+            ))
+        }
+        (Some((var, v)), None) if var == url => {
+            parse_http_url(&v).map_err(|reason| invalid(var, &v, reason))?;
+            UnloadHook::Url(v.trim().to_string())
+        }
+        (Some((var, v)), None) if var == signal => {
+            let n = parse_signal(&v).map_err(|reason| invalid(var, &v, reason))?;
+            UnloadHook::Signal(n, v.trim().to_string())
+        }
+        (Some((_, v)), None) => UnloadHook::Cmd(v),
+    })
+}
+
 impl Limit {
     /// The cap for the device with this ordinal and UUID (`GPU-…`), if any.
     pub fn for_device(&self, ordinal: u32, uuid: &str) -> Option<Size> {
@@ -98,6 +142,8 @@ pub struct Config {
     /// Never asked to unload.
     pub protect: bool,
     pub unload: UnloadHook,
+    /// How the unloader tells this worker, after an unload, that its memory fits again.
+    pub reload: UnloadHook,
     /// The unloader may suspend this worker (`VRAMCAP_ON_PRESSURE=suspend`).
     pub suspendable: bool,
     /// How long an allocation refused by a full device waits for the unloader (`None`: fail at once).
@@ -115,11 +161,6 @@ impl Config {
 
     /// Reads the variables through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let invalid = |var: &'static str, value: &str, reason: String| ConfigError {
-            var,
-            value: value.to_string(),
-            reason,
-        };
         let limit = match lookup(ENV_LIMIT) {
             None => Limit::Unset,
             Some(v) => parse_limit(&v).map_err(|reason| invalid(ENV_LIMIT, &v, reason))?,
@@ -176,33 +217,16 @@ impl Config {
             Some("1") | Some("on") => true,
             Some(v) => return Err(invalid(ENV_PROTECT, v, "expected 1 or 0".into())),
         };
-        let hooks = [ENV_UNLOAD_URL, ENV_UNLOAD_SIGNAL, ENV_UNLOAD_CMD].map(|var| {
-            lookup(var)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (var, v))
-        });
-        let mut given = hooks.into_iter().flatten();
-        let unload = match (given.next(), given.next()) {
-            (None, _) => UnloadHook::None,
-            (Some((var, v)), Some((other, _))) => {
-                return Err(invalid(
-                    var,
-                    &v,
-                    format!("{other} is set too; give one way to unload"),
-                ))
-            }
-            (Some((var, v)), None) => match var {
-                ENV_UNLOAD_URL => {
-                    parse_http_url(&v).map_err(|reason| invalid(var, &v, reason))?;
-                    UnloadHook::Url(v.trim().to_string())
-                }
-                ENV_UNLOAD_SIGNAL => {
-                    let n = parse_signal(&v).map_err(|reason| invalid(var, &v, reason))?;
-                    UnloadHook::Signal(n, v.trim().to_string())
-                }
-                _ => UnloadHook::Cmd(v),
-            },
-        };
+        let unload = hook_of(
+            &lookup,
+            [ENV_UNLOAD_URL, ENV_UNLOAD_SIGNAL, ENV_UNLOAD_CMD],
+            "unload",
+        )?;
+        let reload = hook_of(
+            &lookup,
+            [ENV_RELOAD_URL, ENV_RELOAD_SIGNAL, ENV_RELOAD_CMD],
+            "reload",
+        )?;
         let suspendable = match lookup(ENV_ON_PRESSURE).as_deref().map(str::trim) {
             None | Some("") | Some("fail") => false,
             Some("suspend") => true,
@@ -240,6 +264,7 @@ impl Config {
             priority,
             protect,
             unload,
+            reload,
             suspendable,
             wait,
             allow_absent_devices,

@@ -1135,3 +1135,67 @@ fn a_command_hook_in_a_segment_the_group_may_write_is_not_run() {
     let out = private.vramcap(&["unload", "chat", "--hook-timeout", "1s", "--no-nvml"]);
     assert!(marker.exists(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn an_unloaded_worker_reloads_once_its_memory_fits_again_and_not_before() {
+    let card = Card::new("reload");
+    // The unloader first, as systemd would start it.
+    let mut unloader = card.unloader(&[]);
+    let _image = card.worker("image", &["--priority", "10", "--protect"], 100, &[]);
+    let mut chat = card.worker(
+        "chat",
+        &[
+            "--priority",
+            "1",
+            "--unload-signal",
+            "USR1",
+            "--reload-signal",
+            "USR2",
+        ],
+        600,
+        &[],
+    );
+    let hold = card.shared.join("video-done");
+    let mut video = card.request(
+        "video",
+        "5",
+        "10s",
+        "600",
+        &[("VRAMCAP_E2E_HOLD", hold.to_str().unwrap())],
+    );
+    assert_eq!(
+        video.value("want_r", Duration::from_secs(20)),
+        0,
+        "video has its memory"
+    );
+    assert!(unloaded_at(&mut chat, Duration::from_secs(2)).is_some());
+    // While video holds its memory, chat's 600 MiB do not fit: no reload pushes video out.
+    assert!(
+        chat.wait_for("RELOADED", Duration::from_millis(1500))
+            .is_none(),
+        "chat waits while video runs"
+    );
+    std::fs::write(&hold, b"").unwrap();
+    // Reaped, as a real device frees an exited process's memory (the fake counts a zombie's).
+    video.child.wait().unwrap();
+    assert!(
+        chat.wait_for("RELOADED", Duration::from_secs(5)).is_some(),
+        "chat comes back by itself once video is done: {}",
+        unloader.drain(Duration::from_millis(200))
+    );
+    let log = unloader.drain(Duration::from_millis(200));
+    assert!(log.contains("to reload by signal USR2"), "{log}");
+    let status = card.vramcap(&["status", "--json", "--no-nvml"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let chat_row = json["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "chat")
+        .cloned()
+        .unwrap();
+    assert!(
+        chat_row["devices"][0]["charged"].as_u64().unwrap() >= 600 * MIB,
+        "chat holds its memory again: {chat_row}"
+    );
+}

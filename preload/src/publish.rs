@@ -107,7 +107,9 @@ pub fn join() {
         config.map_or(0, |c| c.priority),
     );
     if let Some(c) = config {
-        who = who.declaring(c.protect, c.suspendable, &c.unload);
+        who = who
+            .declaring(c.protect, c.suspendable, &c.unload)
+            .reloading(&c.reload);
     }
     let place = match segment_mode() {
         Ok(mode) => Place {

@@ -43,6 +43,16 @@ struct Args {
     /// … or this shell command (run with VRAMCAP_PID and VRAMCAP_NAME set).
     #[arg(long, value_name = "CMD", group = "unload")]
     unload_cmd: Option<String>,
+    /// How the unloader tells this worker, after it unloaded, that its memory fits again (vLLM's
+    /// `/wake_up` after `/sleep`): an HTTP POST to this URL …
+    #[arg(long, value_name = "URL", group = "reload")]
+    reload_url: Option<String>,
+    /// … or this signal …
+    #[arg(long, value_name = "SIG", group = "reload")]
+    reload_signal: Option<String>,
+    /// … or this shell command (run with VRAMCAP_PID and VRAMCAP_NAME set).
+    #[arg(long, value_name = "CMD", group = "reload")]
+    reload_cmd: Option<String>,
     /// What the unloader may do when this worker must give memory back and its hook (if any) does not
     /// free it in time: `suspend` moves its device memory to host memory through the driver's
     /// checkpoint API, and back when there is room again.
@@ -155,6 +165,19 @@ fn main() -> ExitCode {
             );
         }
     }
+    if let Some(url) = &args.reload_url {
+        if let Err(reason) = config::parse_http_url(url) {
+            return fail(2, format_args!("--reload-url {url:?} is invalid: {reason}"));
+        }
+    }
+    if let Some(sig) = &args.reload_signal {
+        if let Err(reason) = config::parse_signal(sig) {
+            return fail(
+                2,
+                format_args!("--reload-signal {sig:?} is invalid: {reason}"),
+            );
+        }
+    }
     if let Some(wait) = &args.wait {
         if let Err(reason) = config::parse_duration(wait) {
             return fail(2, format_args!("--wait {wait:?} is invalid: {reason}"));
@@ -190,12 +213,19 @@ fn main() -> ExitCode {
         (config::ENV_UNLOAD_SIGNAL, &args.unload_signal),
         (config::ENV_UNLOAD_CMD, &args.unload_cmd),
     ];
-    if hooks.iter().any(|(_, v)| v.is_some()) {
-        for (var, value) in hooks {
-            match value {
-                Some(v) => command.env(var, v),
-                None => command.env_remove(var),
-            };
+    let reloads = [
+        (config::ENV_RELOAD_URL, &args.reload_url),
+        (config::ENV_RELOAD_SIGNAL, &args.reload_signal),
+        (config::ENV_RELOAD_CMD, &args.reload_cmd),
+    ];
+    for group in [hooks, reloads] {
+        if group.iter().any(|(_, v)| v.is_some()) {
+            for (var, value) in group {
+                match value {
+                    Some(v) => command.env(var, v),
+                    None => command.env_remove(var),
+                };
+            }
         }
     }
     if let Some(wait) = &args.wait {

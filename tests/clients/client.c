@@ -637,6 +637,8 @@ static int scenario_cross(void) {
  * SIGUSR1 or by an HTTP POST on 127.0.0.1:$WORKER_PORT ($WORKER_HANG=1: accepts and never answers). */
 static volatile sig_atomic_t asked;
 static void on_usr1(int sig) { (void)sig; asked = 1; }
+static volatile sig_atomic_t reload_asked;
+static void on_usr2(int sig) { (void)sig; reload_asked = 1; }
 
 static unsigned long long want_mib;
 static volatile int want_ok;
@@ -669,6 +671,7 @@ static int scenario_worker(unsigned long long mib) {
     left -= chunk;
   }
   signal(SIGUSR1, on_usr1);
+  signal(SIGUSR2, on_usr2);
   int listener = -1;
   const char *port = getenv("WORKER_PORT");
   if (port) {
@@ -715,6 +718,17 @@ static int scenario_worker(unsigned long long mib) {
       for (int i = 0; i < n; i++) cu.free(p[i]);
       printf("UNLOADED pid=%d at_ms=%.0f\n", getpid(), now_ms());
       n = 0;
+    }
+    /* SIGUSR2 after an unload: load again (vLLM's /wake_up after /sleep). */
+    if (reload_asked && n == 0) {
+      reload_asked = 0;
+      asked = 0;
+      for (unsigned long long left = mib; left > 0 && n < 1024; n++) {
+        unsigned long long chunk = left < 64 ? left : 64;
+        if (cu.alloc(&p[n], chunk * MIB)) { printf("reload_failed=1\n"); break; }
+        left -= chunk;
+      }
+      printf("RELOADED pid=%d at_ms=%.0f\n", getpid(), now_ms());
     }
   }
 }

@@ -116,6 +116,10 @@ pub struct Seen {
     pub priority: i32,
     pub protected: bool,
     pub hook: Option<Hook>,
+    /// How it is told that it may load again, after an unload.
+    pub reload: Option<Hook>,
+    /// (since, bytes it held) while unloaded by this or an earlier unloader.
+    pub unloaded: Option<(u64, u64)>,
     /// Per device UUID: what it holds beyond its context (what unloading can free); nothing while
     /// suspended.
     pub held: BTreeMap<String, u64>,
@@ -140,6 +144,9 @@ impl Seen {
             protected: s.flags & VRAMCAP_FLAG_PROTECTED != 0,
             hook: (s.unload_kind != VRAMCAP_UNLOAD_NONE)
                 .then(|| Hook::of(s.unload_kind, &text(&s.unload))),
+            reload: (s.reload_kind != VRAMCAP_UNLOAD_NONE)
+                .then(|| Hook::of(s.reload_kind, &text(&s.reload))),
+            unloaded: (s.unloaded_unix_ms != 0).then_some((s.unloaded_unix_ms, s.unloaded_bytes)),
             held: s
                 .devices
                 .iter()
@@ -524,6 +531,7 @@ impl Unloader {
                     Ok(()) => {
                         let after = self.wait_for_fall(w, uuid, before, bytes);
                         freed = before.saturating_sub(after);
+                        self.mark_unloaded(w, Some(freed));
                         log.line(format_args!(
                             "{} freed {} in {:.3}s",
                             w.describe(),
@@ -604,6 +612,7 @@ impl Unloader {
             self.serve_requests(&mut served);
             served.retain(|r| !r.settled(self));
             self.resume_ready(&served);
+            self.reload_ready(&served);
             std::thread::sleep(self.opts.poll);
         }
         self.log.line("stopping");
@@ -800,6 +809,78 @@ impl Unloader {
         }
     }
 
+    /// Records in `w`'s slot that it gave `freed` bytes back (it may want them back: see
+    /// [`Unloader::reload_ready`]), or with `None` that it was told to load again.
+    fn mark_unloaded(&self, w: &Seen, freed: Option<u64>) {
+        if freed == Some(0) {
+            return;
+        }
+        if let Some(src) = self.source(w.source) {
+            src.seg.mark_unloaded(w.slot, w.pid, freed);
+        }
+    }
+
+    /// Tells unloaded workers that declared a reload hook to load again, highest priority first, once
+    /// what they gave back fits beside everyone's memory again: the rule of resume, so a reload never
+    /// pushes a running worker out. Strictly by priority: a lower one never goes ahead of a higher one
+    /// still waiting for room.
+    fn reload_ready(&self, served: &[Served]) {
+        let all = self.workers();
+        let mut waiting: Vec<&Seen> = all
+            .iter()
+            .filter(|w| w.unloaded.is_some() && w.reload.is_some() && w.suspended.is_none())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let pending: Vec<String> = all
+            .iter()
+            .filter_map(|w| self.source(w.source)?.seg.pending_request(w.slot))
+            .map(|r| format_uuid(&r.uuid))
+            .collect();
+        waiting.sort_by_key(|w| std::cmp::Reverse(w.priority));
+        for w in waiting {
+            let (Some(hook), Some((_, wants))) = (&w.reload, w.unloaded) else {
+                continue;
+            };
+            if self.unverified(w).is_some() {
+                continue;
+            }
+            // Its devices: where its context still is.
+            let fits = !w.charged.is_empty()
+                && w.charged.keys().all(|uuid| {
+                    !pending.contains(uuid)
+                        && !served.iter().any(|r| &r.uuid == uuid)
+                        && self
+                            .mem
+                            .free(uuid)
+                            .is_some_and(|f| f >= wants.saturating_add(RESUME_MARGIN))
+                });
+            if !fits {
+                return;
+            }
+            // Told once: whatever the hook answers, the mark goes (a worker that cannot reload now is
+            // asked again only after its next unload).
+            self.mark_unloaded(w, None);
+            if let Some(why) = self.refuse_hook(w, hook) {
+                self.log
+                    .line(format_args!("not reloading {}: {why}", w.describe()));
+                continue;
+            }
+            self.log.line(format_args!(
+                "{} fits again beside everyone: telling {} to reload by {hook}",
+                HumanBytes(wants),
+                w.describe()
+            ));
+            if let Err(e) = ask(hook, w.pid, &w.name, &self.opts) {
+                self.log.line(format_args!(
+                    "{}: the reload hook failed: {e}",
+                    w.describe()
+                ));
+            }
+        }
+    }
+
     /// Asks one verified worker to unload and waits for its usage to fall on every device; returns the
     /// bytes freed.
     pub fn unload_one(&self, w: &Seen) -> Result<u64, String> {
@@ -826,6 +907,7 @@ impl Unloader {
             let after = self.wait_for_fall(w, &uuid, b, u64::MAX);
             freed += b.saturating_sub(after);
         }
+        self.mark_unloaded(w, Some(freed));
         self.log
             .line(format_args!("{} freed {}", w.describe(), HumanBytes(freed)));
         Ok(freed)
