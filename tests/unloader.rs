@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// One shared device of 1 GiB; every context costs 16 MiB.
 struct Card {
-    shm: PathBuf,
+    shm: ShmPath,
     shared: PathBuf,
 }
 
