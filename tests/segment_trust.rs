@@ -336,8 +336,8 @@ fn totals_of_forged_figures_saturate() {
     assert_eq!(code, Some(0), "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let t = &json["totals"][0];
-    assert_eq!(t["charged"], u64::MAX, "{json}");
-    assert_eq!(t["caps"], u64::MAX, "{json}");
+    assert_eq!(t["charged_bytes"], u64::MAX, "{json}");
+    assert_eq!(t["caps_bytes"], u64::MAX, "{json}");
     let (code, _, err, _) =
         vramcap_within(&shm, &["status", "--no-nvml"], &[], Duration::from_secs(5));
     assert_eq!(code, Some(0), "the table renders too: {err}");
