@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// One shared device of 1 GiB; every context costs 16 MiB.
 struct Card {
-    shm: PathBuf,
+    shm: ShmPath,
     shared: PathBuf,
 }
 
@@ -1195,7 +1195,7 @@ fn an_unloaded_worker_reloads_once_its_memory_fits_again_and_not_before() {
         .cloned()
         .unwrap();
     assert!(
-        chat_row["devices"][0]["charged"].as_u64().unwrap() >= 600 * MIB,
+        chat_row["devices"][0]["charged_bytes"].as_u64().unwrap() >= 600 * MIB,
         "chat holds its memory again: {chat_row}"
     );
 }
