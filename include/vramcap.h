@@ -10,7 +10,7 @@
  */
 #define VRAMCAP_MAGIC 3553411863310062166
 
-#define VRAMCAP_VERSION 2
+#define VRAMCAP_VERSION 3
 
 #define VRAMCAP_SLOTS 1024
 
@@ -24,11 +24,9 @@
 #define VRAMCAP_UNLOAD_LEN 256
 
 /**
- * Slot states.
+ * Slot states (informative: the slot's lock decides who holds it).
  */
 #define VRAMCAP_SLOT_FREE 0
-
-#define VRAMCAP_SLOT_CLAIMING 1
 
 #define VRAMCAP_SLOT_LIVE 2
 
@@ -126,27 +124,33 @@ typedef struct VramcapDevice {
 } VramcapDevice;
 
 /**
- * One capped process.
+ * One capped process: three parts, each with one writer, each written whole by one `pwrite` and
+ * checked by a sum over it, so a reader that copies a part while it is rewritten (or reads a forged
+ * one) sees a sum that does not match and tries again or skips it.
+ *
+ * A slot belongs to the process that holds a POSIX write lock on its bytes (`fcntl(F_SETLK)`): the
+ * kernel drops the lock when the process exits or execs, and tells readers (`F_GETLK`) which PID holds
+ * it, so a slot whose `pid` is not its lock holder's is no process's and is never shown.
  */
 typedef struct VramcapSlot {
   /**
-   * [`VRAMCAP_SLOT_FREE`], [`VRAMCAP_SLOT_CLAIMING`] or [`VRAMCAP_SLOT_LIVE`].
+   * [`vramcap_check`] of the owner's part (`check` itself read as zero).
+   */
+  uint64_t check;
+  /**
+   * [`VRAMCAP_SLOT_LIVE`] while held, [`VRAMCAP_SLOT_FREE`] once released (the lock decides).
    */
   uint32_t state;
-  /**
-   * Seqlock: odd while the owner writes the figures below.
-   */
-  uint32_t seq;
   uint32_t pid;
   /**
    * The PID in the outermost namespace visible to the process (NVML reports host PIDs); 0 if the same.
    */
   uint32_t host_pid;
+  uint32_t uid;
   /**
    * Process start, in clock ticks since boot (`/proc/PID/stat` field 22): tells a reused PID apart.
    */
   uint64_t start_time;
-  uint32_t uid;
   int32_t priority;
   /**
    * [`VRAMCAP_FLAG_PROTECTED`], …
@@ -156,6 +160,10 @@ typedef struct VramcapSlot {
    * How to ask the process to unload: [`VRAMCAP_UNLOAD_NONE`], [`VRAMCAP_UNLOAD_URL`], …
    */
   uint32_t unload_kind;
+  /**
+   * How to tell it that it may load again, after an unload: the same kinds.
+   */
+  uint32_t reload_kind;
   uint64_t updated_unix_ms;
   /**
    * NUL-padded.
@@ -165,22 +173,23 @@ typedef struct VramcapSlot {
    * NUL-padded URL, signal name or command.
    */
   uint8_t unload[VRAMCAP_UNLOAD_LEN];
-  struct VramcapDevice devices[VRAMCAP_SLOT_DEVICES];
   /**
-   * The pressure handshake. The process writes the request's device and bytes, then bumps
-   * `request_seq`; the unloader acts, writes `answer`, then sets `answer_seq` to that `request_seq`.
-   * A request is pending while the two differ.
+   * NUL-padded URL, signal name or command.
    */
+  uint8_t reload[VRAMCAP_UNLOAD_LEN];
+  struct VramcapDevice devices[VRAMCAP_SLOT_DEVICES];
+  uint64_t request_check;
   uint32_t request_seq;
-  uint32_t answer_seq;
+  uint32_t reserved_request;
   uint8_t request_uuid[16];
   uint64_t request_bytes;
   uint64_t request_unix_ms;
+  uint64_t answer_check;
+  uint32_t answer_seq;
   /**
    * [`VRAMCAP_ANSWER_FREED`] or [`VRAMCAP_ANSWER_CANNOT`].
    */
   uint32_t answer;
-  uint32_t reserved_u32;
   /**
    * When the unloader suspended this process (its device memory is in host memory); 0 while running.
    * Written by the unloader, not by the process (which cannot run CUDA calls while suspended).
@@ -191,9 +200,17 @@ typedef struct VramcapSlot {
    */
   uint64_t suspended_bytes;
   /**
+   * When the unloader asked this process to unload (it may load again, see `reload`); 0 otherwise.
+   */
+  uint64_t unloaded_unix_ms;
+  /**
+   * What it held, per device, when it was asked (summed): what it will want back.
+   */
+  uint64_t unloaded_bytes;
+  /**
    * Room for later fields without a new layout version.
    */
-  uint64_t reserved[6];
+  uint64_t reserved[5];
 } VramcapSlot;
 
 #endif  /* VRAMCAP_H */

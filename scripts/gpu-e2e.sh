@@ -8,11 +8,11 @@
 #   a subset:   E2E_ONLY="graphs limits" bash scripts/gpu-e2e.sh
 #
 # Sections, in order (E2E_ONLY takes any of them, space-separated; unset: all): patterns torch frameworks
-# cudart status unloader suspend concurrency graphs limits overhead. Each section's time is printed to
+# cudart status unloader reload suspend concurrency graphs limits overhead. Each section's time is printed to
 # stderr and into the logs, so that the run can be split into device calls of at most 600 s.
 # shellcheck disable=SC2317  # the sections (sec_NAME) are called by name
 set -u
-SECTIONS="patterns torch frameworks cudart status unloader suspend concurrency graphs limits overhead"
+SECTIONS="patterns torch frameworks cudart status unloader reload suspend concurrency graphs limits overhead"
 E2E_ONLY=${E2E_ONLY:-}
 for s in $E2E_ONLY; do
   case " $SECTIONS " in
@@ -212,6 +212,46 @@ sec_unloader() {
   intact=$(grep -c 'data_ok=1' "$LOG"/unload-chat.log "$LOG"/unload-video.log | awk -F: '{s+=$2} END {print s+0}')
   ok=0; [ "$took" != fail ] && [ -n "$took" ] && [ $order = 1 ] && [ $kept = 1 ] && [ "$urc" = 0 ] && ok=1
   row "unloader: ${U_REQ}GiB for prio 5" "image/chat/video ${U_IMAGE}/${U_CHAT}/${U_VIDEO}GiB, $plan; blocked->success ${took}s; chat then video: $order; image kept: $kept; unloaded intact $intact/2; clean stop rc $urc" $ok
+  unset VRAMCAP_SHM
+}
+
+# 4c'. The seed's full cycle, with the unloader started first (as systemd would, before any segment): image
+# (protected) and chat (priority 1, with --reload-url) start after it; video (priority 5) asks for more than
+# is free beside chat; chat unloads (/memory/unload), video gets its memory, finishes and exits, and chat is
+# told to come back (/memory/reload) by itself once its memory fits again. Sized from the card.
+sec_reload() {
+  local unloader took back ok plan t_done t_back
+  R_IMAGE=$(gib 20) R_CHAT=$(gib 30) R_VIDEO=$(gib 40) R_CAP=$(gib 45)
+  plan=$(awk -v t="$TOTAL_MIB" -v i="$R_IMAGE" -v c="$R_CHAT" -v v="$R_VIDEO" 'BEGIN {
+    free = t / 1024 - i - c - 3 * 0.6
+    printf "free beside chat %.1fGiB, video needs chat out %d", free, (v > free && v <= free + c) }')
+  echo "reload sizes: card ${TOTAL_MIB}MiB image ${R_IMAGE} chat ${R_CHAT} GiB, video asks ${R_VIDEO} (caps ${R_CAP}); $plan" | tee "$LOG/reload-sizes.txt"
+  export VRAMCAP_SHM=vramcap-e2e-reload-$$
+  rm -f "/dev/shm/$VRAMCAP_SHM"
+  "$B/vramcap" unloader --poll 20ms --hook-timeout 30s 2>"$LOG/reload-unloader.log" &
+  unloader=$!
+  sleep 0.5
+  "$RUN" --limit "${R_CAP}GiB" --name image --priority 3 --protect --unload-url http://127.0.0.1:8111/memory/unload -- \
+    python3 "$B/py/unload_worker.py" image "$R_IMAGE" 8111 >"$LOG/reload-image.log" 2>&1 &
+  "$RUN" --limit "${R_CAP}GiB" --name chat --priority 1 --unload-url http://127.0.0.1:8112/memory/unload \
+    --reload-url http://127.0.0.1:8112/memory/reload -- \
+    python3 "$B/py/unload_worker.py" chat "$R_CHAT" 8112 >"$LOG/reload-chat.log" 2>&1 &
+  for _ in $(seq 1 900); do [ "$(grep -l '^READY' "$LOG"/reload-{image,chat}.log 2>/dev/null | wc -l)" = 2 ] && break; sleep 0.1; done
+  sleep 1.5
+  "$RUN" --limit "${R_CAP}GiB" --name video --priority 5 --wait 60s -- python3 "$B/py/unload_request.py" "$R_VIDEO" \
+    >"$LOG/reload-video.log" 2>&1
+  t_done=$(date +%s.%N)
+  for _ in $(seq 1 300); do grep -q 'chat reloaded' "$LOG/reload-chat.log" && break; sleep 0.1; done
+  t_back=$(grep -o 'EVENT t=[0-9.]* chat reloaded' "$LOG/reload-chat.log" | grep -o '[0-9.]*' | head -1)
+  kill -TERM $unloader; wait $unloader
+  pkill -f unload_worker.py; wait 2>/dev/null
+  { grep -h '^EVENT\|^READY' "$LOG"/reload-*.log | sort -t= -k2 -n; cat "$LOG/reload-unloader.log"; } | tee "$LOG/reload-timeline.txt"
+  took=$(val blocked_to_success_s "$LOG/reload-video.log")
+  back=fail; [ -n "$t_back" ] && back=$(awk -v a="$t_done" -v b="$t_back" 'BEGIN {printf "%.2f", b - a}')
+  ok=0; [ "$took" != fail ] && [ -n "$took" ] && [ "$back" != fail ] && grep -q 'waiting for the first worker' "$LOG/reload-unloader.log" \
+    && grep -q 'chat unloaded data_ok=1' "$LOG/reload-chat.log" && ! grep -q 'image unloaded' "$LOG/reload-image.log" && ok=1
+  row "reload: seed cycle, unloader first" "image/chat ${R_IMAGE}/${R_CHAT}GiB, video ${R_VIDEO}GiB; $plan; video blocked->success ${took}s; chat back ${back}s after video left" $ok
+  rm -f "/dev/shm/$VRAMCAP_SHM"
   unset VRAMCAP_SHM
 }
 

@@ -1,5 +1,7 @@
-//! The environment contract: `VRAMCAP_LIMIT`, `VRAMCAP_REAL_LIBCUDA`, `VRAMCAP_LOG` and the worker identity
-//! that `vramcap-run` sets. Parsed once, at the first CUDA call, never inside `dlsym`.
+//! The environment contract: `VRAMCAP_LIMIT` (and HAMi's `CUDA_DEVICE_MEMORY_LIMIT[_<i>]`, its aliases),
+//! `VRAMCAP_REAL_LIBCUDA`, `VRAMCAP_LOG` and the worker identity that `vramcap-run` sets. Parsed once, at
+//! the first CUDA call, never inside `dlsym`; `vramcap-run` runs the same parser over the environment it
+//! is about to exec with, so the two agree exactly.
 //!
 //! A malformed value is an error that names the variable and the value; the preload library turns it into a
 //! refused `cuInit`, so a typo never leaves a program running uncapped.
@@ -18,9 +20,44 @@ pub const ENV_PROTECT: &str = "VRAMCAP_PROTECT";
 pub const ENV_UNLOAD_URL: &str = "VRAMCAP_UNLOAD_URL";
 pub const ENV_UNLOAD_SIGNAL: &str = "VRAMCAP_UNLOAD_SIGNAL";
 pub const ENV_UNLOAD_CMD: &str = "VRAMCAP_UNLOAD_CMD";
+pub const ENV_RELOAD_URL: &str = "VRAMCAP_RELOAD_URL";
+pub const ENV_RELOAD_SIGNAL: &str = "VRAMCAP_RELOAD_SIGNAL";
+pub const ENV_RELOAD_CMD: &str = "VRAMCAP_RELOAD_CMD";
 pub const ENV_WAIT: &str = "VRAMCAP_WAIT";
 pub const ENV_ON_PRESSURE: &str = "VRAMCAP_ON_PRESSURE";
 pub const ENV_ALLOW_ABSENT_DEVICES: &str = "VRAMCAP_ALLOW_ABSENT_DEVICES";
+/// HAMi's limit for every device (`4g`, `3000m`), an alias of `VRAMCAP_LIMIT` that yields to it.
+pub const ENV_HAMI_LIMIT: &str = "CUDA_DEVICE_MEMORY_LIMIT";
+/// HAMi's limit for CUDA device `<i>` (`CUDA_DEVICE_MEMORY_LIMIT_0=3000m`), over `CUDA_DEVICE_MEMORY_LIMIT`.
+pub const ENV_HAMI_LIMIT_PREFIX: &str = "CUDA_DEVICE_MEMORY_LIMIT_";
+/// The device indexes [`Config::from_lookup`] tries for `CUDA_DEVICE_MEMORY_LIMIT_<i>` (it cannot list
+/// the environment; [`Config::from_env`] reads every name there is).
+pub const HAMI_PROBED_DEVICES: u32 = 64;
+
+/// Every `VRAMCAP_*` variable a vramcap component reads: the library's above, the segment's
+/// (`VRAMCAP_SHM`, `VRAMCAP_SHM_MODE`) and `vramcap-run`'s own (`VRAMCAP_LIB`).
+pub const KNOWN_VARS: &[&str] = &[
+    ENV_LIMIT,
+    ENV_REAL_LIBCUDA,
+    ENV_LOG,
+    ENV_NAME,
+    ENV_PRIORITY,
+    ENV_CONTEXT_BYTES,
+    ENV_NVML,
+    ENV_PROTECT,
+    ENV_UNLOAD_URL,
+    ENV_UNLOAD_SIGNAL,
+    ENV_UNLOAD_CMD,
+    ENV_RELOAD_URL,
+    ENV_RELOAD_SIGNAL,
+    ENV_RELOAD_CMD,
+    ENV_WAIT,
+    ENV_ON_PRESSURE,
+    ENV_ALLOW_ABSENT_DEVICES,
+    "VRAMCAP_SHM",
+    "VRAMCAP_SHM_MODE",
+    "VRAMCAP_LIB",
+];
 
 /// How the unloader may ask this worker to give its memory back.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -58,6 +95,54 @@ pub enum Limit {
     All(Size),
     /// Caps for the named devices; devices not named are counted but not capped.
     PerDevice(Vec<(DeviceKey, Size)>),
+    /// HAMi's form (`CUDA_DEVICE_MEMORY_LIMIT`, `CUDA_DEVICE_MEMORY_LIMIT_<i>`): caps by CUDA ordinal, over
+    /// a cap for every other device where one is given. As in HAMi, an ordinal the process does not see
+    /// names nothing.
+    Hami {
+        every: Option<Size>,
+        devices: Vec<(u32, Size)>,
+    },
+}
+
+fn invalid(var: &'static str, value: &str, reason: String) -> ConfigError {
+    ConfigError {
+        var: var.to_string(),
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// The hook that one of `[url, signal, cmd]` declares (at most one of them may be set).
+fn hook_of(
+    lookup: &impl Fn(&str) -> Option<String>,
+    vars: [&'static str; 3],
+    what: &str,
+) -> Result<UnloadHook, ConfigError> {
+    let [url, signal, _] = vars;
+    let mut given = vars.iter().filter_map(|&var| {
+        lookup(var)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (var, v))
+    });
+    Ok(match (given.next(), given.next()) {
+        (None, _) => UnloadHook::None,
+        (Some((var, v)), Some((other, _))) => {
+            return Err(invalid(
+                var,
+                &v,
+                format!("{other} is set too; give one way to {what}"),
+            ))
+        }
+        (Some((var, v)), None) if var == url => {
+            parse_http_url(&v).map_err(|reason| invalid(var, &v, reason))?;
+            UnloadHook::Url(v.trim().to_string())
+        }
+        (Some((var, v)), None) if var == signal => {
+            let n = parse_signal(&v).map_err(|reason| invalid(var, &v, reason))?;
+            UnloadHook::Signal(n, v.trim().to_string())
+        }
+        (Some((_, v)), None) => UnloadHook::Cmd(v),
+    })
 }
 
 impl Limit {
@@ -73,6 +158,11 @@ impl Limit {
                     DeviceKey::Uuid(u) => u.eq_ignore_ascii_case(uuid),
                 })
                 .map(|(_, size)| *size),
+            Limit::Hami { every, devices } => devices
+                .iter()
+                .find(|(o, _)| *o == ordinal)
+                .map(|(_, size)| *size)
+                .or(*every),
         }
     }
 }
@@ -80,7 +170,7 @@ impl Limit {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}={value:?} is invalid: {reason}")]
 pub struct ConfigError {
-    pub var: &'static str,
+    pub var: String,
     pub value: String,
     pub reason: String,
 }
@@ -98,6 +188,8 @@ pub struct Config {
     /// Never asked to unload.
     pub protect: bool,
     pub unload: UnloadHook,
+    /// How the unloader tells this worker, after an unload, that its memory fits again.
+    pub reload: UnloadHook,
     /// The unloader may suspend this worker (`VRAMCAP_ON_PRESSURE=suspend`).
     pub suspendable: bool,
     /// How long an allocation refused by a full device waits for the unloader (`None`: fail at once).
@@ -110,20 +202,30 @@ pub struct Config {
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_lookup(|var| std::env::var_os(var).map(|v| v.to_string_lossy().into_owned()))
+        Config::from_lookup_names(env_lookup, &hami_names_in_env())
     }
 
-    /// Reads the variables through `lookup`, so tests need not touch the process environment.
+    /// Reads the variables through `lookup`, so tests need not touch the process environment. It cannot
+    /// list names, so `CUDA_DEVICE_MEMORY_LIMIT_<i>` is tried for the first [`HAMI_PROBED_DEVICES`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let invalid = |var: &'static str, value: &str, reason: String| ConfigError {
-            var,
+        let names: Vec<String> = (0..HAMI_PROBED_DEVICES)
+            .map(|i| format!("{ENV_HAMI_LIMIT_PREFIX}{i}"))
+            .collect();
+        Config::from_lookup_names(lookup, &names)
+    }
+
+    /// Reads the variables through `lookup`; `hami_names` are the `CUDA_DEVICE_MEMORY_LIMIT_*` names to
+    /// look at (those set, for an environment that can be listed).
+    pub fn from_lookup_names(
+        lookup: impl Fn(&str) -> Option<String>,
+        hami_names: &[String],
+    ) -> Result<Config, ConfigError> {
+        let invalid = |var: &str, value: &str, reason: String| ConfigError {
+            var: var.to_string(),
             value: value.to_string(),
             reason,
         };
-        let limit = match lookup(ENV_LIMIT) {
-            None => Limit::Unset,
-            Some(v) => parse_limit(&v).map_err(|reason| invalid(ENV_LIMIT, &v, reason))?,
-        };
+        let limit = limit_from(&lookup, hami_names)?.0;
         let log = match lookup(ENV_LOG) {
             None => Level::Warn,
             Some(v) => Level::parse(&v).ok_or_else(|| {
@@ -145,20 +247,7 @@ impl Config {
             }
             Some(v) => Some(v),
         };
-        let context_estimate = match lookup(ENV_CONTEXT_BYTES) {
-            None => DEFAULT_CONTEXT_ESTIMATE,
-            Some(v) => match parse_size(&v) {
-                Ok(Size::Bytes(b)) => b,
-                Ok(Size::Percent(_)) => {
-                    return Err(invalid(
-                        ENV_CONTEXT_BYTES,
-                        &v,
-                        "expected a size in bytes".into(),
-                    ))
-                }
-                Err(e) => return Err(invalid(ENV_CONTEXT_BYTES, &v, e.to_string())),
-            },
-        };
+        let context_estimate = context_bytes(lookup(ENV_CONTEXT_BYTES).as_deref())?;
         let nvml = match lookup(ENV_NVML).as_deref().map(str::trim) {
             None | Some("on") | Some("1") => true,
             Some("off") | Some("0") => false,
@@ -176,33 +265,16 @@ impl Config {
             Some("1") | Some("on") => true,
             Some(v) => return Err(invalid(ENV_PROTECT, v, "expected 1 or 0".into())),
         };
-        let hooks = [ENV_UNLOAD_URL, ENV_UNLOAD_SIGNAL, ENV_UNLOAD_CMD].map(|var| {
-            lookup(var)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| (var, v))
-        });
-        let mut given = hooks.into_iter().flatten();
-        let unload = match (given.next(), given.next()) {
-            (None, _) => UnloadHook::None,
-            (Some((var, v)), Some((other, _))) => {
-                return Err(invalid(
-                    var,
-                    &v,
-                    format!("{other} is set too; give one way to unload"),
-                ))
-            }
-            (Some((var, v)), None) => match var {
-                ENV_UNLOAD_URL => {
-                    parse_http_url(&v).map_err(|reason| invalid(var, &v, reason))?;
-                    UnloadHook::Url(v.trim().to_string())
-                }
-                ENV_UNLOAD_SIGNAL => {
-                    let n = parse_signal(&v).map_err(|reason| invalid(var, &v, reason))?;
-                    UnloadHook::Signal(n, v.trim().to_string())
-                }
-                _ => UnloadHook::Cmd(v),
-            },
-        };
+        let unload = hook_of(
+            &lookup,
+            [ENV_UNLOAD_URL, ENV_UNLOAD_SIGNAL, ENV_UNLOAD_CMD],
+            "unload",
+        )?;
+        let reload = hook_of(
+            &lookup,
+            [ENV_RELOAD_URL, ENV_RELOAD_SIGNAL, ENV_RELOAD_CMD],
+            "reload",
+        )?;
         let suspendable = match lookup(ENV_ON_PRESSURE).as_deref().map(str::trim) {
             None | Some("") | Some("fail") => false,
             Some("suspend") => true,
@@ -240,10 +312,170 @@ impl Config {
             priority,
             protect,
             unload,
+            reload,
             suspendable,
             wait,
             allow_absent_devices,
         })
+    }
+}
+
+/// The process environment as [`Config::from_lookup`] wants it.
+fn env_lookup(var: &str) -> Option<String> {
+    std::env::var_os(var).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// The `CUDA_DEVICE_MEMORY_LIMIT_*` names set in the process environment.
+pub fn hami_names_in_env() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with(ENV_HAMI_LIMIT_PREFIX))
+        .collect()
+}
+
+/// Where a limit came from: the variable, and its value as given (several for HAMi's form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSource(pub Vec<(String, String)>);
+
+impl std::fmt::Display for LimitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (var, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{var}={value:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The limit a process gets, and where it came from (`None`: unset). `VRAMCAP_LIMIT` wins: while it is
+/// set, HAMi's `CUDA_DEVICE_MEMORY_LIMIT` and `CUDA_DEVICE_MEMORY_LIMIT_<i>` are not read at all.
+/// Otherwise those give a cap for every device and, per CUDA ordinal `<i>`, one that replaces it for
+/// that device (HAMi's own precedence). `hami_names` are the `CUDA_DEVICE_MEMORY_LIMIT_*` names to read.
+pub fn limit_from(
+    lookup: &impl Fn(&str) -> Option<String>,
+    hami_names: &[String],
+) -> Result<(Limit, Option<LimitSource>), ConfigError> {
+    let invalid = |var: &str, value: &str, reason: String| ConfigError {
+        var: var.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    if let Some(v) = lookup(ENV_LIMIT) {
+        let limit = parse_limit(&v).map_err(|reason| invalid(ENV_LIMIT, &v, reason))?;
+        return Ok((limit, Some(LimitSource(vec![(ENV_LIMIT.to_string(), v)]))));
+    }
+    let mut source = Vec::new();
+    let every = match lookup(ENV_HAMI_LIMIT) {
+        None => None,
+        Some(v) => {
+            let size = parse_size(&v).map_err(|e| invalid(ENV_HAMI_LIMIT, &v, e.to_string()))?;
+            source.push((ENV_HAMI_LIMIT.to_string(), v));
+            Some(size)
+        }
+    };
+    let mut devices: Vec<(u32, Size)> = Vec::new();
+    let mut names: Vec<&String> = hami_names.iter().collect();
+    names.sort_by_key(|n| (n.len(), n.as_str()));
+    names.dedup();
+    for name in names {
+        let Some(v) = lookup(name) else { continue };
+        let index = name
+            .strip_prefix(ENV_HAMI_LIMIT_PREFIX)
+            .filter(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|i| i.parse::<u32>().ok())
+            .ok_or_else(|| {
+                invalid(
+                    name,
+                    &v,
+                    format!("{ENV_HAMI_LIMIT_PREFIX}<i> takes a CUDA device index for <i>"),
+                )
+            })?;
+        let size = parse_size(&v).map_err(|e| invalid(name, &v, e.to_string()))?;
+        devices.push((index, size));
+        source.push((name.clone(), v));
+    }
+    if every.is_none() && devices.is_empty() {
+        return Ok((Limit::Unset, None));
+    }
+    devices.sort_by_key(|(i, _)| *i);
+    Ok((Limit::Hami { every, devices }, Some(LimitSource(source))))
+}
+
+/// `VRAMCAP_CONTEXT_BYTES` (default 512 MiB): what a context is assumed to cost until it is measured.
+pub fn context_bytes(value: Option<&str>) -> Result<u64, ConfigError> {
+    let invalid = |reason: String| ConfigError {
+        var: ENV_CONTEXT_BYTES.to_string(),
+        value: value.unwrap_or_default().to_string(),
+        reason,
+    };
+    match value {
+        None => Ok(DEFAULT_CONTEXT_ESTIMATE),
+        Some(v) => match parse_size(v) {
+            Ok(Size::Bytes(b)) => Ok(b),
+            Ok(Size::Percent(_)) => Err(invalid("expected a size in bytes".into())),
+            Err(e) => Err(invalid(e.to_string())),
+        },
+    }
+}
+
+/// The `VRAMCAP_*` name `name` was probably meant to be, if it is no variable of ours but one or two
+/// letters away from one (`VRAMCAP_LIMT`): a typo there would leave a job uncapped.
+pub fn misspelt_var(name: &str) -> Option<&'static str> {
+    if !name.starts_with("VRAMCAP_") || KNOWN_VARS.contains(&name) {
+        return None;
+    }
+    KNOWN_VARS
+        .iter()
+        .copied()
+        .filter(|known| edit_distance(name, known) <= 2)
+        .min_by_key(|known| edit_distance(name, known))
+}
+
+/// Levenshtein distance, for [`misspelt_var`].
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+impl Limit {
+    /// Each cap as a line, for people: `every device: 10.00 GiB (10737418240 bytes)`.
+    pub fn describe(&self) -> Vec<(String, Size)> {
+        match self {
+            Limit::Unset => Vec::new(),
+            Limit::All(size) => vec![("every device".into(), *size)],
+            Limit::PerDevice(entries) => entries
+                .iter()
+                .map(|(key, size)| (format!("device {key}"), *size))
+                .collect(),
+            Limit::Hami { every, devices } => devices
+                .iter()
+                .map(|(i, size)| (format!("device {i}"), *size))
+                .chain(every.map(|size| {
+                    let who = if devices.is_empty() {
+                        "every device"
+                    } else {
+                        "every other device"
+                    };
+                    (who.to_string(), size)
+                }))
+                .collect(),
+        }
     }
 }
 
@@ -647,7 +879,7 @@ mod tests {
             (ENV_PROTECT, "yes please", "expected 1 or 0"),
         ] {
             let e = Config::from_lookup(env(&[(var, value)])).unwrap_err();
-            assert_eq!((e.var, e.value.as_str()), (var, value));
+            assert_eq!((e.var.as_str(), e.value.as_str()), (var, value));
             assert!(e.to_string().contains(says), "{e}");
         }
         let e = Config::from_lookup(env(&[(ENV_UNLOAD_URL, "http://h/"), (ENV_UNLOAD_CMD, "x")]))
@@ -720,6 +952,69 @@ mod tests {
             parse_http_url("http://localhost:9/memory/unload?now=1").unwrap(),
             ("localhost".into(), 9, "/memory/unload?now=1".into())
         );
+    }
+
+    #[test]
+    fn hami_limits_are_aliases_that_vramcap_limit_overrides() {
+        // CUDA_DEVICE_MEMORY_LIMIT for every device, CUDA_DEVICE_MEMORY_LIMIT_<i> over it for device i.
+        let c = Config::from_lookup(env(&[
+            (ENV_HAMI_LIMIT, "4g"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_1", "3000m"),
+        ]))
+        .unwrap();
+        assert_eq!(c.limit.for_device(0, UUID), Some(Size::Bytes(4 << 30)));
+        assert_eq!(c.limit.for_device(1, UUID), Some(Size::Bytes(3000 << 20)));
+        assert_eq!(c.limit.for_device(7, UUID), Some(Size::Bytes(4 << 30)));
+        // Per-device alone: the other devices are counted, not capped; an ordinal not seen is HAMi's
+        // "no such device", not an error.
+        let c = Config::from_lookup(env(&[("CUDA_DEVICE_MEMORY_LIMIT_0", "1024m")])).unwrap();
+        assert_eq!(c.limit.for_device(0, UUID), Some(Size::Bytes(1 << 30)));
+        assert_eq!(c.limit.for_device(1, UUID), None);
+        assert!(c.limit.absent_keys(&[]).is_empty());
+        // VRAMCAP_LIMIT wins, and the aliases are not even read.
+        let both = [
+            (ENV_LIMIT, "2GiB"),
+            (ENV_HAMI_LIMIT, "not a size"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
+        ];
+        let c = Config::from_lookup(env(&both)).unwrap();
+        assert_eq!(c.limit, Limit::All(Size::Bytes(2 << 30)));
+        // A bad alias names itself.
+        let e = Config::from_lookup(env(&[("CUDA_DEVICE_MEMORY_LIMIT_2", "lots")])).unwrap_err();
+        assert_eq!(
+            (e.var.as_str(), e.value.as_str()),
+            ("CUDA_DEVICE_MEMORY_LIMIT_2", "lots")
+        );
+        let names = vec!["CUDA_DEVICE_MEMORY_LIMIT_O".to_string()];
+        let e = Config::from_lookup_names(env(&[("CUDA_DEVICE_MEMORY_LIMIT_O", "1g")]), &names)
+            .unwrap_err();
+        assert!(e.to_string().contains("takes a CUDA device index"), "{e}");
+        let (_, source) = limit_from(&env(&[(ENV_HAMI_LIMIT, "4g")]), &[]).unwrap();
+        assert_eq!(
+            source.unwrap().to_string(),
+            "CUDA_DEVICE_MEMORY_LIMIT=\"4g\""
+        );
+    }
+
+    #[test]
+    fn typos_of_our_variables_are_told_apart_from_other_names() {
+        assert_eq!(misspelt_var("VRAMCAP_LIMT"), Some(ENV_LIMIT));
+        assert_eq!(misspelt_var("VRAMCAP_PRIORTY"), Some(ENV_PRIORITY));
+        assert_eq!(misspelt_var("VRAMCAP_LIMIT"), None);
+        assert_eq!(
+            misspelt_var("VRAMCAP_E2E_HOLD"),
+            None,
+            "far from every name"
+        );
+        assert_eq!(misspelt_var("CUDA_VISIBLE_DEVICES"), None);
+    }
+
+    #[test]
+    fn context_bytes_default_and_errors() {
+        assert_eq!(context_bytes(None), Ok(DEFAULT_CONTEXT_ESTIMATE));
+        assert_eq!(context_bytes(Some("300MiB")), Ok(300 << 20));
+        let e = context_bytes(Some("5%")).unwrap_err();
+        assert_eq!(e.var, ENV_CONTEXT_BYTES);
     }
 
     #[test]

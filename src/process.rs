@@ -2,8 +2,8 @@
 //! anyone's input, so a slot's PID, uid and start time are claims, and only `/proc` can confirm them.
 //!
 //! A process is a verified worker when it exists and is not a zombie, has the start time its slot
-//! records, belongs to the expected (real) uid, and has libvramcap.so or the segment mapped (a worker
-//! maps both; a bystander whose PID was written into a slot maps neither).
+//! records, belongs to the expected (real) uid, and has libvramcap.so mapped or the segment open (a
+//! worker has both; a bystander whose PID was written into a slot has neither).
 
 use std::path::Path;
 
@@ -53,21 +53,21 @@ pub fn facts(pid: u32) -> Option<Facts> {
     })
 }
 
-/// Whether `pid` maps libvramcap.so or the segment at `segment`.
+/// Whether `pid` maps libvramcap.so or has the segment at `segment` open.
 pub fn maps_vramcap(pid: u32, segment: &Path) -> bool {
-    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-        return false;
-    };
-    let segment = segment.to_string_lossy();
-    maps.lines().any(|l| {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let library = maps.lines().any(|l| {
         let file = l.split_whitespace().nth(5).unwrap_or("");
-        file == segment
-            || file
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .starts_with("libvramcap")
-    })
+        file.rsplit('/')
+            .next()
+            .unwrap_or("")
+            .starts_with("libvramcap")
+    });
+    library
+        || std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == segment))
+        })
 }
 
 /// Why `pid` is not the worker a slot says it is (or `None` if it is): it must exist, not be a zombie,
@@ -92,7 +92,7 @@ pub fn unverified(pid: u32, start_time: u64, uid: u32, segment: &Path) -> Option
     }
     if !maps_vramcap(pid, segment) {
         return Some(format!(
-            "pid {pid} has neither libvramcap.so nor the segment mapped"
+            "pid {pid} has neither libvramcap.so mapped nor the segment open"
         ));
     }
     None

@@ -90,7 +90,7 @@ fn the_peak_of_a_stream_ordered_pool_is_what_the_process_held() {
     let out = vramcap(&shm, &["status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = &json["processes"][0]["devices"][0];
-    let peak = d["peak"].as_u64().unwrap();
+    let peak = d["peak_bytes"].as_u64().unwrap();
     assert!(holder.get("allocated") > 100, "the pool filled the cap");
     assert!(peak <= GIB, "peak {} MiB over the 1 GiB cap", peak >> 20);
     assert!(

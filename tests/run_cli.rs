@@ -5,8 +5,15 @@ use common::*;
 use std::process::Command;
 
 fn run(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // A segment of the run's own (not the user's default), gone when it is done.
+    let shm = shm_path(&format!(
+        "cli-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap-run"));
     cmd.args(args)
+        .env("VRAMCAP_SHM", &shm)
         .env("VRAMCAP_LIB", &env().preload)
         .env_remove("VRAMCAP_LIMIT")
         .env_remove("LD_PRELOAD");

@@ -244,6 +244,9 @@ fn every_user_has_a_default_segment_of_their_own() {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     let e = env();
+    // Root's default segment is the machine's: removed at the end only if this test made it.
+    let roots = std::path::Path::new("/dev/shm/vramcap-0");
+    let roots_was_there = roots.exists();
     // Root's worker makes root's default segment first.
     let root = {
         let mut cmd = Command::new(&e.client);
@@ -300,6 +303,9 @@ fn every_user_has_a_default_segment_of_their_own() {
         String::from_utf8_lossy(&worker_out.stderr)
     );
     let _ = std::fs::remove_file("/dev/shm/vramcap-65534");
+    if !roots_was_there {
+        let _ = std::fs::remove_file(roots);
+    }
     let _ = std::fs::remove_file(&hold);
 }
 
@@ -336,8 +342,8 @@ fn totals_of_forged_figures_saturate() {
     assert_eq!(code, Some(0), "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let t = &json["totals"][0];
-    assert_eq!(t["charged"], u64::MAX, "{json}");
-    assert_eq!(t["caps"], u64::MAX, "{json}");
+    assert_eq!(t["charged_bytes"], u64::MAX, "{json}");
+    assert_eq!(t["caps_bytes"], u64::MAX, "{json}");
     let (code, _, err, _) =
         vramcap_within(&shm, &["status", "--no-nvml"], &[], Duration::from_secs(5));
     assert_eq!(code, Some(0), "the table renders too: {err}");
@@ -374,4 +380,177 @@ fn another_users_half_made_segment_is_never_replaced() {
     );
     assert_eq!(meta.len(), 0);
     let _ = std::fs::remove_file(&shm);
+}
+
+/// What someone who may write the segment's file can do to it, and how to undo it.
+fn mutate(shm: &std::path::Path, how: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let len = vramcap::shm::segment::segment_len() as u64;
+    let set_len = |n: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(shm)
+            .unwrap()
+            .set_len(n)
+            .unwrap()
+    };
+    let replace_with = |make: &dyn Fn(&std::path::Path)| {
+        let _ = std::fs::remove_file(shm);
+        make(shm);
+    };
+    match how {
+        "truncate to 0" => set_len(0),
+        "truncate to 1" => set_len(1),
+        "truncate into the header" => set_len(40),
+        "truncate after the header" => set_len(64),
+        "truncate to half" => set_len(len / 2),
+        "truncate by one byte" => set_len(len - 1),
+        "grow" => set_len(len * 2),
+        "garbage over it" => std::fs::write(shm, vec![0xa5u8; len as usize]).unwrap(),
+        "replaced by garbage" => {
+            let tmp = shm.with_extension("garbage");
+            std::fs::write(&tmp, vec![0x5au8; len as usize]).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::rename(&tmp, shm).unwrap();
+        }
+        "deleted" => std::fs::remove_file(shm).unwrap(),
+        "symlink" => replace_with(&|p| std::os::unix::fs::symlink("/etc/passwd", p).unwrap()),
+        "FIFO" => replace_with(&|p| {
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            // SAFETY: a NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }),
+        "directory" => replace_with(&|p| std::fs::create_dir(p).unwrap()),
+        "another owner" => std::os::unix::fs::chown(shm, Some(65534), Some(65534)).unwrap(),
+        other => panic!("no mutation {other}"),
+    }
+}
+
+fn clear(shm: &std::path::Path) {
+    let _ = std::fs::remove_dir(shm);
+    let _ = std::fs::remove_file(shm);
+}
+
+#[test]
+fn no_state_of_the_segment_file_faults_a_worker_or_a_reader() {
+    use std::io::Read;
+    let shm = shm_path("mutations");
+    let e = env();
+    let hold = e.dir.join(format!("churn-{}", std::process::id()));
+    let _ = std::fs::remove_file(&hold);
+    let mut worker = Command::new(&e.client)
+        .args(["dlsym", "churn"])
+        .env("LD_LIBRARY_PATH", &e.dir)
+        .env("LD_PRELOAD", &e.preload)
+        .env("VRAMCAP_CONTEXT_BYTES", CONTEXT.to_string())
+        .env("FAKECUDA_CONTEXT_BYTES", CONTEXT.to_string())
+        .env("VRAMCAP_E2E_HOLD", &hold)
+        .env("VRAMCAP_LIMIT", "1GiB")
+        .env("VRAMCAP_SHM", &shm)
+        .env("VRAMCAP_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = worker.id();
+    let listed = |within: Duration| {
+        let start = Instant::now();
+        loop {
+            let (code, out, _, _) = vramcap_within(
+                &shm,
+                &["status", "--json", "--no-nvml"],
+                &[],
+                Duration::from_secs(5),
+            );
+            let json: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            let here = json["processes"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["pid"] == pid));
+            if code == Some(0) && here {
+                return true;
+            }
+            if start.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(listed(Duration::from_secs(5)), "the worker is listed");
+    let cases = [
+        "truncate to 0",
+        "truncate to 1",
+        "truncate into the header",
+        "truncate after the header",
+        "truncate to half",
+        "truncate by one byte",
+        "grow",
+        "garbage over it",
+        "replaced by garbage",
+        "deleted",
+        "symlink",
+        "FIFO",
+        "directory",
+        "another owner",
+    ];
+    for how in cases {
+        mutate(&shm, how);
+        for args in [
+            &["status", "--no-nvml"][..],
+            &["status", "--json", "--no-nvml"],
+            &["unload", "nobody", "--hook-timeout", "1s", "--no-nvml"],
+        ] {
+            let (code, _, err, took) = vramcap_within(&shm, args, &[], Duration::from_secs(5));
+            assert!(took < Duration::from_secs(5), "{how}: {args:?} hung");
+            let code = code.unwrap_or_else(|| panic!("{how}: {args:?} died of a signal: {err}"));
+            if code != 0 {
+                assert_eq!(err.lines().count(), 1, "{how}: {args:?}: one line: {err}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(
+            worker.try_wait().unwrap().is_none(),
+            "{how}: the worker still runs"
+        );
+        // Whatever is at the path goes; the worker makes a new segment and lists itself there.
+        clear(&shm);
+        assert!(listed(Duration::from_secs(5)), "{how}: listed again");
+    }
+    std::fs::write(&hold, b"").unwrap();
+    let status = worker.wait().unwrap();
+    let mut out = String::new();
+    worker
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    worker
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success(),
+        "the worker exits cleanly: {status:?}\n{out}\n{err}"
+    );
+    let value = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}: {out}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("rounds") > 1000, "{out}");
+    assert_eq!(
+        value("failed_rounds"),
+        0,
+        "every allocation within the cap worked: {out}"
+    );
+    assert_eq!(value("allocated"), 11, "still capped at 1 GiB: {out}");
+    assert_eq!(value("refused_code"), 2, "{out}");
+    let _ = std::fs::remove_file(&hold);
+    clear(&shm);
 }

@@ -37,7 +37,7 @@ fn relieve(dev: CUdevice, bytes: u64) -> bool {
     let Some(uuid) = state::devices().and_then(|d| d.raw_uuids.get(dev as usize).copied()) else {
         return false;
     };
-    let Some(seq) = publish::post_request(uuid, bytes) else {
+    let Some(ticket) = publish::post_request(uuid, bytes) else {
         return false;
     };
     let Some(wait) = state::config().and_then(|c| c.wait) else {
@@ -55,7 +55,7 @@ fn relieve(dev: CUdevice, bytes: u64) -> bool {
     );
     let start = Instant::now();
     loop {
-        if let Some(answer) = publish::answer_to(seq) {
+        if let Some(answer) = publish::answer_to(&ticket) {
             let freed = answer == VRAMCAP_ANSWER_FREED;
             vlog!(
                 Info,

@@ -2,15 +2,19 @@
 //!  [--unload-url URL | --unload-signal SIG | --unload-cmd CMD] [--on-pressure suspend] [--wait DURATION]
 //!  -- CMD ARGS…`
 //!
-//! Validates the cap exactly as the library will, puts libvramcap.so in front of `LD_PRELOAD`, sets the
-//! variables and execs the command, so its signals and exit code are the command's own.
+//! Validates every `VRAMCAP_*` variable the command will get (those it sets and those it inherits, and
+//! HAMi's `CUDA_DEVICE_MEMORY_LIMIT*`) with the library's own parser, so a value the library would refuse
+//! exits 2 here, naming the flag or the variable and the value, before anything runs. Then it puts
+//! libvramcap.so in front of `LD_PRELOAD`, sets the variables and execs the command, so its signals and
+//! exit code are the command's own.
 
 use clap::Parser;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use vramcap::config::{self, parse_limit};
+use vramcap::config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +47,16 @@ struct Args {
     /// … or this shell command (run with VRAMCAP_PID and VRAMCAP_NAME set).
     #[arg(long, value_name = "CMD", group = "unload")]
     unload_cmd: Option<String>,
+    /// How the unloader tells this worker, after it unloaded, that its memory fits again (vLLM's
+    /// `/wake_up` after `/sleep`): an HTTP POST to this URL …
+    #[arg(long, value_name = "URL", group = "reload")]
+    reload_url: Option<String>,
+    /// … or this signal …
+    #[arg(long, value_name = "SIG", group = "reload")]
+    reload_signal: Option<String>,
+    /// … or this shell command (run with VRAMCAP_PID and VRAMCAP_NAME set).
+    #[arg(long, value_name = "CMD", group = "reload")]
+    reload_cmd: Option<String>,
     /// What the unloader may do when this worker must give memory back and its hook (if any) does not
     /// free it in time: `suspend` moves its device memory to host memory through the driver's
     /// checkpoint API, and back when there is room again.
@@ -130,42 +144,146 @@ fn check_devices(var: &str, text: &str, limit: &config::Limit) -> Result<(), Str
     Err(config::absent_devices_error(var, text, &absent, &seen))
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let limit = match (&args.limit, std::env::var(config::ENV_LIMIT)) {
-        (Some(given), _) => Some(("--limit", given.clone())),
-        (None, Ok(inherited)) => Some((config::ENV_LIMIT, inherited)),
-        (None, Err(_)) => None,
-    };
-    if let Some((var, text)) = &limit {
-        let parsed = match parse_limit(text) {
-            Ok(parsed) => parsed,
-            Err(reason) if *var == "--limit" => {
-                return fail(2, format_args!("--limit {text:?} is invalid: {reason}"))
-            }
-            Err(reason) => return fail(2, format_args!("{var}={text:?} is invalid: {reason}")),
+/// The environment the command will get: ours, with the variables the flags set or remove.
+struct ChildEnv {
+    vars: BTreeMap<OsString, OsString>,
+    /// The variables a flag set, and the flag (an error names what the user typed).
+    from_flags: Vec<(&'static str, &'static str)>,
+}
+
+impl ChildEnv {
+    fn new(args: &Args) -> ChildEnv {
+        let mut env = ChildEnv {
+            vars: std::env::vars_os().collect(),
+            from_flags: Vec::new(),
         };
-        if let Err(line) = check_devices(config::ENV_LIMIT, text, &parsed) {
-            return fail(2, line);
+        let given = [
+            (config::ENV_LIMIT, "--limit", args.limit.clone()),
+            (config::ENV_NAME, "--name", args.name.clone()),
+            (
+                config::ENV_PRIORITY,
+                "--priority",
+                args.priority.map(|p| p.to_string()),
+            ),
+            (
+                config::ENV_PROTECT,
+                "--protect",
+                args.protect.then(|| "1".to_string()),
+            ),
+            (config::ENV_WAIT, "--wait", args.wait.clone()),
+            (
+                config::ENV_ON_PRESSURE,
+                "--on-pressure",
+                args.on_pressure.clone(),
+            ),
+        ];
+        for (var, flag, value) in given {
+            if let Some(v) = value {
+                env.set(var, flag, v);
+            }
         }
+        // One way to unload: the one given here replaces any inherited.
+        let hooks = [
+            (config::ENV_UNLOAD_URL, "--unload-url", &args.unload_url),
+            (
+                config::ENV_UNLOAD_SIGNAL,
+                "--unload-signal",
+                &args.unload_signal,
+            ),
+            (config::ENV_UNLOAD_CMD, "--unload-cmd", &args.unload_cmd),
+        ];
+        // And one way to reload, the same way.
+        let reloads = [
+            (config::ENV_RELOAD_URL, "--reload-url", &args.reload_url),
+            (
+                config::ENV_RELOAD_SIGNAL,
+                "--reload-signal",
+                &args.reload_signal,
+            ),
+            (config::ENV_RELOAD_CMD, "--reload-cmd", &args.reload_cmd),
+        ];
+        for group in [hooks, reloads] {
+            if group.iter().any(|(_, _, v)| v.is_some()) {
+                for (var, flag, value) in group {
+                    match value {
+                        Some(v) => env.set(var, flag, v.clone()),
+                        None => {
+                            env.vars.remove(&OsString::from(var));
+                        }
+                    }
+                }
+            }
+        }
+        env
     }
-    if let Some(url) = &args.unload_url {
-        if let Err(reason) = config::parse_http_url(url) {
-            return fail(2, format_args!("--unload-url {url:?} is invalid: {reason}"));
-        }
+
+    fn set(&mut self, var: &'static str, flag: &'static str, value: String) {
+        self.vars.insert(var.into(), value.into());
+        self.from_flags.push((var, flag));
     }
-    if let Some(sig) = &args.unload_signal {
-        if let Err(reason) = config::parse_signal(sig) {
-            return fail(
-                2,
-                format_args!("--unload-signal {sig:?} is invalid: {reason}"),
-            );
-        }
+
+    fn get(&self, var: &str) -> Option<String> {
+        self.vars
+            .get(&OsString::from(var))
+            .map(|v| v.to_string_lossy().into_owned())
     }
-    if let Some(wait) = &args.wait {
-        if let Err(reason) = config::parse_duration(wait) {
-            return fail(2, format_args!("--wait {wait:?} is invalid: {reason}"));
+
+    /// The names of the variables, as text where they are.
+    fn names(&self) -> impl Iterator<Item = String> + '_ {
+        self.vars
+            .keys()
+            .filter_map(|k| k.to_str().map(String::from))
+    }
+
+    /// Every `VRAMCAP_*` variable (and HAMi's aliases) the command gets, read by the library's own
+    /// parser, so that what passes here passes there: the error names the flag or the variable, and
+    /// the value.
+    fn validate(&self) -> Result<config::Config, String> {
+        for name in self.names() {
+            if let Some(meant) = config::misspelt_var(&name) {
+                return Err(format!(
+                    "{name}={:?} is not a vramcap variable (did you mean {meant}?)",
+                    self.get(&name).unwrap_or_default()
+                ));
+            }
         }
+        let hami: Vec<String> = self
+            .names()
+            .filter(|n| n.starts_with(config::ENV_HAMI_LIMIT_PREFIX))
+            .collect();
+        let parsed = config::Config::from_lookup_names(|var| self.get(var), &hami).map_err(
+            |e| match self.from_flags.iter().find(|(var, _)| *var == e.var) {
+                Some((_, flag)) => format!("{flag} {:?} is invalid: {}", e.value, e.reason),
+                None => e.to_string(),
+            },
+        )?;
+        vramcap::shm::segment_mode().map_err(|e| e.to_string())?;
+        if let Some(v) = self.get(config::ENV_LIMIT) {
+            check_devices(config::ENV_LIMIT, &v, &parsed.limit)?;
+            if self.get(config::ENV_HAMI_LIMIT).is_some() || !hami.is_empty() {
+                eprintln!(
+                    "vramcap-run: {} is set, so {} and {}<i> are ignored",
+                    config::ENV_LIMIT,
+                    config::ENV_HAMI_LIMIT,
+                    config::ENV_HAMI_LIMIT_PREFIX
+                );
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let env = ChildEnv::new(&args);
+    if let Err(line) = env.validate() {
+        return fail(2, line);
     }
     let library = match find_library() {
         Ok(p) => p,
@@ -176,41 +294,15 @@ fn main() -> ExitCode {
         preload.push(":");
         preload.push(existing);
     }
-    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    let Some((program, rest)) = args.command.split_first() else {
+        return fail(2, "no command given (vramcap-run [OPTIONS] -- CMD ARGS…)");
+    };
     let mut command = Command::new(program);
-    command.args(rest).env("LD_PRELOAD", preload);
-    if let Some(limit) = &args.limit {
-        command.env(config::ENV_LIMIT, limit);
-    }
-    if let Some(name) = &args.name {
-        command.env(config::ENV_NAME, name);
-    }
-    if let Some(priority) = args.priority {
-        command.env(config::ENV_PRIORITY, priority.to_string());
-    }
-    if args.protect {
-        command.env(config::ENV_PROTECT, "1");
-    }
-    // One way to unload: the one given here replaces any inherited.
-    let hooks = [
-        (config::ENV_UNLOAD_URL, &args.unload_url),
-        (config::ENV_UNLOAD_SIGNAL, &args.unload_signal),
-        (config::ENV_UNLOAD_CMD, &args.unload_cmd),
-    ];
-    if hooks.iter().any(|(_, v)| v.is_some()) {
-        for (var, value) in hooks {
-            match value {
-                Some(v) => command.env(var, v),
-                None => command.env_remove(var),
-            };
-        }
-    }
-    if let Some(wait) = &args.wait {
-        command.env(config::ENV_WAIT, wait);
-    }
-    if let Some(action) = &args.on_pressure {
-        command.env(config::ENV_ON_PRESSURE, action);
-    }
+    command
+        .args(rest)
+        .env_clear()
+        .envs(&env.vars)
+        .env("LD_PRELOAD", preload);
     // exec only returns on failure.
     let error = command.exec();
     let code = match error.kind() {

@@ -1,21 +1,21 @@
 //! The shared segment's layout: a versioned header and fixed-size slots, `#[repr(C)]` so that C readers
 //! (`include/vramcap.h`, generated from this file by cbindgen) see the same bytes.
 //!
-//! Every integer a reader may see change is read and written with atomic operations (see `segment`);
-//! the types here are plain so the C view stays plain.
+//! Nobody maps the file: every access is a `pread` or `pwrite` of whole parts (see `segment`), so a file
+//! that someone truncates, grows or replaces can make a read come back short or wrong, never fault. The
+//! types here are plain so the C view stays plain; a C reader should read the same way.
 
 /// "VRAMCAP1", little-endian.
 pub const VRAMCAP_MAGIC: u64 = 0x3150_4143_4d41_5256;
-pub const VRAMCAP_VERSION: u32 = 2;
+pub const VRAMCAP_VERSION: u32 = 3;
 pub const VRAMCAP_SLOTS: u32 = 1024;
 /// Devices one slot describes (a process that sees more has the rest uncounted here).
 pub const VRAMCAP_SLOT_DEVICES: usize = 8;
 pub const VRAMCAP_NAME_LEN: usize = 64;
 pub const VRAMCAP_UNLOAD_LEN: usize = 256;
 
-/// Slot states.
+/// Slot states (informative: the slot's lock decides who holds it).
 pub const VRAMCAP_SLOT_FREE: u32 = 0;
-pub const VRAMCAP_SLOT_CLAIMING: u32 = 1;
 pub const VRAMCAP_SLOT_LIVE: u32 = 2;
 
 /// Slot flags.
@@ -75,60 +75,96 @@ pub struct VramcapDevice {
     pub reserved: u64,
 }
 
-/// One capped process.
+/// One capped process: three parts, each with one writer, each written whole by one `pwrite` and
+/// checked by a sum over it, so a reader that copies a part while it is rewritten (or reads a forged
+/// one) sees a sum that does not match and tries again or skips it.
+///
+/// A slot belongs to the process that holds a POSIX write lock on its bytes (`fcntl(F_SETLK)`): the
+/// kernel drops the lock when the process exits or execs, and tells readers (`F_GETLK`) which PID holds
+/// it, so a slot whose `pid` is not its lock holder's is no process's and is never shown.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct VramcapSlot {
-    /// [`VRAMCAP_SLOT_FREE`], [`VRAMCAP_SLOT_CLAIMING`] or [`VRAMCAP_SLOT_LIVE`].
+    // The owner's part, rewritten by the process whenever its figures move.
+    /// [`vramcap_check`] of the owner's part (`check` itself read as zero).
+    pub check: u64,
+    /// [`VRAMCAP_SLOT_LIVE`] while held, [`VRAMCAP_SLOT_FREE`] once released (the lock decides).
     pub state: u32,
-    /// Seqlock: odd while the owner writes the figures below.
-    pub seq: u32,
     pub pid: u32,
     /// The PID in the outermost namespace visible to the process (NVML reports host PIDs); 0 if the same.
     pub host_pid: u32,
+    pub uid: u32,
     /// Process start, in clock ticks since boot (`/proc/PID/stat` field 22): tells a reused PID apart.
     pub start_time: u64,
-    pub uid: u32,
     pub priority: i32,
     /// [`VRAMCAP_FLAG_PROTECTED`], …
     pub flags: u32,
     /// How to ask the process to unload: [`VRAMCAP_UNLOAD_NONE`], [`VRAMCAP_UNLOAD_URL`], …
     pub unload_kind: u32,
+    /// How to tell it that it may load again, after an unload: the same kinds.
+    pub reload_kind: u32,
     pub updated_unix_ms: u64,
     /// NUL-padded.
     pub name: [u8; VRAMCAP_NAME_LEN],
     /// NUL-padded URL, signal name or command.
     pub unload: [u8; VRAMCAP_UNLOAD_LEN],
+    /// NUL-padded URL, signal name or command.
+    pub reload: [u8; VRAMCAP_UNLOAD_LEN],
     pub devices: [VramcapDevice; VRAMCAP_SLOT_DEVICES],
-    /// The pressure handshake. The process writes the request's device and bytes, then bumps
-    /// `request_seq`; the unloader acts, writes `answer`, then sets `answer_seq` to that `request_seq`.
-    /// A request is pending while the two differ.
+    // The request part, written by the process: the pressure handshake. It writes the request's device
+    // and bytes with the next `request_seq`; the unloader acts, then writes `answer` with `answer_seq` set
+    // to that `request_seq`. A request is pending while the two differ.
+    pub request_check: u64,
     pub request_seq: u32,
-    pub answer_seq: u32,
+    pub reserved_request: u32,
     pub request_uuid: [u8; 16],
     pub request_bytes: u64,
     pub request_unix_ms: u64,
+    // The answer part, written by the unloader only.
+    pub answer_check: u64,
+    pub answer_seq: u32,
     /// [`VRAMCAP_ANSWER_FREED`] or [`VRAMCAP_ANSWER_CANNOT`].
     pub answer: u32,
-    pub reserved_u32: u32,
     /// When the unloader suspended this process (its device memory is in host memory); 0 while running.
     /// Written by the unloader, not by the process (which cannot run CUDA calls while suspended).
     pub suspended_unix_ms: u64,
     /// Bytes the suspension moved to host memory.
     pub suspended_bytes: u64,
+    /// When the unloader asked this process to unload (it may load again, see `reload`); 0 otherwise.
+    pub unloaded_unix_ms: u64,
+    /// What it held, per device, when it was asked (summed): what it will want back.
+    pub unloaded_bytes: u64,
     /// Room for later fields without a new layout version.
-    pub reserved: [u64; 6],
+    pub reserved: [u64; 5],
+}
+
+/// Where the parts of a slot begin (the owner's part at 0).
+pub const VRAMCAP_REQUEST_PART: usize = std::mem::offset_of!(VramcapSlot, request_check);
+pub const VRAMCAP_ANSWER_PART: usize = std::mem::offset_of!(VramcapSlot, answer_check);
+
+/// The sum that checks one part of a slot: FNV-1a (64-bit) over the part's bytes after its first 8 (the
+/// check field). It catches torn copies, not forgeries: anyone who may write the file may write both.
+pub const fn vramcap_check(part: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 8;
+    while i < part.len() {
+        h ^= part[i] as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h
 }
 
 const _: () = {
     use std::mem::{align_of, offset_of, size_of};
     assert!(size_of::<VramcapHeader>() == 64);
     assert!(size_of::<VramcapDevice>() == 96);
-    assert!(offset_of!(VramcapSlot, start_time) == 16);
-    assert!(offset_of!(VramcapSlot, name) == 48);
-    assert!(offset_of!(VramcapSlot, devices) == 368);
-    assert!(offset_of!(VramcapSlot, request_seq) == 368 + 8 * 96);
-    assert!(offset_of!(VramcapSlot, request_bytes) == 1160);
-    assert!(size_of::<VramcapSlot>() == 1248);
+    assert!(offset_of!(VramcapSlot, start_time) == 24);
+    assert!(offset_of!(VramcapSlot, name) == 56);
+    assert!(offset_of!(VramcapSlot, devices) == 632);
+    assert!(VRAMCAP_REQUEST_PART == 632 + 8 * 96);
+    assert!(offset_of!(VramcapSlot, request_bytes) == 1432);
+    assert!(VRAMCAP_ANSWER_PART == 1448);
+    assert!(size_of::<VramcapSlot>() == 1536);
     assert!(align_of::<VramcapSlot>() == 8);
 };

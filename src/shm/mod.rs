@@ -2,28 +2,29 @@
 //! `vramcap watch`, the unloader and C readers (`include/vramcap.h`).
 //!
 //! - [`layout`]: the `#[repr(C)]` header and slots, pinned by compile-time size and offset checks;
-//! - [`segment`]: opening with ownership and mode checks, slot claim and reclaim, the seqlock.
+//! - [`segment`]: opening with ownership and mode checks, and reading and writing without a mapping;
+//! - [`slots`]: claiming a slot by a record lock, writing its parts, and reading back verified slots;
+//! - [`identity`]: what a slot says about its process, and printing its text safely.
 
+pub mod identity;
 pub mod layout;
 pub mod segment;
+pub mod slots;
 
+pub use identity::{printable, process_alive, text, Identity};
 pub use layout::*;
-pub use segment::{
-    printable, process_alive, segment_mode, segment_path, text, Identity, Segment, ShmError,
-};
+pub use segment::{segment_mode, segment_path, Segment, ShmError};
+pub use slots::Request;
 
-/// Every live slot of a segment whose owner is alive, with its index.
+/// Every slot held by the process it names, which is still alive: not a zombie (it holds nothing), and
+/// still the process that claimed (same start time), from our PID namespace or the host's (a worker in
+/// a container records both).
 pub fn live_slots(seg: &Segment) -> Vec<(usize, VramcapSlot)> {
-    // Live: the PID exists and has not exited (a zombie holds nothing), and it is still the process
-    // that claimed the slot (a reused PID is not). The cheap existence check first, `/proc` once after,
-    // from our PID namespace or from the host's (a worker in a container records both).
-    let mut known = std::collections::HashMap::new();
-    let mut alive = |pid: u32| *known.entry(pid).or_insert_with(|| segment::pid_exists(pid));
-    (0..seg.slot_count())
-        .filter_map(|i| seg.read_with(i, &mut alive).map(|s| (i, s)))
+    seg.live()
+        .into_iter()
         .filter(|(_, s)| {
-            segment::process_alive(s.pid, s.start_time)
-                || (s.host_pid != 0 && segment::process_alive(s.host_pid, s.start_time))
+            process_alive(s.pid, s.start_time)
+                || (s.host_pid != 0 && process_alive(s.host_pid, s.start_time))
         })
         .collect()
 }

@@ -1,17 +1,25 @@
-//! Opening, checking and mapping the segment; claiming, writing and reading slots.
+//! Opening and checking the segment, and the only ways its bytes are touched: `pread`, `pwrite` and
+//! POSIX record locks on one descriptor. Slots are in `slots`.
+//!
+//! # Why no mapping
+//! The file lives in `/dev/shm`, where its owner (or, for a group segment, any member) can truncate it
+//! at any moment. A mapped page past the new end faults with SIGBUS in every process that touches it,
+//! which killed every capped program. A `pread` past the end comes back short instead, and a `pwrite`
+//! there grows the file again; a reader treats missing bytes as zeros, which no check accepts.
 //!
 //! # Concurrency
-//! Nothing here takes a lock another process could leave held. A slot changes hands by compare-and-swap
-//! on its `state`; its figures are written only by its owner under a seqlock (`seq` odd while writing), and
-//! a reader copies them and retries if `seq` moved. An owner that dies mid-write leaves `seq` odd: readers
-//! give up on that slot after a few tries, and the next claimer sees the dead PID and takes the slot over.
+//! Nothing here takes a lock another process could leave held: the kernel drops a process's record locks
+//! when it exits or execs. Each part of a slot has one writer and carries a check sum (see
+//! `layout::vramcap_check`), so a reader that copied it mid-write retries.
 
+pub use super::identity::*;
 use super::layout::*;
-use crate::log::unix_ms;
+pub use super::slots::Request;
+use crate::lock::Lock;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 pub const ENV_SHM: &str = "VRAMCAP_SHM";
 pub const ENV_SHM_MODE: &str = "VRAMCAP_SHM_MODE";
@@ -77,26 +85,18 @@ pub const fn segment_len() -> usize {
         + VRAMCAP_SLOTS as usize * std::mem::size_of::<VramcapSlot>()
 }
 
-/// A mapped, checked segment.
+/// An open, checked segment. Nothing is mapped: see the module's notes.
 pub struct Segment {
-    base: *mut u8,
-    len: usize,
-    slots: usize,
-    writable: bool,
+    pub(super) fd: OwnedFd,
+    pub(super) writable: bool,
     /// The file's owner when it was opened.
     owner: u32,
-}
-
-// SAFETY: the mapping is shared memory accessed only through atomics and volatile copies.
-unsafe impl Send for Segment {}
-// SAFETY: as above.
-unsafe impl Sync for Segment {}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what open mapped.
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
+    /// The file's permission bits when it was opened.
+    mode: u32,
+    /// The file's (device, inode) when it was opened: the path names another file once it is replaced.
+    file_id: (u64, u64),
+    /// The slots this process holds in the file, with what it wrote there (see `slots`).
+    pub(super) held: Lock<Vec<super::slots::Held>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ShmError + '_ {
@@ -110,14 +110,6 @@ fn last_error() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-/// The passes of [`Segment::claim`], in order.
-#[derive(Clone, Copy)]
-enum Pass {
-    OwnImage,
-    Free,
-    Gone,
-}
-
 /// Who opens a segment, which decides whose segment it may be.
 #[derive(Clone, Copy)]
 enum Opener {
@@ -127,18 +119,31 @@ enum Opener {
     Reader { writable: bool },
 }
 
+fn fstat(fd: i32) -> Option<libc::stat> {
+    // SAFETY: a zeroed stat is a valid value of this plain C struct; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st)
+}
+
 impl Segment {
     /// The uid that owned the segment's file when it was opened.
     pub fn owner_uid(&self) -> u32 {
         self.owner
     }
 
+    /// Whether the group may write the file (`VRAMCAP_SHM_MODE=0660`): then any member could have
+    /// written any slot, whoever holds it.
+    pub fn group_writable(&self) -> bool {
+        self.mode & 0o022 != 0
+    }
+
     /// Opens the segment for a capped process, creating it with `mode` if it does not exist.
     ///
     /// Creation is atomic: the file is made complete (sized, header written) under a name of its own and
-    /// only then linked at `path`, so no process ever sees a half-made segment there. One that an older
-    /// creator left (killed between its open and its header) is recognised, if it is ours, and replaced
-    /// the same way.
+    /// only then linked at `path`, so no process ever sees a half-made segment there. One that is ours
+    /// but was never finished (a creator killed between its open and its header) or was cut short
+    /// (truncated) is replaced the same way.
     pub fn open_or_create(path: &Path, mode: u32) -> Result<Segment, ShmError> {
         let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io(path)(e.into()))?;
         // O_NONBLOCK: a FIFO planted at the path must not block the open (it is then refused as no
@@ -161,15 +166,14 @@ impl Segment {
                     made => return made,
                 }
             }
-            let half_made = Segment::half_made(fd);
-            let result = Segment::map_fd(path, fd, mode, Opener::Worker { created: false });
-            // SAFETY: the mapping (if any) keeps its own reference; the descriptor is ours to close.
-            unsafe { libc::close(fd) };
-            match result {
-                Err(ShmError::Layout { .. } | ShmError::Magic { found: 0, .. }) if half_made => {
+            // SAFETY: fd is a descriptor we just opened and own alone.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let broken = Segment::broken_and_ours(fd.as_raw_fd());
+            match Segment::checked(path, fd, mode, Opener::Worker { created: false }) {
+                Err(ShmError::Layout { .. } | ShmError::Magic { found: 0, .. }) if broken => {
                     crate::vlog!(
                         Info,
-                        "replacing the half-made segment at {}",
+                        "replacing the unfinished or truncated segment at {}",
                         path.display()
                     );
                     return Segment::create_at(path, mode, true);
@@ -180,15 +184,14 @@ impl Segment {
         Err(io(path)(std::io::Error::from_raw_os_error(libc::EEXIST)))
     }
 
-    /// Whether the file behind `fd` is a segment its creator never finished: ours, and its header was
-    /// never written (too short for one, or all zeros).
-    fn half_made(fd: i32) -> bool {
-        // SAFETY: a zeroed stat is a valid value of this plain C struct; fstat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above, and geteuid has no preconditions.
-        let ours =
-            unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_uid == unsafe { libc::geteuid() };
-        ours && Segment::peek_header(fd).is_none_or(|h| h.magic == 0)
+    /// Whether the file behind `fd` is ours and no usable segment: shorter than one, or its header was
+    /// never written (all zeros).
+    fn broken_and_ours(fd: i32) -> bool {
+        let Some(st) = fstat(fd) else { return false };
+        // SAFETY: geteuid has no preconditions.
+        let ours = st.st_uid == unsafe { libc::geteuid() };
+        ours && ((st.st_size as u64) < segment_len() as u64
+            || Segment::peek_header(fd).is_none_or(|h| h.magic == 0))
     }
 
     /// Makes a complete segment under a temporary name beside `path`, then links it at `path` (failing
@@ -209,12 +212,12 @@ impl Segment {
         if fd < 0 {
             return Err(io(&tmp)(last_error()));
         }
+        // SAFETY: fd is a descriptor we just opened and own alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // The umask may have narrowed the mode; set exactly what was asked.
         // SAFETY: fd is ours.
-        unsafe { libc::fchmod(fd, mode) };
-        let made = Segment::map_fd(&tmp, fd, mode, Opener::Worker { created: true });
-        // SAFETY: the mapping keeps its own reference; the descriptor is ours to close.
-        unsafe { libc::close(fd) };
+        unsafe { libc::fchmod(fd.as_raw_fd(), mode) };
+        let made = Segment::checked(&tmp, fd, mode, Opener::Worker { created: true });
         let published = made.and_then(|seg| {
             // SAFETY: two NUL-terminated paths.
             let r = unsafe {
@@ -264,25 +267,28 @@ impl Segment {
         if fd < 0 {
             return Err(io(path)(last_error()));
         }
+        // SAFETY: fd is a descriptor we just opened and own alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // A segment of another owner is accepted only where VRAMCAP_SHM_MODE opens it to the group.
         let allowed = segment_mode()?;
-        let result = Segment::map_fd(path, fd, allowed, Opener::Reader { writable });
-        // SAFETY: the descriptor is ours to close.
-        unsafe { libc::close(fd) };
-        result
+        Segment::checked(path, fd, allowed, Opener::Reader { writable })
     }
 
-    fn map_fd(path: &Path, fd: i32, allowed: u32, opener: Opener) -> Result<Segment, ShmError> {
+    /// Checks the open file (owner, mode, type, size, header) and makes it a segment (writing the
+    /// header of a file we just created).
+    fn checked(
+        path: &Path,
+        fd: OwnedFd,
+        allowed: u32,
+        opener: Opener,
+    ) -> Result<Segment, ShmError> {
         let (writable, created, reader) = match opener {
             Opener::Worker { created } => (true, created, false),
             Opener::Reader { writable } => (writable, false, true),
         };
-        // SAFETY: a zeroed stat is a valid value of this plain C struct.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat fills the struct we own.
-        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        let Some(st) = fstat(fd.as_raw_fd()) else {
             return Err(io(path)(last_error()));
-        }
+        };
         // SAFETY: geteuid/getegid have no preconditions.
         let (me, my_group) = unsafe { (libc::geteuid(), libc::getegid()) };
         let group_ok = allowed & 0o060 != 0 && st.st_gid == my_group;
@@ -307,44 +313,26 @@ impl Segment {
         let len = segment_len();
         if created {
             // SAFETY: fd is our new, empty file.
-            if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+            if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
                 return Err(io(path)(last_error()));
             }
-        }
-        if (st.st_size as u64) < len as u64 && !created {
-            let header = Self::peek_header(fd);
+        } else if (st.st_size as u64) < len as u64 {
+            let header = Self::peek_header(fd.as_raw_fd());
             return Err(Self::classify(path, header, st.st_size as u64));
         }
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: maps len bytes of a file at least that long, shared.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
-        if base == libc::MAP_FAILED {
-            return Err(io(path)(last_error()));
-        }
         let seg = Segment {
-            base: base.cast(),
-            len,
-            slots: VRAMCAP_SLOTS as usize,
+            fd,
             writable,
             owner: st.st_uid,
+            mode,
+            file_id: (st.st_dev, st.st_ino),
+            held: Lock::new(Vec::new()),
         };
         if created {
-            seg.init_header();
-        } else {
+            seg.init_header().map_err(io(path))?;
+        } else if let Err(()) = seg.header_valid() {
             // Creators publish complete segments (see `open_or_create`): no header yet means none ever.
-            let header = seg.header();
-            if header.magic != VRAMCAP_MAGIC
-                || header.version != VRAMCAP_VERSION
-                || header.header_size as usize != std::mem::size_of::<VramcapHeader>()
-                || header.slot_size as usize != std::mem::size_of::<VramcapSlot>()
-                || header.slot_count != VRAMCAP_SLOTS
-            {
-                return Err(Self::classify(path, Some(header), st.st_size as u64));
-            }
+            return Err(Self::classify(path, Some(seg.header()), st.st_size as u64));
         }
         Ok(seg)
     }
@@ -385,610 +373,172 @@ impl Segment {
         }
     }
 
-    fn header_ptr(&self) -> *mut VramcapHeader {
-        self.base.cast()
-    }
-
-    fn magic(&self) -> &AtomicU64 {
-        // SAFETY: the header is mapped, 8-aligned, and only ever accessed atomically.
-        unsafe { AtomicU64::from_ptr(std::ptr::addr_of_mut!((*self.header_ptr()).magic)) }
-    }
-
-    fn init_header(&self) {
-        // SAFETY: we created the file: nobody reads the header before the magic is stored (Release).
-        unsafe {
-            let h = self.header_ptr();
-            (*h).version = VRAMCAP_VERSION;
-            (*h).header_size = std::mem::size_of::<VramcapHeader>() as u32;
-            (*h).slot_size = std::mem::size_of::<VramcapSlot>() as u32;
-            (*h).slot_count = VRAMCAP_SLOTS;
-        }
-        self.magic().store(VRAMCAP_MAGIC, Ordering::Release);
-    }
-
-    pub fn header(&self) -> VramcapHeader {
-        let magic = self.magic().load(Ordering::Acquire);
-        // SAFETY: the header fields after the magic are written before it and never change.
-        let mut h = unsafe { std::ptr::read_volatile(self.header_ptr()) };
-        h.magic = magic;
-        h
-    }
-
-    pub fn slot_count(&self) -> usize {
-        self.slots
-    }
-
-    fn slot(&self, i: usize) -> *mut VramcapSlot {
-        assert!(i < self.slots);
-        // SAFETY: i is in range; slots follow the header back to back.
-        unsafe {
-            self.base
-                .add(std::mem::size_of::<VramcapHeader>())
-                .cast::<VramcapSlot>()
-                .add(i)
-        }
-    }
-
-    fn u32_at(&self, p: *mut u32) -> &AtomicU32 {
-        // SAFETY: p points into our mapping, 4-aligned, accessed only atomically.
-        unsafe { AtomicU32::from_ptr(p) }
-    }
-
-    fn u64_at(&self, p: *mut u64) -> &AtomicU64 {
-        // SAFETY: p points into our mapping, 8-aligned, accessed only atomically.
-        unsafe { AtomicU64::from_ptr(p) }
-    }
-
-    fn state(&self, i: usize) -> &AtomicU32 {
-        // SAFETY: in range (slot asserts).
-        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).state) })
-    }
-
-    fn seq(&self, i: usize) -> &AtomicU32 {
-        // SAFETY: in range (slot asserts).
-        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).seq) })
-    }
-
-    /// Takes a free slot, or the slot of a process that is gone, for `who`. `None` if all 1024 are held.
-    pub fn claim(&self, who: &Identity) -> Option<usize> {
-        if !self.writable {
-            return None;
-        }
-        // A slot of this very process first: it was claimed by the image this one replaced with exec (same
-        // PID, same start time), which can never release it. Then free slots; only when none is left,
-        // the slots of processes that are gone (which needs a look at /proc for each).
-        for pass in [Pass::OwnImage, Pass::Free, Pass::Gone] {
-            for i in 0..self.slots {
-                let state = self.state(i);
-                let current = state.load(Ordering::Acquire);
-                let (pid, start) = self.owner(i);
-                let takeable = match pass {
-                    Pass::OwnImage => {
-                        current == VRAMCAP_SLOT_LIVE
-                            && pid == who.pid
-                            && start == who.start_time
-                            && who.start_time != 0
-                    }
-                    Pass::Free => current == VRAMCAP_SLOT_FREE,
-                    Pass::Gone => {
-                        current != VRAMCAP_SLOT_FREE && pid != 0 && !process_alive(pid, start)
-                    }
-                };
-                if takeable
-                    && state
-                        .compare_exchange(
-                            current,
-                            VRAMCAP_SLOT_CLAIMING,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
-                    self.fill(i, who);
-                    state.store(VRAMCAP_SLOT_LIVE, Ordering::Release);
-                    return Some(i);
-                }
-            }
-        }
-        None
-    }
-
-    fn owner(&self, i: usize) -> (u32, u64) {
-        let s = self.slot(i);
-        // SAFETY: in-range fields, read atomically.
-        unsafe {
-            (
-                self.u32_at(std::ptr::addr_of_mut!((*s).pid))
-                    .load(Ordering::Acquire),
-                self.u64_at(std::ptr::addr_of_mut!((*s).start_time))
-                    .load(Ordering::Acquire),
-            )
-        }
-    }
-
-    fn fill(&self, i: usize, who: &Identity) {
-        let s = self.slot(i);
-        // SAFETY: the slot is ours (CLAIMING); readers skip it until it is LIVE (Release below).
-        unsafe {
-            self.seq(i).store(0, Ordering::Relaxed);
-            (*s).host_pid = who.host_pid;
-            (*s).uid = who.uid;
-            (*s).priority = who.priority;
-            (*s).flags = who.flags;
-            (*s).unload_kind = who.unload_kind;
-            (*s).updated_unix_ms = unix_ms();
-            (*s).name = padded(&who.name);
-            (*s).unload = padded(&who.unload);
-            (*s).devices = [VramcapDevice::default(); VRAMCAP_SLOT_DEVICES];
-            (*s).request_uuid = [0; 16];
-            (*s).request_bytes = 0;
-            (*s).request_unix_ms = 0;
-            (*s).answer = VRAMCAP_ANSWER_NONE;
-            (*s).reserved_u32 = 0;
-            (*s).suspended_unix_ms = 0;
-            (*s).suspended_bytes = 0;
-            (*s).reserved = [0; 6];
-            // No request pending: both sequences equal (whatever a previous owner left).
-            let seq = self
-                .u32_at(std::ptr::addr_of_mut!((*s).request_seq))
-                .load(Ordering::Relaxed);
-            self.u32_at(std::ptr::addr_of_mut!((*s).answer_seq))
-                .store(seq, Ordering::Relaxed);
-            self.u64_at(std::ptr::addr_of_mut!((*s).start_time))
-                .store(who.start_time, Ordering::Release);
-            self.u32_at(std::ptr::addr_of_mut!((*s).pid))
-                .store(who.pid, Ordering::Release);
-        }
-    }
-
-    /// Frees slot `i` if it still belongs to `pid`.
-    pub fn release(&self, i: usize, pid: u32) {
-        if i < self.slots && self.owner(i).0 == pid {
-            let _ = self.state(i).compare_exchange(
-                VRAMCAP_SLOT_LIVE,
-                VRAMCAP_SLOT_FREE,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    /// Publishes a slot's device figures (its owner only), under the seqlock.
-    pub fn write_devices(&self, i: usize, devices: &[VramcapDevice]) {
-        let s = self.slot(i);
-        let seq = self.seq(i);
-        seq.fetch_add(1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (d, dev) in devices.iter().take(VRAMCAP_SLOT_DEVICES).enumerate() {
-            // SAFETY: in range; the owner is the only writer, and readers go through the seqlock.
-            unsafe {
-                let p = std::ptr::addr_of_mut!((*s).devices[d]);
-                std::ptr::addr_of_mut!((*p).uuid).write_volatile(dev.uuid);
-                for (field, value) in [
-                    (std::ptr::addr_of_mut!((*p).charged), dev.charged),
-                    (std::ptr::addr_of_mut!((*p).requested), dev.requested),
-                    (std::ptr::addr_of_mut!((*p).cap), dev.cap),
-                    (std::ptr::addr_of_mut!((*p).peak), dev.peak),
-                    (std::ptr::addr_of_mut!((*p).context), dev.context),
-                    (std::ptr::addr_of_mut!((*p).allocations), dev.allocations),
-                    (std::ptr::addr_of_mut!((*p).refusals), dev.refusals),
-                    (
-                        std::ptr::addr_of_mut!((*p).last_refused_bytes),
-                        dev.last_refused_bytes,
-                    ),
-                    (
-                        std::ptr::addr_of_mut!((*p).last_refused_unix_ms),
-                        dev.last_refused_unix_ms,
-                    ),
-                ] {
-                    self.u64_at(field).store(value, Ordering::Relaxed);
-                }
-            }
-        }
-        // SAFETY: in range.
-        self.u64_at(unsafe { std::ptr::addr_of_mut!((*s).updated_unix_ms) })
-            .store(unix_ms(), Ordering::Relaxed);
-        seq.fetch_add(1, Ordering::Release);
-    }
-
-    fn request_seq(&self, i: usize) -> &AtomicU32 {
-        // SAFETY: in range (slot asserts).
-        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).request_seq) })
-    }
-
-    fn answer_seq(&self, i: usize) -> &AtomicU32 {
-        // SAFETY: in range (slot asserts).
-        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).answer_seq) })
-    }
-
-    /// Posts a request for `bytes` on the device `uuid` in slot `i` (its owner only); returns the
-    /// request's sequence number, which [`Segment::answer_to`] waits for.
-    pub fn post_request(&self, i: usize, uuid: [u8; 16], bytes: u64) -> u32 {
-        if !self.writable {
-            return 0;
-        }
-        let s = self.slot(i);
-        // SAFETY: in range; the owner is the only writer of the request fields, and publishes them with
-        // the Release increment below (the unloader reads them after an Acquire load of the sequence).
-        unsafe {
-            for (k, b) in uuid.iter().enumerate() {
-                AtomicU8::from_ptr(std::ptr::addr_of_mut!((*s).request_uuid[k]))
-                    .store(*b, Ordering::Relaxed);
-            }
-            self.u64_at(std::ptr::addr_of_mut!((*s).request_bytes))
-                .store(bytes, Ordering::Relaxed);
-            self.u64_at(std::ptr::addr_of_mut!((*s).request_unix_ms))
-                .store(unix_ms(), Ordering::Relaxed);
-            self.u32_at(std::ptr::addr_of_mut!((*s).answer))
-                .store(VRAMCAP_ANSWER_NONE, Ordering::Relaxed);
-        }
-        self.request_seq(i)
-            .fetch_add(1, Ordering::Release)
-            .wrapping_add(1)
-    }
-
-    /// The unloader's answer to request `seq` of slot `i`, or to a later request of the slot (which, posted
-    /// while `seq` was unanswered, covers it: see the preload's `publish::post_request`), once given.
-    pub fn answer_since(&self, i: usize, seq: u32) -> Option<u32> {
-        let answered = self.answer_seq(i).load(Ordering::Acquire);
-        // Sequence numbers wrap: "at or after seq" is within half the range after it.
-        if answered == 0 || answered.wrapping_sub(seq) >= 1 << 31 {
-            return None;
-        }
-        // SAFETY: in range; written before the Release store of answer_seq.
-        Some(
-            self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).answer) })
-                .load(Ordering::Relaxed),
-        )
-    }
-
-    /// The unloader's answer to request `seq` of slot `i`, once given.
-    pub fn answer_to(&self, i: usize, seq: u32) -> Option<u32> {
-        if self.answer_seq(i).load(Ordering::Acquire) != seq {
-            return None;
-        }
-        // SAFETY: in range; written before the Release store of answer_seq.
-        Some(
-            self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).answer) })
-                .load(Ordering::Relaxed),
-        )
-    }
-
-    /// The request pending in slot `i`, if any.
-    pub fn pending_request(&self, i: usize) -> Option<Request> {
-        let seq = self.request_seq(i).load(Ordering::Acquire);
-        if self.answer_seq(i).load(Ordering::Acquire) == seq {
-            return None;
-        }
-        let s = self.slot(i);
-        // SAFETY: in range; the fields were written before the Release increment we loaded.
-        let (uuid, bytes, unix_ms) = unsafe {
-            let mut uuid = [0u8; 16];
-            for (k, b) in uuid.iter_mut().enumerate() {
-                *b = AtomicU8::from_ptr(std::ptr::addr_of_mut!((*s).request_uuid[k]))
-                    .load(Ordering::Relaxed);
-            }
-            (
-                uuid,
-                self.u64_at(std::ptr::addr_of_mut!((*s).request_bytes))
-                    .load(Ordering::Relaxed),
-                self.u64_at(std::ptr::addr_of_mut!((*s).request_unix_ms))
-                    .load(Ordering::Relaxed),
-            )
+    fn init_header(&self) -> std::io::Result<()> {
+        let h = VramcapHeader {
+            magic: VRAMCAP_MAGIC,
+            version: VRAMCAP_VERSION,
+            header_size: std::mem::size_of::<VramcapHeader>() as u32,
+            slot_size: std::mem::size_of::<VramcapSlot>() as u32,
+            slot_count: VRAMCAP_SLOTS,
+            reserved: [0; 5],
         };
-        // A newer request overwrote the fields while we read them: take it on the next look.
-        (self.request_seq(i).load(Ordering::Acquire) == seq).then_some(Request {
-            seq,
-            uuid,
-            bytes,
-            unix_ms,
+        // SAFETY: the header is plain integers without padding (see layout's size checks).
+        let bytes = unsafe { plain_bytes(&h) };
+        if self.write_at(bytes, 0) {
+            Ok(())
+        } else {
+            Err(last_error())
+        }
+    }
+
+    /// The header as the file holds it now (zeros where the file is shorter).
+    pub fn header(&self) -> VramcapHeader {
+        Segment::peek_header(self.fd.as_raw_fd()).unwrap_or(VramcapHeader {
+            magic: 0,
+            version: 0,
+            header_size: 0,
+            slot_size: 0,
+            slot_count: 0,
+            reserved: [0; 5],
         })
     }
 
-    /// Records that the unloader suspended slot `i`'s process `pid` (moved `bytes` to host), or, with
-    /// `bytes == None`, that it resumed it. Ignored if the slot no longer belongs to `pid`.
-    pub fn mark_suspended(&self, i: usize, pid: u32, bytes: Option<u64>) {
-        if !self.writable || i >= self.slots || self.owner(i).0 != pid {
-            return;
-        }
-        let s = self.slot(i);
-        // SAFETY: in range; these two fields are written only by the unloader, read atomically.
-        unsafe {
-            self.u64_at(std::ptr::addr_of_mut!((*s).suspended_bytes))
-                .store(bytes.unwrap_or(0), Ordering::Relaxed);
-            self.u64_at(std::ptr::addr_of_mut!((*s).suspended_unix_ms))
-                .store(
-                    if bytes.is_some() { unix_ms() } else { 0 },
-                    Ordering::Release,
-                );
+    fn header_valid(&self) -> Result<(), ()> {
+        let h = self.header();
+        let fits = h.magic == VRAMCAP_MAGIC
+            && h.version == VRAMCAP_VERSION
+            && h.header_size as usize == std::mem::size_of::<VramcapHeader>()
+            && h.slot_size as usize == std::mem::size_of::<VramcapSlot>()
+            && h.slot_count == VRAMCAP_SLOTS;
+        if fits {
+            Ok(())
+        } else {
+            Err(())
         }
     }
 
-    /// Answers request `seq` of slot `i` (the unloader).
-    pub fn answer(&self, i: usize, seq: u32, answer: u32) {
-        if !self.writable {
-            return;
-        }
-        // SAFETY: in range.
-        self.u32_at(unsafe { std::ptr::addr_of_mut!((*self.slot(i)).answer) })
-            .store(answer, Ordering::Relaxed);
-        self.answer_seq(i).store(seq, Ordering::Release);
+    /// Whether `path` still names this file and the file is still a whole segment: false once it was
+    /// deleted, replaced, truncated or overwritten, when a worker should move to what is there now.
+    pub fn is_at(&self, path: &Path) -> bool {
+        let same = std::fs::symlink_metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino()) == self.file_id
+        });
+        same && self.header_valid().is_ok()
+            && fstat(self.fd.as_raw_fd())
+                .is_some_and(|st| st.st_size as u64 >= segment_len() as u64)
     }
 
-    /// A consistent copy of slot `i` if it is live, its owner is alive, and a read got past the seqlock.
-    pub fn read(&self, i: usize) -> Option<VramcapSlot> {
-        self.read_with(i, &mut pid_exists)
+    pub fn slot_count(&self) -> usize {
+        VRAMCAP_SLOTS as usize
     }
 
-    /// [`Segment::read`] with the liveness check supplied (so a caller reading every slot can remember
-    /// the answer per PID). The check is cheap on purpose (one `kill(pid, 0)`): the start time, which
-    /// tells a reused PID apart, is checked when a slot is taken over.
-    pub fn read_with(&self, i: usize, alive: &mut impl FnMut(u32) -> bool) -> Option<VramcapSlot> {
-        if self.state(i).load(Ordering::Acquire) != VRAMCAP_SLOT_LIVE {
-            return None;
-        }
-        if !alive(self.owner(i).0) {
-            return None;
-        }
-        let seq = self.seq(i);
-        for _ in 0..64 {
-            let before = seq.load(Ordering::Acquire);
-            if before % 2 == 1 {
-                std::hint::spin_loop();
+    /// Reads `buf.len()` bytes at `offset`; what lies past the end of the file reads as zeros.
+    pub(super) fn read_at(&self, buf: &mut [u8], offset: usize) {
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: reads into the unread rest of our buffer.
+            let got = unsafe {
+                libc::pread(
+                    self.fd.as_raw_fd(),
+                    buf[done..].as_mut_ptr().cast(),
+                    buf.len() - done,
+                    (offset + done) as libc::off_t,
+                )
+            };
+            if got < 0 && last_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            // SAFETY: a racy copy by design; it is used only if the seqlock shows no write overlapped it.
-            let copy = unsafe { std::ptr::read_volatile(self.slot(i)) };
-            fence(Ordering::Acquire);
-            if seq.load(Ordering::Relaxed) == before
-                && self.state(i).load(Ordering::Relaxed) == VRAMCAP_SLOT_LIVE
-            {
-                return Some(copy);
+            if got <= 0 {
+                break;
+            }
+            done += got as usize;
+        }
+        buf[done..].fill(0);
+    }
+
+    /// Writes all of `buf` at `offset`; false if the file refused it.
+    pub(super) fn write_at(&self, buf: &[u8], offset: usize) -> bool {
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: writes from the unwritten rest of our buffer.
+            let put = unsafe {
+                libc::pwrite(
+                    self.fd.as_raw_fd(),
+                    buf[done..].as_ptr().cast(),
+                    buf.len() - done,
+                    (offset + done) as libc::off_t,
+                )
+            };
+            if put < 0 && last_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            if put <= 0 {
+                return false;
+            }
+            done += put as usize;
+        }
+        true
+    }
+
+    /// Sets (`F_WRLCK`) or drops (`F_UNLCK`) this process's lock on `len` bytes at `offset`, without
+    /// waiting; false if another process holds a lock there.
+    pub(super) fn set_lock(&self, kind: libc::c_int, offset: usize, len: usize) -> bool {
+        let mut lock = flock(kind, offset, len);
+        loop {
+            // SAFETY: F_SETLK with a flock we own, on our descriptor.
+            if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_SETLK, &mut lock) } == 0 {
+                return true;
+            }
+            if last_error().raw_os_error() != Some(libc::EINTR) {
+                return false;
             }
         }
-        None
     }
-}
 
-/// A process's request for memory on a device (the pressure handshake).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Request {
-    pub seq: u32,
-    pub uuid: [u8; 16],
-    pub bytes: u64,
-    pub unix_ms: u64,
-}
-
-/// Who holds a slot.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    pub pid: u32,
-    pub host_pid: u32,
-    pub start_time: u64,
-    pub uid: u32,
-    pub priority: i32,
-    pub flags: u32,
-    pub name: String,
-    pub unload_kind: u32,
-    pub unload: String,
-}
-
-impl Identity {
-    /// Records how the unloader may treat this worker.
-    pub fn declaring(
-        mut self,
-        protect: bool,
-        suspendable: bool,
-        hook: &crate::config::UnloadHook,
-    ) -> Identity {
-        use crate::config::UnloadHook;
-        if protect {
-            self.flags |= VRAMCAP_FLAG_PROTECTED;
+    /// The first lock another process holds in `len` bytes at `offset`: (its start, its length, 0 for
+    /// "to the end", and its holder's PID as our namespace sees it, 0 if it cannot).
+    pub(super) fn first_lock(&self, offset: usize, len: usize) -> Option<(usize, usize, u32)> {
+        // F_RDLCK: conflicts with the write locks that workers hold, and asks nothing of the open mode.
+        let mut lock = flock(libc::F_RDLCK, offset, len);
+        // SAFETY: F_GETLK fills the flock we own.
+        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_GETLK, &mut lock) } != 0
+            || i32::from(lock.l_type) == libc::F_UNLCK
+        {
+            return None;
         }
-        if suspendable {
-            self.flags |= VRAMCAP_FLAG_SUSPENDABLE;
-        }
-        (self.unload_kind, self.unload) = match hook {
-            UnloadHook::None => (VRAMCAP_UNLOAD_NONE, String::new()),
-            UnloadHook::Url(u) => (VRAMCAP_UNLOAD_URL, u.clone()),
-            UnloadHook::Signal(_, name) => (VRAMCAP_UNLOAD_SIGNAL, name.clone()),
-            UnloadHook::Cmd(c) => (VRAMCAP_UNLOAD_CMD, c.clone()),
-        };
-        self
+        Some((
+            lock.l_start.max(0) as usize,
+            lock.l_len.max(0) as usize,
+            lock.l_pid.max(0) as u32,
+        ))
     }
 
-    /// This process, named `name` (default: its command name).
-    pub fn of_this_process(name: Option<&str>, priority: i32) -> Identity {
-        let pid = std::process::id();
-        let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-        Identity {
-            pid,
-            host_pid: host_pid().filter(|&h| h != pid).unwrap_or(0),
-            start_time: start_time_of(pid).unwrap_or(0),
-            // SAFETY: getuid has no preconditions.
-            uid: unsafe { libc::getuid() },
-            priority,
-            name: name
-                .map(str::to_string)
-                .unwrap_or_else(|| comm.trim().to_string()),
-            ..Identity::default()
-        }
+    /// In a forked child: the parent's slots are not the child's (record locks are not inherited).
+    ///
+    /// # Safety
+    /// Only from a fork child handler, before the child starts another thread.
+    pub unsafe fn reset_after_fork(&self) {
+        // SAFETY: the caller's guarantee.
+        unsafe { self.held.reset_after_fork(Vec::new()) };
     }
 }
 
-fn padded<const N: usize>(text: &str) -> [u8; N] {
-    let mut out = [0u8; N];
-    let bytes = text.as_bytes();
-    let n = bytes.len().min(N - 1);
-    out[..n].copy_from_slice(&bytes[..n]);
-    out
+fn flock(kind: libc::c_int, offset: usize, len: usize) -> libc::flock {
+    // SAFETY: an all-zero flock is a valid value of this plain C struct.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    lock.l_start = offset as libc::off_t;
+    lock.l_len = len as libc::off_t;
+    lock
 }
 
-/// Text of a NUL-padded field.
-pub fn text(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
-/// Text of a NUL-padded field that is safe to print: the segment is anyone's input, so control
-/// characters (terminal escape sequences, line breaks, C1 codes) and bidirectional overrides come out as
-/// `\u{..}` escapes, never raw.
-pub fn printable(field: &[u8]) -> String {
-    let mut out = String::new();
-    for c in text(field).chars() {
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22).
-pub fn start_time_of(pid: u32) -> Option<u64> {
-    crate::process::stat(pid).map(|(start, _)| start)
-}
-
-/// Whether a process with this PID exists (it may have been reused: see [`process_alive`]).
-pub fn pid_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    pid != 0
-        && (unsafe { libc::kill(pid as i32, 0) } == 0
-            || last_error().raw_os_error() == Some(libc::EPERM))
-}
-
-/// Whether `pid` is still the process that claimed with `start_time`: it exists with that start time and
-/// has not exited (a zombie holds no memory and answers nothing).
-pub fn process_alive(pid: u32, start_time: u64) -> bool {
-    crate::process::stat(pid)
-        .is_some_and(|(start, zombie)| !zombie && (start_time == 0 || start == start_time))
-}
-
-/// The first (outermost visible) PID in `/proc/self/status`'s NSpid line.
-fn host_pid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp(name: &str) -> PathBuf {
-        let p = PathBuf::from(format!(
-            "/dev/shm/vramcap-unit-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&p);
-        p
-    }
-
-    /// A PID that existed and is gone.
-    fn dead_pid() -> u32 {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        pid
-    }
-
-    #[test]
-    fn a_process_that_claims_again_gets_its_own_slot_back() {
-        let path = temp("own-image");
-        let seg = Segment::open_or_create(&path, 0o600).unwrap();
-        let me = Identity::of_this_process(Some("before exec"), 0);
-        let first = seg.claim(&me).unwrap();
-        let after = Identity::of_this_process(Some("after exec"), 0);
-        assert_eq!(
-            seg.claim(&after),
-            Some(first),
-            "the same PID and start time"
-        );
-        assert_eq!(
-            seg.read(first).map(|s| text(&s.name)),
-            Some("after exec".into())
-        );
-        seg.release(first, me.pid);
-        let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn slots_of_dead_processes_are_taken_over_when_the_segment_is_full() {
-        let path = temp("reclaim");
-        let seg = Segment::open_or_create(&path, 0o600).unwrap();
-        let me = Identity::of_this_process(Some("me"), 0);
-        let ghost = Identity {
-            pid: dead_pid(),
-            start_time: 1,
-            name: "ghost".into(),
-            ..me.clone()
-        };
-        let ghost_slot = seg.claim(&ghost).unwrap();
-        assert!(
-            seg.read(ghost_slot).is_none(),
-            "a dead owner's slot is not shown"
-        );
-        // A reused PID (alive, other start time) is no owner either.
-        let impostor = Identity {
-            start_time: me.start_time + 1,
-            ..me.clone()
-        };
-        assert!(!process_alive(impostor.pid, impostor.start_time));
-        // Live owners that are not this image (no start time recorded: alive while the PID is).
-        let live = Identity {
-            start_time: 0,
-            ..me.clone()
-        };
-        for _ in 1..VRAMCAP_SLOTS {
-            seg.claim(&live).unwrap();
-        }
-        assert_eq!(
-            seg.claim(&live),
-            Some(ghost_slot),
-            "full: the dead process's slot is reclaimed"
-        );
-        assert_eq!(seg.claim(&live), None, "every slot held by a live process");
-        seg.release(ghost_slot, me.pid);
-        assert_eq!(seg.claim(&me), Some(ghost_slot));
-        drop(seg);
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
-    fn readers_see_whole_updates_only() {
-        let path = temp("seqlock");
-        let seg = std::sync::Arc::new(Segment::open_or_create(&path, 0o600).unwrap());
-        let slot = seg.claim(&Identity::of_this_process(Some("w"), 0)).unwrap();
-        let writer = {
-            let seg = std::sync::Arc::clone(&seg);
-            std::thread::spawn(move || {
-                for n in 0..20_000u64 {
-                    let d = VramcapDevice {
-                        uuid: [1; 16],
-                        charged: n,
-                        requested: n,
-                        peak: n,
-                        ..Default::default()
-                    };
-                    seg.write_devices(slot, &[d]);
-                }
-            })
-        };
-        let mut seen = 0;
-        while !writer.is_finished() {
-            if let Some(s) = seg.read(slot) {
-                let d = s.devices[0];
-                assert!(
-                    d.charged == d.requested && d.requested == d.peak,
-                    "torn read: {d:?}"
-                );
-                seen += 1;
-            }
-        }
-        writer.join().unwrap();
-        assert!(seen > 0);
-        std::fs::remove_file(&path).unwrap();
-    }
+/// The bytes of a value of a plain `#[repr(C)]` layout type.
+///
+/// # Safety
+/// `T` must be made of integers (and arrays of them) without padding.
+pub(super) unsafe fn plain_bytes<T>(value: &T) -> &[u8] {
+    // SAFETY: the caller's guarantee: every byte is initialised.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast(), std::mem::size_of::<T>()) }
 }

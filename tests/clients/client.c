@@ -303,6 +303,24 @@ static int scenario_cap(void) {
   return 0;
 }
 
+/* Allocates and frees in a loop, so the figures keep moving and the slot keeps being rewritten, until the
+ * hold file appears; then fills its cap as `cap` does. */
+static int scenario_churn(void) {
+  const char *path = getenv("VRAMCAP_E2E_HOLD");
+  if (!path) return 2;
+  printf("HOLD pid=%d\n", getpid());
+  unsigned long long rounds = 0, failed = 0;
+  for (int i = 0; i < 60000 && access(path, F_OK) != 0; i++) {
+    CUdeviceptr q;
+    if (cu.alloc(&q, 64 * MIB) == CUDA_SUCCESS) cu.free(q); else failed++;
+    rounds++;
+    usleep(1000);
+  }
+  printf("rounds=%llu\nfailed_rounds=%llu\n", rounds, failed);
+  unsetenv("VRAMCAP_E2E_HOLD");
+  return scenario_cap();
+}
+
 static int scenario_rounding(void) {
   unsigned long long sizes[] = {2 * MIB + 1, 3 * MIB, 10 * MIB + 7, 64 << 10, 1};
   for (int i = 0; i < 5; i++) {
@@ -619,6 +637,8 @@ static int scenario_cross(void) {
  * SIGUSR1 or by an HTTP POST on 127.0.0.1:$WORKER_PORT ($WORKER_HANG=1: accepts and never answers). */
 static volatile sig_atomic_t asked;
 static void on_usr1(int sig) { (void)sig; asked = 1; }
+static volatile sig_atomic_t reload_asked;
+static void on_usr2(int sig) { (void)sig; reload_asked = 1; }
 
 static unsigned long long want_mib;
 static volatile int want_ok;
@@ -651,6 +671,7 @@ static int scenario_worker(unsigned long long mib) {
     left -= chunk;
   }
   signal(SIGUSR1, on_usr1);
+  signal(SIGUSR2, on_usr2);
   int listener = -1;
   const char *port = getenv("WORKER_PORT");
   if (port) {
@@ -697,6 +718,17 @@ static int scenario_worker(unsigned long long mib) {
       for (int i = 0; i < n; i++) cu.free(p[i]);
       printf("UNLOADED pid=%d at_ms=%.0f\n", getpid(), now_ms());
       n = 0;
+    }
+    /* SIGUSR2 after an unload: load again (vLLM's /wake_up after /sleep). */
+    if (reload_asked && n == 0) {
+      reload_asked = 0;
+      asked = 0;
+      for (unsigned long long left = mib; left > 0 && n < 1024; n++) {
+        unsigned long long chunk = left < 64 ? left : 64;
+        if (cu.alloc(&p[n], chunk * MIB)) { printf("reload_failed=1\n"); break; }
+        left -= chunk;
+      }
+      printf("RELOADED pid=%d at_ms=%.0f\n", getpid(), now_ms());
     }
   }
 }
@@ -1066,6 +1098,7 @@ int main(int argc, char **argv) {
   }
   if (r) { printf("start_failed=%d\n", r); return 0; }
   if (!strcmp(s, "cap")) return scenario_cap();
+  if (!strcmp(s, "churn")) return scenario_churn();
   if (!strcmp(s, "fork")) {
     /* A child forked by a CUDA process, using CUDA itself, takes a slot of its own. */
     int ready[2];

@@ -179,11 +179,10 @@ pub fn program(
         .env("FAKECUDA_CONTEXT_BYTES", CONTEXT.to_string())
         .env_remove("VRAMCAP_LIMIT")
         .env_remove("VRAMCAP_LOG")
-        .env_remove("VRAMCAP_REAL_LIBCUDA")
-        .env(
-            "VRAMCAP_SHM",
-            format!("vramcap-test-{}", std::process::id()),
-        );
+        .env_remove("VRAMCAP_REAL_LIBCUDA");
+    // A segment of the run's own, gone when it is done, unless the test names one.
+    let _segment = own_segment();
+    cmd.env("VRAMCAP_SHM", &_segment);
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -209,6 +208,8 @@ pub struct Holder {
     pub child: std::process::Child,
     pub values: HashMap<String, String>,
     hold: PathBuf,
+    /// The segment it publishes in where the test named none.
+    _segment: ShmPath,
 }
 
 impl Holder {
@@ -229,6 +230,7 @@ impl Holder {
     pub fn release(self) -> String {
         std::fs::write(&self.hold, b"").unwrap();
         let out = self.child.wait_with_output().unwrap();
+        let _ = std::fs::remove_file(&self.hold);
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
@@ -258,6 +260,8 @@ pub fn hold_scenario(path: &str, scenario: &str, vars: &[(&str, &str)]) -> Holde
         .env("VRAMCAP_E2E_HOLD", &hold)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    let segment = own_segment();
+    cmd.env("VRAMCAP_SHM", &segment);
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -279,6 +283,7 @@ pub fn hold_scenario(path: &str, scenario: &str, vars: &[(&str, &str)]) -> Holde
         child,
         values,
         hold,
+        _segment: segment,
     }
 }
 
@@ -291,12 +296,58 @@ pub fn vramcap(shm: &Path, args: &[&str]) -> std::process::Output {
         .expect("run vramcap")
 }
 
-/// A fresh segment path for one test.
-pub fn shm_path(name: &str) -> PathBuf {
+/// A segment path of one test's own, removed (with the unloader's lock file beside it) when the guard
+/// goes, however the test ends: a run of the suite leaves nothing in /dev/shm.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ShmPath(PathBuf);
+
+impl ShmPath {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ShmPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ShmPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ShmPath {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for ShmPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(format!("{}.unloader", self.0.display()));
+    }
+}
+
+/// A fresh segment path for one test, removed when the guard goes.
+pub fn shm_path(name: &str) -> ShmPath {
     let p = PathBuf::from(format!(
         "/dev/shm/vramcap-test-{}-{name}",
         std::process::id()
     ));
     let _ = std::fs::remove_file(&p);
-    p
+    ShmPath(p)
+}
+
+/// A segment of its own for one run that names none.
+fn own_segment() -> ShmPath {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    shm_path(&format!(
+        "run-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
 }

@@ -1,5 +1,6 @@
 """A worker for the unloader check: holds GIB of tensors and serves POST /memory/unload on 127.0.0.1:PORT,
-which drops them and gives the memory back to the driver. Usage: unload_worker.py NAME GIB PORT"""
+which drops them and gives the memory back to the driver, and POST /memory/reload, which takes them again
+(vLLM's /sleep and /wake_up). Usage: unload_worker.py NAME GIB PORT"""
 import http.server
 import sys
 import threading
@@ -14,6 +15,16 @@ lock = threading.Lock()
 
 class Unload(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
+        if self.path == "/memory/reload":
+            with lock:
+                if not held:
+                    held.append(torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32, device="cuda"))
+                    torch.cuda.synchronize()
+                    print(f"EVENT t={time.time():.3f} {name} reloaded", flush=True)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path != "/memory/unload":
             self.send_response(404)
             self.end_headers()

@@ -3,9 +3,14 @@
 //! the device's free memory, asks workers through their declared hooks, watches their usage fall, and
 //! answers the requester (the pressure handshake of `vramcap::shm`).
 //!
-//! It acts only on a worker it can verify: a live slot of the same user whose PID still has the start
-//! time the slot recorded (a reused PID or a forged slot is ignored). URLs must be loopback unless
-//! `--allow-remote`; every hook is bounded by `--hook-timeout`. Requests are served one at a time.
+//! It acts only on a worker it can verify: a slot held by the process it names (the kernel's record lock
+//! says so), whose PID still has the start time the slot recorded and belongs to the segment's user (as
+//! `/proc` says). URLs must be loopback unless `--allow-remote`; every hook is bounded by
+//! `--hook-timeout`. Requests are served one at a time.
+//!
+//! It serves one segment, or as root with `--all-users` every user's default segment at once, with one
+//! priority order across them. Segments that appear, vanish or are replaced are followed: the daemon
+//! looks again every second, so it may start before any worker.
 
 use crate::checkpoint::{host_available, Checkpoint};
 use crate::hooks::{ask, Hook};
@@ -102,6 +107,8 @@ impl Memory {
 /// A worker as the segment shows it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The [`Source`] it was seen in.
+    pub source: u64,
     pub slot: usize,
     pub pid: u32,
     pub start_time: u64,
@@ -109,6 +116,10 @@ pub struct Seen {
     pub priority: i32,
     pub protected: bool,
     pub hook: Option<Hook>,
+    /// How it is told that it may load again, after an unload.
+    pub reload: Option<Hook>,
+    /// (since, bytes it held) while unloaded by this or an earlier unloader.
+    pub unloaded: Option<(u64, u64)>,
     /// Per device UUID: what it holds beyond its context (what unloading can free); nothing while
     /// suspended.
     pub held: BTreeMap<String, u64>,
@@ -122,8 +133,9 @@ pub struct Seen {
 }
 
 impl Seen {
-    fn of(slot: usize, s: &VramcapSlot) -> Seen {
+    fn of(source: u64, slot: usize, s: &VramcapSlot) -> Seen {
         Seen {
+            source,
             slot,
             pid: s.pid,
             start_time: s.start_time,
@@ -132,6 +144,9 @@ impl Seen {
             protected: s.flags & VRAMCAP_FLAG_PROTECTED != 0,
             hook: (s.unload_kind != VRAMCAP_UNLOAD_NONE)
                 .then(|| Hook::of(s.unload_kind, &text(&s.unload))),
+            reload: (s.reload_kind != VRAMCAP_UNLOAD_NONE)
+                .then(|| Hook::of(s.reload_kind, &text(&s.reload))),
+            unloaded: (s.unloaded_unix_ms != 0).then_some((s.unloaded_unix_ms, s.unloaded_bytes)),
             held: s
                 .devices
                 .iter()
@@ -187,15 +202,16 @@ pub struct Outcome {
     pub asked: Vec<String>,
 }
 
-/// What every unloader action works with: the segment, the options, the log's clock, each device's free
-/// memory and the checkpoint API.
 /// Whose processes the unloader may act on, and how it recognises a worker.
 pub struct Trust {
     /// The real uid a worker must have: ours, or as root the segment's owner (a user's segment can
     /// never make root act on anyone else's process).
     pub uid: u32,
-    /// The segment's path, which a worker maps.
+    /// The segment's path, which a worker has open.
     pub segment: std::path::PathBuf,
+    /// The group may write the segment: a slot's hook may be another member's words, so no command
+    /// from it is run (see [`Unloader::refuse_hook`]).
+    pub group_writable: bool,
 }
 
 impl Trust {
@@ -205,13 +221,64 @@ impl Trust {
         Trust {
             uid: if me == 0 { seg.owner_uid() } else { me },
             segment: path.to_path_buf(),
+            group_writable: seg.group_writable(),
+        }
+    }
+}
+
+/// One segment the unloader serves.
+pub struct Source {
+    id: u64,
+    pub seg: Segment,
+    pub trust: Trust,
+}
+
+/// Where the unloader finds its segments.
+#[derive(Debug, Clone)]
+pub enum Finder {
+    /// One path (`VRAMCAP_SHM`, or this user's default).
+    One(std::path::PathBuf),
+    /// Every user's default segment, `/dev/shm/vramcap-<uid>` (root only).
+    AllUsers,
+}
+
+impl Finder {
+    /// The segment paths to serve now.
+    fn paths(&self) -> Vec<std::path::PathBuf> {
+        match self {
+            Finder::One(p) => vec![p.clone()],
+            Finder::AllUsers => {
+                use std::os::unix::fs::MetadataExt;
+                let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/dev/shm")
+                    .map(|dir| {
+                        dir.flatten()
+                            .filter(|e| {
+                                let name = e.file_name();
+                                let name = name.to_string_lossy();
+                                // Only `vramcap-<uid>` of a file that uid owns: a name is no claim.
+                                name.strip_prefix("vramcap-")
+                                    .and_then(|uid| uid.parse::<u32>().ok())
+                                    .zip(std::fs::symlink_metadata(e.path()).ok())
+                                    .is_some_and(|(uid, m)| m.is_file() && m.uid() == uid)
+                            })
+                            .map(|e| e.path())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                found.sort();
+                found
+            }
         }
     }
 }
 
 pub struct Unloader {
-    seg: Segment,
-    trust: Trust,
+    sources: Vec<Source>,
+    /// The daemon's claims on the paths it serves (see [`Serving`]), and the paths it may not.
+    servings: Vec<(std::path::PathBuf, Serving)>,
+    refused: Vec<std::path::PathBuf>,
+    next_id: u64,
+    finder: Finder,
     opts: Options,
     log: Log,
     mem: Memory,
@@ -219,12 +286,23 @@ pub struct Unloader {
 }
 
 impl Unloader {
+    /// An unloader for one-off commands on the segment `seg` at `path`.
     pub fn new(seg: Segment, path: &std::path::Path, opts: Options) -> Unloader {
+        let mut u = Unloader::daemon(Finder::One(path.to_path_buf()), opts);
+        u.add(seg, path);
+        u
+    }
+
+    /// The daemon's unloader, with no segment yet: [`Unloader::run`] finds them.
+    pub fn daemon(finder: Finder, opts: Options) -> Unloader {
         let log = Log::new();
         let mem = Memory::open(opts.nvml, &log);
         Unloader {
-            trust: Trust::for_segment(&seg, path),
-            seg,
+            sources: Vec::new(),
+            servings: Vec::new(),
+            refused: Vec::new(),
+            next_id: 0,
+            finder,
             opts,
             log,
             mem,
@@ -232,11 +310,111 @@ impl Unloader {
         }
     }
 
-    /// Every worker in the segment.
+    fn add(&mut self, seg: Segment, path: &std::path::Path) {
+        self.next_id += 1;
+        self.sources.push(Source {
+            id: self.next_id,
+            trust: Trust::for_segment(&seg, path),
+            seg,
+        });
+    }
+
+    /// Claims `path` for this daemon: one unloader per segment (a second one learns who serves it).
+    pub fn serve(&mut self, path: &std::path::Path) -> Result<(), String> {
+        if !self.servings.iter().any(|(p, _)| p == path) {
+            let serving = Serving::take(path)?;
+            self.servings.push((path.to_path_buf(), serving));
+        }
+        Ok(())
+    }
+
+    /// Follows the segments: drops those whose path no longer names them (deleted, replaced, cut
+    /// short) and opens those that appeared, each claimed for this daemon.
+    fn refresh(&mut self) {
+        let paths = self.finder.paths();
+        let log = &self.log;
+        self.sources.retain(|s| {
+            let keep = paths.contains(&s.trust.segment) && s.seg.is_at(&s.trust.segment);
+            if !keep {
+                log.line(format_args!(
+                    "{} is gone or was replaced; looking for it again",
+                    s.trust.segment.display()
+                ));
+            }
+            keep
+        });
+        for path in paths {
+            if self.sources.iter().any(|s| s.trust.segment == path) {
+                continue;
+            }
+            let opened = self
+                .serve(&path)
+                .and_then(|()| match Segment::open_existing_rw(&path) {
+                    Ok(seg) => Ok(Some(seg)),
+                    Err(vramcap::shm::ShmError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e.to_string()),
+                });
+            match opened {
+                Ok(Some(seg)) => {
+                    self.log.line(format_args!(
+                        "serving {} (uid {})",
+                        path.display(),
+                        seg.owner_uid()
+                    ));
+                    self.refused.retain(|p| p != &path);
+                    self.add(seg, &path);
+                }
+                Ok(None) => {}
+                // Said once per path; tried again every second (a worker may replace it).
+                Err(e) if !self.refused.contains(&path) => {
+                    self.log.line(format_args!("not serving: {e}"));
+                    self.refused.push(path);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn source(&self, id: u64) -> Option<&Source> {
+        self.sources.iter().find(|s| s.id == id)
+    }
+
+    fn trust(&self, w: &Seen) -> Option<&Trust> {
+        self.source(w.source).map(|s| &s.trust)
+    }
+
+    /// Why the unloader will not act on `w`, if it will not (see [`Seen::unverified`]).
+    fn unverified(&self, w: &Seen) -> Option<String> {
+        match self.trust(w) {
+            Some(t) => w.unverified(t),
+            None => Some("its segment is gone".into()),
+        }
+    }
+
+    /// Why `w`'s hook will not be used, if it will not: a command from a segment that the group may
+    /// write could be another member's, and would run as `w`'s user.
+    fn refuse_hook(&self, w: &Seen, hook: &Hook) -> Option<String> {
+        let group_writable = self.trust(w).is_none_or(|t| t.group_writable);
+        (matches!(hook, Hook::Cmd(_)) && group_writable).then(|| {
+            "its command hook is in a segment that the group may write (VRAMCAP_SHM_MODE=0660), \
+             where any member could have written it: use --unload-url or --unload-signal there"
+                .to_string()
+        })
+    }
+
+    /// Every worker in every segment.
     pub fn workers(&self) -> Vec<Seen> {
-        live_slots(&self.seg)
+        self.sources
             .iter()
-            .map(|(i, s)| Seen::of(*i, s))
+            .flat_map(|src| {
+                live_slots(&src.seg)
+                    .into_iter()
+                    .map(|(i, s)| Seen::of(src.id, i, &s))
+            })
             .collect()
     }
 
@@ -247,7 +425,10 @@ impl Unloader {
 
     /// Current non-context usage of `w` on `uuid`; 0 if the process is gone.
     fn held_now(&self, w: &Seen, uuid: &str) -> u64 {
-        match self.seg.read(w.slot) {
+        let Some(src) = self.source(w.source) else {
+            return 0;
+        };
+        match src.seg.read(w.slot) {
             Some(s) if s.pid == w.pid => device_of(&s, uuid).map_or(0, |d| held(&s, d)),
             _ => 0,
         }
@@ -261,7 +442,7 @@ impl Unloader {
         uuid: &str,
         bytes: u64,
         priority: i32,
-        requester: Option<usize>,
+        requester: Option<(u64, usize)>,
         dry_run: bool,
     ) -> Outcome {
         let (mem, log) = (&self.mem, &self.log);
@@ -284,10 +465,10 @@ impl Unloader {
         }
         let mut seen: Vec<Seen> = Vec::new();
         for w in self.workers() {
-            if Some(w.slot) == requester || !w.held.contains_key(uuid) {
+            if Some((w.source, w.slot)) == requester || !w.held.contains_key(uuid) {
                 continue;
             }
-            match w.unverified(&self.trust) {
+            match self.unverified(&w) {
                 Some(why) => log.line(format_args!("ignoring {}: {why}", w.describe())),
                 None => seen.push(w),
             }
@@ -337,7 +518,9 @@ impl Unloader {
             let start = Instant::now();
             let mut freed = 0;
             // The worker's own hook first; suspension when it has none, or its memory did not fall in time.
-            if let Some(hook) = &w.hook {
+            if let Some(why) = w.hook.as_ref().and_then(|h| self.refuse_hook(w, h)) {
+                log.line(format_args!("not asking {}: {why}", w.describe()));
+            } else if let Some(hook) = &w.hook {
                 log.line(format_args!(
                     "asking {} to unload (holds {} on {uuid}) by {hook}",
                     w.describe(),
@@ -348,6 +531,7 @@ impl Unloader {
                     Ok(()) => {
                         let after = self.wait_for_fall(w, uuid, before, bytes);
                         freed = before.saturating_sub(after);
+                        self.mark_unloaded(w, Some(freed));
                         log.line(format_args!(
                             "{} freed {} in {:.3}s",
                             w.describe(),
@@ -395,15 +579,14 @@ impl Unloader {
     }
 
     /// The daemon: serves requests until SIGTERM or SIGINT.
-    pub fn run(&self) {
-        let (seg, log) = (&self.seg, &self.log);
+    pub fn run(&mut self) {
         // SAFETY: installs a handler that only stores to an atomic (async-signal-safe).
         unsafe {
             libc::signal(libc::SIGTERM, on_stop as *const () as libc::sighandler_t);
             libc::signal(libc::SIGINT, on_stop as *const () as libc::sighandler_t);
         }
         let mut served: Vec<Served> = Vec::new();
-        log.line(format_args!(
+        self.log.line(format_args!(
             "watching (poll {:?}, hook timeout {:?}{})",
             self.opts.poll,
             self.opts.hook_timeout,
@@ -413,16 +596,42 @@ impl Unloader {
                 ""
             }
         ));
+        self.refresh();
+        if let (Finder::One(path), true) = (&self.finder, self.sources.is_empty()) {
+            self.log.line(format_args!(
+                "no segment at {} yet: waiting for the first worker",
+                path.display()
+            ));
+        }
+        let mut looked = Instant::now();
         while !STOP.load(Ordering::SeqCst) {
+            if looked.elapsed() >= Duration::from_secs(1) {
+                self.refresh();
+                looked = Instant::now();
+            }
+            self.serve_requests(&mut served);
+            served.retain(|r| !r.settled(self));
+            self.resume_ready(&served);
+            self.reload_ready(&served);
+            std::thread::sleep(self.opts.poll);
+        }
+        self.log.line("stopping");
+    }
+
+    /// Serves every pending request of every segment, once.
+    fn serve_requests(&self, served: &mut Vec<Served>) {
+        let log = &self.log;
+        for src in &self.sources {
+            let seg = &src.seg;
             for (slot, s) in live_slots(seg) {
                 let Some(req) = seg.pending_request(slot) else {
                     continue;
                 };
                 let uuid = format_uuid(&req.uuid);
-                let who = Seen::of(slot, &s);
+                let who = Seen::of(src.id, slot, &s);
                 // A request is served only for a verified worker (a forged one could make us ask real
                 // workers to unload).
-                if let Some(why) = who.unverified(&self.trust) {
+                if let Some(why) = who.unverified(&src.trust) {
                     log.line(format_args!(
                         "ignoring a request from {}: {why}",
                         who.describe()
@@ -436,7 +645,8 @@ impl Unloader {
                     HumanBytes(req.bytes)
                 ));
                 let start = Instant::now();
-                let outcome = self.reclaim(&uuid, req.bytes, s.priority, Some(slot), false);
+                let outcome =
+                    self.reclaim(&uuid, req.bytes, s.priority, Some((src.id, slot)), false);
                 let answer = if outcome.enough {
                     VRAMCAP_ANSWER_FREED
                 } else {
@@ -446,6 +656,7 @@ impl Unloader {
                 if outcome.enough {
                     served.push(Served {
                         uuid: uuid.clone(),
+                        source: src.id,
                         slot,
                         pid: s.pid,
                         charged_before: charged_on(&s, &uuid),
@@ -470,11 +681,7 @@ impl Unloader {
                     }
                 ));
             }
-            served.retain(|r| !r.settled(seg));
-            self.resume_ready(&served);
-            std::thread::sleep(self.opts.poll);
         }
-        log.line("stopping");
     }
 
     /// Why worker `w` cannot be suspended now, if it cannot.
@@ -482,7 +689,7 @@ impl Unloader {
         if w.protected {
             return Some("it is protected".into());
         }
-        if let Some(why) = w.unverified(&self.trust) {
+        if let Some(why) = self.unverified(w) {
             return Some(why);
         }
         if w.suspended.is_some() {
@@ -532,7 +739,9 @@ impl Unloader {
         if let Err(why) = api.suspend(w.pid, self.opts.hook_timeout) {
             return refuse(why);
         }
-        self.seg.mark_suspended(w.slot, w.pid, Some(moving));
+        if let Some(src) = self.source(w.source) {
+            src.seg.mark_suspended(w.slot, w.pid, Some(moving));
+        }
         log.line(format_args!(
             "suspended {} in {:.3}s: {} moved to host",
             w.describe(),
@@ -544,7 +753,7 @@ impl Unloader {
 
     /// Resumes `w` (restore + unlock) and clears the mark in its slot.
     pub fn resume_one(&self, w: &Seen) -> Result<(), String> {
-        if let Some(why) = w.unverified(&self.trust) {
+        if let Some(why) = self.unverified(w) {
             return Err(why);
         }
         let api = self.sus.api()?;
@@ -555,7 +764,9 @@ impl Unloader {
                 .line(format_args!("cannot resume {}: {why}", w.describe()));
             return Err(why);
         }
-        self.seg.mark_suspended(w.slot, w.pid, None);
+        if let Some(src) = self.source(w.source) {
+            src.seg.mark_suspended(w.slot, w.pid, None);
+        }
         self.log.line(format_args!(
             "resumed {} in {:.3}s: {} back on the device",
             w.describe(),
@@ -575,12 +786,12 @@ impl Unloader {
         }
         let pending: Vec<String> = all
             .iter()
-            .filter_map(|w| self.seg.pending_request(w.slot))
+            .filter_map(|w| self.source(w.source)?.seg.pending_request(w.slot))
             .map(|r| format_uuid(&r.uuid))
             .collect();
         suspended.sort_by_key(|w| std::cmp::Reverse(w.priority));
         for w in suspended {
-            if w.unverified(&self.trust).is_some() {
+            if self.unverified(w).is_some() {
                 continue;
             }
             let fits = w.charged.iter().all(|(uuid, bytes)| {
@@ -598,16 +809,91 @@ impl Unloader {
         }
     }
 
+    /// Records in `w`'s slot that it gave `freed` bytes back (it may want them back: see
+    /// [`Unloader::reload_ready`]), or with `None` that it was told to load again.
+    fn mark_unloaded(&self, w: &Seen, freed: Option<u64>) {
+        if freed == Some(0) {
+            return;
+        }
+        if let Some(src) = self.source(w.source) {
+            src.seg.mark_unloaded(w.slot, w.pid, freed);
+        }
+    }
+
+    /// Tells unloaded workers that declared a reload hook to load again, highest priority first, once
+    /// what they gave back fits beside everyone's memory again: the rule of resume, so a reload never
+    /// pushes a running worker out. Strictly by priority: a lower one never goes ahead of a higher one
+    /// still waiting for room.
+    fn reload_ready(&self, served: &[Served]) {
+        let all = self.workers();
+        let mut waiting: Vec<&Seen> = all
+            .iter()
+            .filter(|w| w.unloaded.is_some() && w.reload.is_some() && w.suspended.is_none())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let pending: Vec<String> = all
+            .iter()
+            .filter_map(|w| self.source(w.source)?.seg.pending_request(w.slot))
+            .map(|r| format_uuid(&r.uuid))
+            .collect();
+        waiting.sort_by_key(|w| std::cmp::Reverse(w.priority));
+        for w in waiting {
+            let (Some(hook), Some((_, wants))) = (&w.reload, w.unloaded) else {
+                continue;
+            };
+            if self.unverified(w).is_some() {
+                continue;
+            }
+            // Its devices: where its context still is.
+            let fits = !w.charged.is_empty()
+                && w.charged.keys().all(|uuid| {
+                    !pending.contains(uuid)
+                        && !served.iter().any(|r| &r.uuid == uuid)
+                        && self
+                            .mem
+                            .free(uuid)
+                            .is_some_and(|f| f >= wants.saturating_add(RESUME_MARGIN))
+                });
+            if !fits {
+                return;
+            }
+            // Told once: whatever the hook answers, the mark goes (a worker that cannot reload now is
+            // asked again only after its next unload).
+            self.mark_unloaded(w, None);
+            if let Some(why) = self.refuse_hook(w, hook) {
+                self.log
+                    .line(format_args!("not reloading {}: {why}", w.describe()));
+                continue;
+            }
+            self.log.line(format_args!(
+                "{} fits again beside everyone: telling {} to reload by {hook}",
+                HumanBytes(wants),
+                w.describe()
+            ));
+            if let Err(e) = ask(hook, w.pid, &w.name, &self.opts) {
+                self.log.line(format_args!(
+                    "{}: the reload hook failed: {e}",
+                    w.describe()
+                ));
+            }
+        }
+    }
+
     /// Asks one verified worker to unload and waits for its usage to fall on every device; returns the
     /// bytes freed.
     pub fn unload_one(&self, w: &Seen) -> Result<u64, String> {
-        if let Some(why) = w.unverified(&self.trust) {
+        if let Some(why) = self.unverified(w) {
             return Err(format!("not asking {}: {why}", w.describe()));
         }
         let hook = w
             .hook
             .as_ref()
             .ok_or_else(|| format!("{} declared no way to unload", w.describe()))?;
+        if let Some(why) = self.refuse_hook(w, hook) {
+            return Err(format!("not asking {}: {why}", w.describe()));
+        }
         self.log
             .line(format_args!("asking {} to unload by {hook}", w.describe()));
         let before: BTreeMap<String, u64> = w
@@ -621,6 +907,7 @@ impl Unloader {
             let after = self.wait_for_fall(w, &uuid, b, u64::MAX);
             freed += b.saturating_sub(after);
         }
+        self.mark_unloaded(w, Some(freed));
         self.log
             .line(format_args!("{} freed {}", w.describe(), HumanBytes(freed)));
         Ok(freed)
@@ -637,6 +924,7 @@ extern "C" fn on_stop(_: libc::c_int) {
 /// no suspended worker is resumed onto its device, or the room would go to the wrong process.
 struct Served {
     uuid: String,
+    source: u64,
     slot: usize,
     pid: u32,
     charged_before: u64,
@@ -648,8 +936,11 @@ struct Served {
 const TAKE_ROOM: Duration = Duration::from_secs(5);
 
 impl Served {
-    fn settled(&self, seg: &Segment) -> bool {
-        match seg.read(self.slot) {
+    fn settled(&self, u: &Unloader) -> bool {
+        match u
+            .source(self.source)
+            .and_then(|src| src.seg.read(self.slot))
+        {
             Some(s) if s.pid == self.pid => {
                 charged_on(&s, &self.uuid) >= self.charged_before.saturating_add(self.bytes / 2)
                     || self.at.elapsed() > TAKE_ROOM
