@@ -165,7 +165,7 @@ smi = {int(l.split(",")[0]): int(l.split(",")[1]) for l in open(sys.argv[2]) if 
 rows, ok = [], len(status["processes"]) == 2
 for p in status["processes"]:
     d = p["devices"][0]
-    ours, nvml, s = d["charged"] >> 20, (d["nvml_used"] or 0) >> 20, smi.get(p["pid"], -1)
+    ours, nvml, s = d["charged_bytes"] >> 20, (d["nvml_used_bytes"] or 0) >> 20, smi.get(p["pid"], -1)
     rows.append(f"{p['name']} ours {ours}MiB nvml {nvml}MiB smi {s}MiB")
     ok = ok and abs(ours - s) <= 16 and s <= 2048
 print(("1 " if ok else "0 ") + "; ".join(rows))
@@ -400,7 +400,7 @@ import json, sys
 try:
     procs = json.load(open(sys.argv[1]))["processes"]
     mine = [p for p in procs if str(p["pid"]) == sys.argv[2]] or procs
-    print(mine[0]["devices"][0]["charged"] >> 20)
+    print(mine[0]["devices"][0]["charged_bytes"] >> 20)
 except Exception:  # no status: the row fails on the empty figure
     print("")
 PY
