@@ -776,6 +776,25 @@ impl Unloader {
         Ok(())
     }
 
+    /// The devices where a request waits, or where room made for a request was not taken yet: nobody is
+    /// brought back onto them.
+    fn busy_devices(&self, all: &[Seen], served: &[Served]) -> Vec<String> {
+        all.iter()
+            .filter_map(|w| self.source(w.source)?.seg.pending_request(w.slot))
+            .map(|r| format_uuid(&r.uuid))
+            .chain(served.iter().map(|r| r.uuid.clone()))
+            .collect()
+    }
+
+    /// Whether `bytes` fit on `uuid` beside everyone's memory, with a margin, and nobody waits there.
+    fn room_for(&self, uuid: &str, bytes: u64, busy: &[String]) -> bool {
+        !busy.iter().any(|b| b == uuid)
+            && self
+                .mem
+                .free(uuid)
+                .is_some_and(|f| f >= bytes.saturating_add(RESUME_MARGIN))
+    }
+
     /// Brings suspended workers back, highest priority first, while their memory fits beside everyone's
     /// (so no running worker is pushed out) and no request is waiting on their devices.
     fn resume_ready(&self, served: &[Served]) {
@@ -784,24 +803,16 @@ impl Unloader {
         if suspended.is_empty() {
             return;
         }
-        let pending: Vec<String> = all
-            .iter()
-            .filter_map(|w| self.source(w.source)?.seg.pending_request(w.slot))
-            .map(|r| format_uuid(&r.uuid))
-            .collect();
+        let busy = self.busy_devices(&all, served);
         suspended.sort_by_key(|w| std::cmp::Reverse(w.priority));
         for w in suspended {
             if self.unverified(w).is_some() {
                 continue;
             }
-            let fits = w.charged.iter().all(|(uuid, bytes)| {
-                !pending.contains(uuid)
-                    && !served.iter().any(|r| &r.uuid == uuid)
-                    && self
-                        .mem
-                        .free(uuid)
-                        .is_some_and(|f| f >= bytes.saturating_add(RESUME_MARGIN))
-            });
+            let fits = w
+                .charged
+                .iter()
+                .all(|(uuid, bytes)| self.room_for(uuid, *bytes, &busy));
             // Strictly by priority: a lower one never goes ahead of a higher one still waiting for room.
             if !fits || self.resume_one(w).is_err() {
                 return;
@@ -833,11 +844,7 @@ impl Unloader {
         if waiting.is_empty() {
             return;
         }
-        let pending: Vec<String> = all
-            .iter()
-            .filter_map(|w| self.source(w.source)?.seg.pending_request(w.slot))
-            .map(|r| format_uuid(&r.uuid))
-            .collect();
+        let busy = self.busy_devices(&all, served);
         waiting.sort_by_key(|w| std::cmp::Reverse(w.priority));
         for w in waiting {
             let (Some(hook), Some((_, wants))) = (&w.reload, w.unloaded) else {
@@ -848,14 +855,9 @@ impl Unloader {
             }
             // Its devices: where its context still is.
             let fits = !w.charged.is_empty()
-                && w.charged.keys().all(|uuid| {
-                    !pending.contains(uuid)
-                        && !served.iter().any(|r| &r.uuid == uuid)
-                        && self
-                            .mem
-                            .free(uuid)
-                            .is_some_and(|f| f >= wants.saturating_add(RESUME_MARGIN))
-                });
+                && w.charged
+                    .keys()
+                    .all(|uuid| self.room_for(uuid, wants, &busy));
             if !fits {
                 return;
             }
