@@ -208,9 +208,14 @@ typedef struct VramcapSlot {
    */
   uint64_t unloaded_bytes;
   /**
+   * How often the unloader asked it to unload, and to reload (counted by the unloader).
+   */
+  uint32_t unloads;
+  uint32_t reloads;
+  /**
    * Room for later fields without a new layout version.
    */
-  uint64_t reserved[5];
+  uint64_t reserved[4];
 } VramcapSlot;
 
 #endif  /* VRAMCAP_H */

@@ -58,6 +58,12 @@ pub struct ProcessView {
     pub suspended_since_unix_ms: Option<u64>,
     /// What the suspension moved to host memory.
     pub suspended_bytes: Option<u64>,
+    /// Unloaded by the unloader since then, and what it gave back (it may be told to reload).
+    pub unloaded_since_unix_ms: Option<u64>,
+    pub unloaded_bytes: Option<u64>,
+    /// How often the unloader asked it to unload, and to reload.
+    pub unloads_asked: u32,
+    pub reloads_asked: u32,
     pub devices: Vec<DeviceView>,
 }
 
@@ -197,6 +203,10 @@ pub fn collect_from(seg: Option<&Segment>, path: &str, nvml: &NvmlSource) -> Sta
                 suspended,
                 suspended_since_unix_ms: nonzero(s.suspended_unix_ms),
                 suspended_bytes: suspended.then_some(s.suspended_bytes),
+                unloaded_since_unix_ms: nonzero(s.unloaded_unix_ms),
+                unloaded_bytes: (s.unloaded_unix_ms != 0).then_some(s.unloaded_bytes),
+                unloads_asked: s.unloads,
+                reloads_asked: s.reloads,
                 devices: s
                     .devices
                     .iter()
@@ -374,11 +384,13 @@ pub const FIELDS: &[Field] = &[
     Field {
         name: "state",
         header: "STATE",
-        about: "running, or suspended (its device memory in host memory)",
+        about: "running, suspended (its device memory in host memory), or unloaded (until told to reload)",
         get: |r| {
             Value::Text(
                 if r.process.suspended {
                     "suspended"
+                } else if r.process.unloaded_since_unix_ms.is_some() {
+                    "unloaded"
                 } else {
                     "running"
                 }
@@ -811,6 +823,10 @@ mod tests {
             suspended: false,
             suspended_since_unix_ms: None,
             suspended_bytes: None,
+            unloaded_since_unix_ms: None,
+            unloaded_bytes: None,
+            unloads_asked: 0,
+            reloads_asked: 0,
             devices,
         }
     }

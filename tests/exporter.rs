@@ -200,6 +200,12 @@ fn the_exporter_serves_the_segments_and_nvmls_figures() {
     assert_eq!(mine("vramcap_worker_context_bytes")[0].2, CONTEXT);
     assert!(mine("vramcap_worker_refusals_total")[0].2 >= 1);
     assert_eq!(mine("vramcap_worker_suspended_bytes")[0].2, 0);
+    assert_eq!(mine("vramcap_worker_unloads_asked_total")[0].2, 0);
+    assert_eq!(mine("vramcap_worker_reloads_asked_total")[0].2, 0);
+    assert_eq!(mine("vramcap_worker_unloaded_bytes")[0].2, 0);
+    assert!(all
+        .iter()
+        .any(|(n, _, _)| n == "vramcap_worker_unloads_asked_total"));
     // Per device, from NVML.
     let device = |metric: &str| {
         all.iter()

@@ -1175,6 +1175,31 @@ fn an_unloaded_worker_reloads_once_its_memory_fits_again_and_not_before() {
             .is_none(),
         "chat waits while video runs"
     );
+    let chat_row = |card: &Card| {
+        let status = card.vramcap(&["status", "--json", "--no-nvml"]);
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        json["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "chat")
+            .cloned()
+            .unwrap()
+    };
+    let unloaded = chat_row(&card);
+    assert!(
+        unloaded["unloaded_bytes"].as_u64().unwrap() >= 600 * MIB,
+        "{unloaded}"
+    );
+    assert_eq!(unloaded["unloads_asked"], 1, "{unloaded}");
+    let table =
+        String::from_utf8_lossy(&card.vramcap(&["status", "--no-nvml"]).stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("chat") && l.contains("unloaded")),
+        "{table}"
+    );
     std::fs::write(&hold, b"").unwrap();
     // Reaped, as a real device frees an exited process's memory (the fake counts a zombie's).
     video.child.wait().unwrap();
@@ -1185,17 +1210,13 @@ fn an_unloaded_worker_reloads_once_its_memory_fits_again_and_not_before() {
     );
     let log = unloader.drain(Duration::from_millis(200));
     assert!(log.contains("to reload by signal USR2"), "{log}");
-    let status = card.vramcap(&["status", "--json", "--no-nvml"]);
-    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let chat_row = json["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "chat")
-        .cloned()
-        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let back = chat_row(&card);
     assert!(
-        chat_row["devices"][0]["charged_bytes"].as_u64().unwrap() >= 600 * MIB,
-        "chat holds its memory again: {chat_row}"
+        back["devices"][0]["charged_bytes"].as_u64().unwrap() >= 600 * MIB,
+        "chat holds its memory again: {back}"
     );
+    assert!(back["unloaded_bytes"].is_null(), "{back}");
+    assert_eq!(back["unloads_asked"], 1, "{back}");
+    assert_eq!(back["reloads_asked"], 1, "{back}");
 }

@@ -74,7 +74,9 @@ impl Identity {
             suspended_bytes: 0,
             unloaded_unix_ms: 0,
             unloaded_bytes: 0,
-            reserved: [0; 5],
+            unloads: 0,
+            reloads: 0,
+            reserved: [0; 4],
         }
     }
 

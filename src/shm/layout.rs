@@ -134,8 +134,11 @@ pub struct VramcapSlot {
     pub unloaded_unix_ms: u64,
     /// What it held, per device, when it was asked (summed): what it will want back.
     pub unloaded_bytes: u64,
+    /// How often the unloader asked it to unload, and to reload (counted by the unloader).
+    pub unloads: u32,
+    pub reloads: u32,
     /// Room for later fields without a new layout version.
-    pub reserved: [u64; 5],
+    pub reserved: [u64; 4],
 }
 
 /// Where the parts of a slot begin (the owner's part at 0).

@@ -345,6 +345,11 @@ impl Segment {
         self.update_answer(i, Some(pid), |a| {
             a.unloaded_bytes = bytes.unwrap_or(0);
             a.unloaded_unix_ms = if bytes.is_some() { unix_ms() } else { 0 };
+            if bytes.is_some() {
+                a.unloads = a.unloads.wrapping_add(1);
+            } else {
+                a.reloads = a.reloads.wrapping_add(1);
+            }
         });
     }
 }

@@ -285,7 +285,22 @@ pub fn render(s: &Status) -> String {
     }
     // Per worker.
     type PGet = fn(&status::ProcessView) -> u64;
-    let per_worker: [(&str, &str, PGet); 4] = [
+    let per_worker: [(&str, &str, PGet); 7] = [
+        (
+            "vramcap_worker_unloads_asked_total",
+            "How often the unloader asked the worker to unload (counted in its slot).",
+            |p| u64::from(p.unloads_asked),
+        ),
+        (
+            "vramcap_worker_reloads_asked_total",
+            "How often the unloader told the worker to reload.",
+            |p| u64::from(p.reloads_asked),
+        ),
+        (
+            "vramcap_worker_unloaded_bytes",
+            "What the worker gave back at its last unload, until it is told to reload (0: loaded).",
+            |p| p.unloaded_bytes.unwrap_or(0),
+        ),
         (
             "vramcap_worker_suspended_bytes",
             "What a suspension moved to host memory (0: running).",
@@ -308,7 +323,13 @@ pub fn render(s: &Status) -> String {
         ),
     ];
     for (name, help, get) in per_worker {
-        f.start(name, "gauge", help);
+        // Counters by their name's convention; the rest are gauges.
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        f.start(name, kind, help);
         for p in &s.processes {
             let (pid, wname) = worker(p);
             f.sample(name, &labels(&[("pid", &pid), ("name", &wname)]), get(p));
