@@ -65,7 +65,7 @@ fn size(text: &str) -> Result<u64, String> {
 
 type CuResult = c_int;
 const CUDA_SUCCESS: CuResult = 0;
-pub const CUDA_ERROR_OUT_OF_MEMORY: CuResult = 2;
+const CUDA_ERROR_OUT_OF_MEMORY: CuResult = 2;
 
 /// At most this many allocations: `fill` without a cap would otherwise stop only at the device's end.
 const MOST_ALLOCATIONS: usize = 1 << 16;
