@@ -48,7 +48,7 @@ fn artifacts() -> (PathBuf, PathBuf) {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
     (
-        target.join("release/libcuda.so"),
+        target.join("release/libvramcap_sim.so"),
         target.join("release/libvramcap.so"),
     )
 }

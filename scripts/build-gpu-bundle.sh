@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 cargo build --release -p vramcap -p vramcap-preload -p fake-cuda -p gpu-probe
 out=gpu-bundle
 rm -rf "$out" && mkdir -p "$out/link"
-cp target/release/libvramcap.so target/release/vramcap target/release/vramcap-run target/release/gpu-probe "$out/"
+cp target/release/libvramcap.so target/release/libvramcap_sim.so target/release/vramcap target/release/vramcap-run \
+  target/release/gpu-probe "$out/"
 # Link the C client against the fake's soname (libcuda.so.1); at run time it binds the real driver.
-ln -sf "$PWD/target/release/libcuda.so" "$out/link/libcuda.so"
+ln -sf "$PWD/target/release/libvramcap_sim.so" "$out/link/libcuda.so"
 cc -O2 -Wall -o "$out/client" tests/clients/client.c -L "$out/link" -lcuda -ldl -lpthread
 rm -rf "$out/link"
 cp tests/fake-driver/proc-address-table.txt "$out/"

@@ -8,11 +8,11 @@
 #   a subset:   E2E_ONLY="graphs limits" bash scripts/gpu-e2e.sh
 #
 # Sections, in order (E2E_ONLY takes any of them, space-separated; unset: all): patterns torch frameworks
-# cudart status unloader reload suspend concurrency graphs limits overhead. Each section's time is printed to
+# cudart status demo unloader reload suspend concurrency graphs limits overhead. Each section's time is printed to
 # stderr and into the logs, so that the run can be split into device calls of at most 600 s.
 # shellcheck disable=SC2317  # the sections (sec_NAME) are called by name
 set -u
-SECTIONS="patterns torch frameworks cudart status unloader reload suspend concurrency graphs limits overhead"
+SECTIONS="patterns torch frameworks cudart status demo unloader reload suspend concurrency graphs limits overhead"
 E2E_ONLY=${E2E_ONLY:-}
 for s in $E2E_ONLY; do
   case " $SECTIONS " in
@@ -174,6 +174,34 @@ PY
   touch "$LOG/w1.go" "$LOG/w2.go"; wait
   row "status beside nvidia-smi" "${cmp#* }" "${cmp%% *}"
   unset VRAMCAP_SHM
+}
+
+# 4b'. `vramcap demo` on the GPU (it sizes itself from device 0's free memory), and `--simulated` on a
+# machine that has one: each shows the cap's refusal and video's memory, in under a minute, and leaves no
+# segment or process behind.
+demo_row() { # check, log, simulated(0/1), rc
+  local f=$2 took shm procs ok=0 label=1
+  took=$(sed -n 's/.*Done in \([0-9.]*\) s\./\1/p' "$f" | tail -n 1)
+  shm=$(find /dev/shm -maxdepth 1 -name 'vramcap-demo-*' | wc -l)
+  procs=$(pgrep -fc 'vramcap demo-worker' || true)
+  if [ "$3" = 1 ]; then
+    grep -vq '^(simulated device)' "$f" && label=0
+  else
+    { grep -q simulated "$f" || ! grep -q 'briefly fills' "$f"; } && label=0
+  fi
+  grep -q 'was refused: CUDA_ERROR_OUT_OF_MEMORY (2)' "$f" && grep -q 'asking chat' "$f" && grep -q 'video | got ' "$f" &&
+    [ "$4" = 0 ] && [ $label = 1 ] && [ "$shm" = 0 ] && [ "${procs:-0}" = 0 ] &&
+    awk -v t="${took:-99}" 'BEGIN {exit !(t < 60)}' && ok=1
+  row "$1" "rc $4 in ${took:-?}s; chat held $(sed -n 's/.* chat | holding \([0-9.]* [GMK]iB\).*/\1/p' "$f" | head -n 1), video $(grep -m1 -o 'got [0-9.]* [GMK]iB after [0-9]* ms' "$f"); left: $shm in /dev/shm, ${procs:-0} workers" $ok
+}
+sec_demo() {
+  local rc
+  "$B/vramcap" demo >"$LOG/demo.log" 2>&1; rc=$?
+  cat "$LOG/demo.log"
+  demo_row "demo on the GPU" "$LOG/demo.log" 0 $rc
+  "$B/vramcap" demo --simulated >"$LOG/demo-sim.log" 2>&1; rc=$?
+  tail -n 3 "$LOG/demo-sim.log"
+  demo_row "demo --simulated beside a GPU" "$LOG/demo-sim.log" 1 $rc
 }
 
 # 4c. The priority unloader, scaled to the card (on an 80 GB card: image 20, chat 24, video 24 GiB, worker

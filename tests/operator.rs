@@ -381,6 +381,12 @@ fn no_argument_makes_vramcap_panic() {
         &["exporter", "--listen", "not an address"],
         &["exporter", "--listen", "127.0.0.1:99999"],
         &["unloader", "--poll", "NaN"],
+        &["demo", "--simulated", "--nope"],
+        &["demo-worker"],
+        &["demo-worker", "nope"],
+        &["demo-worker", "hold", "--bytes", "0"],
+        &["demo-worker", "fill", "--bytes", "NaN"],
+        &["demo-worker", "want", "--chunk", "99999999999999999999T"],
     ];
     for args in cases {
         let (code, _, err) = vramcap_with(&shm, args, &[], Duration::from_secs(10));

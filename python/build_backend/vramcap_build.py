@@ -8,6 +8,9 @@ data``):
 
 - ``data/lib/libvramcap.so``: pip installs it to ``DATA/lib`` (``VENV/lib``, ``~/.local/lib``), which is
   ``../lib`` from the installed binaries, where ``vramcap-run`` looks;
+- ``data/lib/vramcap/libvramcap_sim.so``: the simulated device of ``vramcap demo`` (the fake driver,
+  ``tests/fake-driver``), in a folder of its own: its soname is ``libcuda.so.1``, and ldconfig reads no
+  subfolder (``--user`` puts it under ``~/.local/lib``);
 - ``data/share/``: the man pages and shell completions (``tools/gen-docs``).
 
 Everything else is maturin's own (``MATURIN_PEP517_ARGS`` passes it options, as
@@ -35,7 +38,8 @@ DATA = ROOT / "target" / "wheel-data"
 
 
 def stage() -> Path:
-    """Builds libvramcap.so, the man pages and the completions into ``target/wheel-data``."""
+    """Builds libvramcap.so, the simulated device, the man pages and the completions into
+    ``target/wheel-data``."""
     cargo = os.environ.get("CARGO", "cargo")
     target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
     if not target.is_absolute():
@@ -46,10 +50,12 @@ def stage() -> Path:
         print("vramcap_build: " + " ".join(args), file=sys.stderr, flush=True)
         subprocess.run(args, cwd=ROOT, check=True, stdout=sys.stderr)
 
-    run(cargo, "build", "--release", "--locked", "-p", "vramcap-preload")
+    run(cargo, "build", "--release", "--locked", "-p", "vramcap-preload", "-p", "fake-cuda")
     shutil.rmtree(data, ignore_errors=True)
-    (data / "data" / "lib").mkdir(parents=True)
+    (data / "data" / "lib" / "vramcap").mkdir(parents=True)
     shutil.copy2(target / "release" / "libvramcap.so", data / "data" / "lib" / "libvramcap.so")
+    shutil.copy2(target / "release" / "libvramcap_sim.so",
+                 data / "data" / "lib" / "vramcap" / "libvramcap_sim.so")
     run(cargo, "run", "--release", "--locked", "-q", "-p", "vramcap-gen-docs", "--",
         str(data / "data" / "share"))
     return data

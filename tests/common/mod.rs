@@ -57,7 +57,7 @@ pub fn env() -> &'static Env {
         for name in ["libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"] {
             let link = dir.join(name);
             let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(out.join("libcuda.so"), &link).unwrap();
+            std::os::unix::fs::symlink(out.join("libvramcap_sim.so"), &link).unwrap();
         }
         let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
         let client = dir.join("client");

@@ -4,7 +4,7 @@ does for the Rust tests.
 
 ``.ci/python`` provides, through the environment:
 
-- ``VRAMCAP_TEST_FAKE_CUDA``: the fake driver (``target/debug/libcuda.so`` of ``cargo build -p fake-cuda``),
+- ``VRAMCAP_TEST_FAKE_CUDA``: the fake driver (``target/debug/libvramcap_sim.so`` of ``cargo build -p fake-cuda``),
   laid out here as ``libcuda.so.1`` and ``libnvidia-ml.so.1``;
 - ``VRAMCAP_TEST_PREFIX``: a PREFIX that ``scripts/install.sh`` installed into.
 

@@ -7,6 +7,7 @@
 //! here panics on an argument: every value is checked, and a closed stdout ends the output quietly.
 
 mod checkpoint;
+mod demo;
 mod exporter;
 mod hooks;
 mod unloader;
@@ -152,6 +153,18 @@ enum Cmd {
         name: String,
         #[command(flatten)]
         hooks: HookArgs,
+    },
+    /// Show the cap and the priority unloader in a few seconds, on this GPU or a simulated one.
+    ///
+    /// It runs on this machine's GPU where there is one (and briefly fills most of its free memory;
+    /// it needs 4 GiB free), else on the simulated device that vramcap ships (a fake driver), and then
+    /// labels every line "(simulated device)". It starts its own workers and unloader on a segment of
+    /// its own, prints `vramcap status` before and after, and stops and removes everything it started
+    /// when it ends, also on Ctrl-C or an error.
+    Demo {
+        /// Use the simulated device even where there is a GPU.
+        #[arg(long)]
+        simulated: bool,
     },
     /// Check a limit and show how it reads: SPEC (a VRAMCAP_LIMIT value, e.g. 10GiB or 0=10GiB,1=25%), or
     /// without it the limit this environment gives (VRAMCAP_LIMIT, else HAMi's CUDA_DEVICE_MEMORY_LIMIT*).
@@ -325,6 +338,14 @@ fn show(view: &ViewArgs, s: &status::Status) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    // `vramcap demo`'s workers: this binary again, with a parser of their own, so that the command,
+    // an internal one, is in no --help, man page or completion.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == demo::worker::COMMAND)
+    {
+        return demo::worker::main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -432,6 +453,7 @@ fn main() -> ExitCode {
         Cmd::Cleanup { hooks } => unload(None, &hooks),
         Cmd::Suspend { name, hooks } => suspend_or_resume(&name, true, &hooks),
         Cmd::Resume { name, hooks } => suspend_or_resume(&name, false, &hooks),
+        Cmd::Demo { simulated } => demo::run(simulated),
         Cmd::CheckLimit { spec, force } => check_limit(spec.as_deref(), force),
     }
 }

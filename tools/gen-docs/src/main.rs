@@ -126,6 +126,9 @@ mod tests {
         assert!(page.contains("\\-\\-limit"), "{page}");
         assert!(page.contains(env!("VRAMCAP_VERSION")), "{page}");
         assert!(read("man/man1/vramcap-status.1").contains("\\-\\-json"));
+        assert!(read("man/man1/vramcap-demo.1").contains("\\-\\-simulated"));
+        // The demo's workers (`vramcap demo-worker`) are internal: no page, no completion.
+        assert!(!read("bash-completion/completions/vramcap").contains("demo-worker"));
         assert!(read("bash-completion/completions/vramcap").contains("check-limit"));
         assert!(read("zsh/site-functions/_vramcap-run").contains("#compdef vramcap-run"));
         assert!(read("fish/vendor_completions.d/vramcap.fish").contains("complete -c vramcap"));
