@@ -9,10 +9,10 @@
 //! calls of its own inside a hook. Stream-ordered work on a capturing stream is recorded as graph nodes
 //! (graph.rs) instead of running: a captured cuMemAllocAsync allocates nothing.
 
+use crate::config::bench_mode;
 use crate::graph::Kind;
-use crate::state::{
-    bench_mode, call, out, CUresult, Fake, ILLEGAL_STATE, INVALID_CONTEXT, INVALID_VALUE, OK,
-};
+use crate::results::{CUresult, ILLEGAL_STATE, INVALID_CONTEXT, INVALID_VALUE, OK};
+use crate::state::{call, out, Fake};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};

@@ -14,10 +14,10 @@
 //! - a graph with allocation nodes may have one exec at a time.
 
 use crate::capture::{self, Stream, Work};
-use crate::state::{
-    call, dev_ok, out, CUresult, Fake, INVALID_CONTEXT, INVALID_DEVICE, INVALID_VALUE, MIB,
-    NOT_SUPPORTED, OK,
-};
+use crate::devices::dev_ok;
+use crate::memory::MIB;
+use crate::results::{CUresult, INVALID_CONTEXT, INVALID_DEVICE, INVALID_VALUE, NOT_SUPPORTED, OK};
+use crate::state::{call, out, Fake};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void};
 

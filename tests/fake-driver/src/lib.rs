@@ -20,15 +20,43 @@
 //! fake's own address of an export, `fakecuda_device_used(dev)` what the device holds, and
 //! `fakecuda_malloc_kernel()` / `fakecuda_local_kernel(bytes)` fake kernels whose launch grows the malloc
 //! heap or the stack, as real kernels that call malloc or use much local memory do.
+//!
+//! The files, by area: state.rs (the one state and its lock), results.rs (CUresult codes), config.rs (the
+//! `FAKECUDA_*` variables), devices.rs (devices and contexts), memory.rs (linear memory), pools.rs
+//! (stream-ordered allocation), vmm.rs (virtual memory management), arrays.rs, capture.rs, graph.rs,
+//! limits.rs, nvml.rs, shared.rs (`FAKECUDA_SHARED`), checkpoint.rs (the checkpoint API), lookup.rs
+//! (`cuGetProcAddress`) with table.rs, and test_hooks.rs.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
+mod arrays;
 mod capture;
+mod checkpoint;
+mod config;
+mod devices;
 mod graph;
 mod limits;
+mod lookup;
+mod memory;
+mod nvml;
+mod pools;
+mod results;
+mod shared;
 mod state;
 mod table;
+mod test_hooks;
+mod vmm;
 
+pub use arrays::*;
 pub use capture::*;
+pub use checkpoint::*;
+pub use devices::*;
 pub use graph::*;
 pub use limits::*;
+pub use lookup::*;
+pub use memory::*;
+pub use nvml::*;
+pub use pools::*;
+pub use results::*;
 pub use state::*;
+pub use test_hooks::*;
+pub use vmm::*;
