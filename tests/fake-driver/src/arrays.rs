@@ -35,7 +35,11 @@ fn array_bytes(w: usize, h: usize, d: usize, format: i32, ch: u32) -> u64 {
     (row * h.max(1) as u64 * d.max(1) as u64).div_ceil(PAGE) * PAGE
 }
 
-fn array_create(name: &str, out_handle: *mut usize, bytes: u64) -> CUresult {
+/// An array of `bytes` on the current context's device, its handle written to `out_handle`.
+///
+/// # Safety
+/// `out_handle` is null or valid for a write: the caller's out-parameter.
+unsafe fn array_create(name: &str, out_handle: *mut usize, bytes: u64) -> CUresult {
     call(name, |s| {
         if let Some(e) = crate::capture::prohibited(s, None) {
             return e;
@@ -49,32 +53,33 @@ fn array_create(name: &str, out_handle: *mut usize, bytes: u64) -> CUresult {
         let h = 0xa000 + s.arrays.len() * 64 + s.next_handle as usize;
         s.next_handle += 1;
         s.arrays.insert(h, (d, bytes));
+        // SAFETY: `out_handle` is null or writable (this function's contract).
         unsafe { out(out_handle, h) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuArrayCreate_v2(array: *mut usize, desc: *const Array2D) -> CUresult {
+    // SAFETY: `desc` is null or the caller's CUDA_ARRAY_DESCRIPTOR, readable (the caller's contract);
+    // `as_ref` makes a null None.
     let Some(d) = (unsafe { desc.as_ref() }) else {
         return INVALID_VALUE;
     };
-    array_create(
-        "cuArrayCreate_v2",
-        array,
-        array_bytes(d.width, d.height, 1, d.format, d.channels),
-    )
+    let bytes = array_bytes(d.width, d.height, 1, d.format, d.channels);
+    // SAFETY: `array` is the caller's out-parameter (the caller's contract).
+    unsafe { array_create("cuArrayCreate_v2", array, bytes) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuArray3DCreate_v2(array: *mut usize, desc: *const Array3D) -> CUresult {
+    // SAFETY: `desc` is null or the caller's CUDA_ARRAY3D_DESCRIPTOR, readable (the caller's contract);
+    // `as_ref` makes a null None.
     let Some(d) = (unsafe { desc.as_ref() }) else {
         return INVALID_VALUE;
     };
-    array_create(
-        "cuArray3DCreate_v2",
-        array,
-        array_bytes(d.width, d.height, d.depth, d.format, d.channels),
-    )
+    let bytes = array_bytes(d.width, d.height, d.depth, d.format, d.channels);
+    // SAFETY: `array` is the caller's out-parameter (the caller's contract).
+    unsafe { array_create("cuArray3DCreate_v2", array, bytes) }
 }
 
 #[no_mangle]
@@ -83,6 +88,8 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
     desc: *const Array3D,
     levels: c_uint,
 ) -> CUresult {
+    // SAFETY: `desc` is null or the caller's CUDA_ARRAY3D_DESCRIPTOR, readable (the caller's contract);
+    // `as_ref` makes a null None.
     let Some(d) = (unsafe { desc.as_ref() }) else {
         return INVALID_VALUE;
     };
@@ -94,7 +101,8 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
         h = (h / 2).max(1);
         dp = (dp / 2).max(1);
     }
-    array_create("cuMipmappedArrayCreate", array, total)
+    // SAFETY: `array` is the caller's out-parameter (the caller's contract).
+    unsafe { array_create("cuMipmappedArrayCreate", array, total) }
 }
 
 fn array_destroy(name: &str, array: usize) -> CUresult {
@@ -124,8 +132,13 @@ pub struct ArrayRequirements {
     reserved: [u32; 4],
 }
 
-fn requirements(name: &str, req: *mut ArrayRequirements, array: usize) -> CUresult {
+/// An array's size and alignment, written to `req`.
+///
+/// # Safety
+/// `req` is null or valid for a write: the caller's out-parameter.
+unsafe fn requirements(name: &str, req: *mut ArrayRequirements, array: usize) -> CUresult {
     call(name, |s| match s.arrays.get(&array) {
+        // SAFETY: `req` is null or writable (this function's contract).
         Some(&(_, bytes)) => unsafe {
             out(
                 req,
@@ -146,7 +159,8 @@ pub unsafe extern "C" fn cuArrayGetMemoryRequirements(
     array: usize,
     _dev: i32,
 ) -> CUresult {
-    requirements("cuArrayGetMemoryRequirements", req, array)
+    // SAFETY: `req` is the caller's out-parameter (the caller's contract).
+    unsafe { requirements("cuArrayGetMemoryRequirements", req, array) }
 }
 
 #[no_mangle]
@@ -155,5 +169,6 @@ pub unsafe extern "C" fn cuMipmappedArrayGetMemoryRequirements(
     array: usize,
     _dev: i32,
 ) -> CUresult {
-    requirements("cuMipmappedArrayGetMemoryRequirements", req, array)
+    // SAFETY: `req` is the caller's out-parameter (the caller's contract).
+    unsafe { requirements("cuMipmappedArrayGetMemoryRequirements", req, array) }
 }

@@ -127,5 +127,6 @@ pub unsafe extern "C" fn cuCheckpointProcessGetState(pid: i32, state: *mut i32) 
     if !shared::known(pid) {
         return INVALID_VALUE;
     }
+    // SAFETY: `state` is the caller's out-parameter (the caller's contract).
     unsafe { out(state, shared::state(pid)) }
 }

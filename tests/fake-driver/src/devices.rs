@@ -129,19 +129,22 @@ pub extern "C" fn cuInit(_flags: c_uint) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDriverGetVersion(v: *mut i32) -> CUresult {
+    // SAFETY: `v` is the caller's out-parameter (the caller's contract).
     unsafe { out(v, 13000) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetCount(n: *mut i32) -> CUresult {
-    call("cuDeviceGetCount", |s| unsafe {
-        out(n, s.devices.len() as i32)
+    call("cuDeviceGetCount", |s| {
+        // SAFETY: `n` is the caller's out-parameter (the caller's contract).
+        unsafe { out(n, s.devices.len() as i32) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGet(d: *mut i32, ordinal: i32) -> CUresult {
     call("cuDeviceGet", |s| match dev_ok(s, ordinal) {
+        // SAFETY: `d` is the caller's out-parameter (the caller's contract).
         Some(_) => unsafe { out(d, ordinal) },
         None => INVALID_DEVICE,
     })
@@ -150,6 +153,7 @@ pub unsafe extern "C" fn cuDeviceGet(d: *mut i32, ordinal: i32) -> CUresult {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], dev: i32) -> CUresult {
     call("cuDeviceGetUuid_v2", |s| match dev_ok(s, dev) {
+        // SAFETY: `uuid` is the caller's out-parameter, a CUuuid of 16 bytes (the caller's contract).
         Some(d) => unsafe { out(uuid, fake_uuid(s.physical[d])) },
         None => INVALID_DEVICE,
     })
@@ -157,6 +161,7 @@ pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], dev: i32) -> CU
 
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetUuid(uuid: *mut [u8; 16], dev: i32) -> CUresult {
+    // SAFETY: the same call with the same out-parameter; the caller's contract passes on.
     unsafe { cuDeviceGetUuid_v2(uuid, dev) }
 }
 
@@ -176,6 +181,7 @@ pub(crate) fn fake_uuid_string(d: usize) -> String {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: i32) -> CUresult {
     call("cuDeviceTotalMem_v2", |s| match dev_ok(s, dev) {
+        // SAFETY: `bytes` is the caller's out-parameter (the caller's contract).
         Some(_) => unsafe { out(bytes, s.total as usize) },
         None => INVALID_DEVICE,
     })
@@ -192,6 +198,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut usize, dev: i32) -> 
         }
         s.devices[d].primary_refs += 1;
         s.contexts.insert(primary_ctx(d), d);
+        // SAFETY: `ctx` is the caller's out-parameter (the caller's contract).
         unsafe { out(ctx, primary_ctx(d)) }
     })
 }
@@ -231,7 +238,9 @@ pub extern "C" fn cuDevicePrimaryCtxReset(dev: i32) -> CUresult {
     primary_release("cuDevicePrimaryCtxReset", dev, true)
 }
 
-fn ctx_create(name: &str, ctx: *mut usize, dev: i32) -> CUresult {
+/// # Safety
+/// `ctx` is null or valid for a write: the caller's out-parameter.
+unsafe fn ctx_create(name: &str, ctx: *mut usize, dev: i32) -> CUresult {
     call(name, |s| {
         let Some(d) = dev_ok(s, dev) else {
             return INVALID_DEVICE;
@@ -243,18 +252,21 @@ fn ctx_create(name: &str, ctx: *mut usize, dev: i32) -> CUresult {
         let handle = 0x2000 + s.contexts.len() * 16 + d;
         s.contexts.insert(handle, d);
         CURRENT.with(|c| c.set(handle));
+        // SAFETY: `ctx` is null or writable (this function's contract).
         unsafe { out(ctx, handle) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxCreate_v2(ctx: *mut usize, _flags: c_uint, dev: i32) -> CUresult {
-    ctx_create("cuCtxCreate_v2", ctx, dev)
+    // SAFETY: `ctx` is the caller's out-parameter (the caller's contract).
+    unsafe { ctx_create("cuCtxCreate_v2", ctx, dev) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxCreate(ctx: *mut usize, _flags: c_uint, dev: i32) -> CUresult {
-    ctx_create("cuCtxCreate", ctx, dev)
+    // SAFETY: `ctx` is the caller's out-parameter (the caller's contract).
+    unsafe { ctx_create("cuCtxCreate", ctx, dev) }
 }
 
 #[no_mangle]
@@ -265,7 +277,9 @@ pub unsafe extern "C" fn cuCtxCreate_v3(
     _f: c_uint,
     dev: i32,
 ) -> CUresult {
-    ctx_create("cuCtxCreate_v3", ctx, dev)
+    // SAFETY: `ctx` is the caller's out-parameter (the caller's contract); the affinity parameters
+    // are not read.
+    unsafe { ctx_create("cuCtxCreate_v3", ctx, dev) }
 }
 
 #[no_mangle]
@@ -275,7 +289,9 @@ pub unsafe extern "C" fn cuCtxCreate_v4(
     _f: c_uint,
     dev: i32,
 ) -> CUresult {
-    ctx_create("cuCtxCreate_v4", ctx, dev)
+    // SAFETY: `ctx` is the caller's out-parameter (the caller's contract); the parameters struct is not
+    // read.
+    unsafe { ctx_create("cuCtxCreate_v4", ctx, dev) }
 }
 
 fn ctx_destroy(name: &str, ctx: usize) -> CUresult {
@@ -320,15 +336,18 @@ pub extern "C" fn cuCtxSetCurrent(ctx: usize) -> CUresult {
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut usize) -> CUresult {
+    // SAFETY: `ctx` is the caller's out-parameter (the caller's contract).
     unsafe { out(ctx, CURRENT.with(|c| c.get())) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut i32) -> CUresult {
     if bench_mode() {
+        // SAFETY: `dev` is the caller's out-parameter (the caller's contract).
         return unsafe { out(dev, 0) };
     }
     call("cuCtxGetDevice", |s| match s.current_dev() {
+        // SAFETY: `dev` is the caller's out-parameter (the caller's contract).
         Some(d) => unsafe { out(dev, d as i32) },
         None => INVALID_CONTEXT,
     })

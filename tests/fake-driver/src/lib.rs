@@ -26,6 +26,18 @@
 //! (stream-ordered allocation), vmm.rs (virtual memory management), arrays.rs, capture.rs, graph.rs,
 //! limits.rs, nvml.rs, shared.rs (`FAKECUDA_SHARED`), checkpoint.rs (the checkpoint API), lookup.rs
 //! (`cuGetProcAddress`) with table.rs, and test_hooks.rs.
+//!
+//! ## Pointers: the caller's contract
+//!
+//! Every pointer an entry point takes is its caller's (a C test client, or vramcap on its behalf), and
+//! the CUDA and NVML documentation binds the caller to pass, for each one, memory fit for what that call
+//! does with it: an out-parameter valid for a write of one value of its type, or null where the call
+//! allows it (`out` answers a null one with CUDA_ERROR_INVALID_VALUE); an input struct readable in the
+//! ABI's layout; an array readable for the count passed beside it; a name a NUL-terminated string. The
+//! fake checks what the driver checks (null, mostly) and relies on the rest, as the driver does. This
+//! is "the caller's contract" that the `// SAFETY:` comments on such pointers cite: the entry points that
+//! use a pointer are `unsafe extern "C"` for it, and a private helper handed one is an `unsafe fn` whose
+//! `# Safety` passes the same contract on.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
 mod arrays;

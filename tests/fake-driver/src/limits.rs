@@ -189,6 +189,7 @@ pub unsafe extern "C" fn cuCtxGetLimit(value: *mut usize, limit: c_int) -> CUres
             LIMIT_PERSISTING_L2_CACHE_SIZE => l.persisting,
             _ => return INVALID_VALUE,
         };
+        // SAFETY: `value` is the caller's out-parameter, a size_t (the caller's contract).
         unsafe { out(value, v as usize) }
     })
 }
@@ -241,6 +242,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
             109 => 134_213_632,          // MAX_ACCESS_POLICY_WINDOW_SIZE
             _ => return INVALID_VALUE,
         };
+        // SAFETY: `pi` is the caller's out-parameter, an int (the caller's contract).
         unsafe { out(pi, v as c_int) }
     })
 }

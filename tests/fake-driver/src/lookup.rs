@@ -20,14 +20,19 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     if symbol.is_null() || pfn.is_null() {
         return INVALID_VALUE;
     }
+    // SAFETY: `symbol` is not null (checked above), and the caller's contract makes it a NUL-terminated
+    // name, read before the call returns.
     let name = unsafe { CStr::from_ptr(symbol) }
         .to_string_lossy()
         .into_owned();
     let set_status = |v: i32| {
         if !status.is_null() {
+            // SAFETY: `status` is not null, and a non-null `status` is the caller's out-parameter (the
+            // caller's contract).
             unsafe { status.write(v) };
         }
     };
+    // SAFETY: `pfn` is not null (checked above) and is the caller's out-parameter (the caller's contract).
     unsafe { pfn.write(std::ptr::null_mut()) };
     let exported = match crate::table::lookup(&name, version, flags) {
         crate::table::Answer::Symbol(sym) => sym,
@@ -40,11 +45,13 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     let Ok(c) = std::ffi::CString::new(exported) else {
         return INVALID_VALUE;
     };
+    // SAFETY: `c` is a CString: NUL-terminated, and alive until the call returns.
     let p = unsafe { fakecuda_symbol(c.as_ptr()) };
     if p.is_null() {
         set_status(1);
         return NOT_FOUND;
     }
+    // SAFETY: as above: `pfn` is the caller's out-parameter, not null.
     unsafe { pfn.write(p) };
     set_status(0);
     OK
@@ -57,6 +64,8 @@ pub unsafe extern "C" fn cuGetProcAddress(
     version: i32,
     flags: u64,
 ) -> CUresult {
+    // SAFETY: the caller's `symbol` and `pfn` go on as they came (the caller's contract); a null `status`
+    // is allowed and never written.
     unsafe { cuGetProcAddress_v2(symbol, pfn, version, flags, std::ptr::null_mut()) }
 }
 
@@ -65,9 +74,15 @@ pub unsafe extern "C" fn cuGetProcAddress(
 pub unsafe extern "C" fn fakecuda_symbol(name: *const c_char) -> *mut c_void {
     static SELF: OnceLock<(usize, usize)> = OnceLock::new();
     let (handle, dlsym) = *SELF.get_or_init(|| {
+        // SAFETY: Dl_info is pointers and ints, for which all zeros (null, 0) is a valid value.
         let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live Dl_info that dladdr only fills in; the address is this function's.
         unsafe { libc::dladdr(fakecuda_symbol as *const c_void, &mut info) };
+        // SAFETY: `dli_fname` is the NUL-terminated path of this library, which dladdr set and the
+        // loader keeps while the library is loaded (or null if dladdr failed, which names the program).
+        // RTLD_NOLOAD only finds a library already loaded: nothing is loaded or initialised.
         let handle = unsafe { libc::dlopen(info.dli_fname, libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+        // SAFETY: RTLD_DEFAULT and two NUL-terminated literals; dlvsym only looks the name up.
         let dlsym = unsafe {
             libc::dlvsym(
                 libc::RTLD_DEFAULT,
@@ -76,6 +91,7 @@ pub unsafe extern "C" fn fakecuda_symbol(name: *const c_char) -> *mut c_void {
             )
         };
         let dlsym = if dlsym.is_null() {
+            // SAFETY: as above; glibc before 2.34 exports dlsym at GLIBC_2.2.5 only.
             unsafe {
                 libc::dlvsym(
                     libc::RTLD_DEFAULT,
@@ -88,8 +104,12 @@ pub unsafe extern "C" fn fakecuda_symbol(name: *const c_char) -> *mut c_void {
         };
         (handle as usize, dlsym as usize)
     });
+    // SAFETY: `dlsym` is glibc's dlsym, of this type, and not null: glibc on x86-64, the only target,
+    // exports it at GLIBC_2.2.5 (its first version), and at GLIBC_2.34 as well since 2.34.
     let dlsym: unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void =
         unsafe { std::mem::transmute(dlsym) };
+    // SAFETY: `handle` is this library's, never closed; `name` is the caller's NUL-terminated name (the
+    // caller's contract). dlsym only looks the name up.
     unsafe { dlsym(handle as *mut c_void, name) }
 }
 
@@ -105,5 +125,6 @@ pub unsafe extern "C" fn cuGetExportTable(
     _id: *const c_void,
 ) -> CUresult {
     fake().count("cuGetExportTable");
+    // SAFETY: `table` is the caller's out-parameter (the caller's contract); the table it gets is static.
     unsafe { out(table, EXPORT_TABLE.as_ptr().cast()) }
 }

@@ -123,6 +123,7 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         let Some(d) = s.current_dev() else {
             return INVALID_CONTEXT;
         };
+        // SAFETY: `free` and `total` are the caller's out-parameters (the caller's contract).
         unsafe {
             out(
                 free,
@@ -133,7 +134,11 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
     })
 }
 
-fn alloc_current(name: &str, dptr: *mut u64, size: u64) -> CUresult {
+/// An allocation on the current context's device, its address written to `dptr`.
+///
+/// # Safety
+/// `dptr` is null or valid for a write: the caller's out-parameter.
+unsafe fn alloc_current(name: &str, dptr: *mut u64, size: u64) -> CUresult {
     call(name, |s| {
         if let Some(e) = crate::capture::prohibited(s, None) {
             return e;
@@ -145,6 +150,7 @@ fn alloc_current(name: &str, dptr: *mut u64, size: u64) -> CUresult {
             return INVALID_CONTEXT;
         };
         match s.alloc(d, size) {
+            // SAFETY: `dptr` is null or writable (this function's contract).
             Ok(va) => unsafe { out(dptr, va) },
             Err(e) => e,
         }
@@ -183,9 +189,11 @@ fn bench_free(ptr: u64) {
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut u64, size: usize) -> CUresult {
     if bench_mode() {
+        // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
         return unsafe { out(dptr, bench_alloc(size as u64)) };
     }
-    alloc_current("cuMemAlloc_v2", dptr, size as u64)
+    // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
+    unsafe { alloc_current("cuMemAlloc_v2", dptr, size as u64) }
 }
 
 #[no_mangle]
@@ -218,8 +226,10 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
     _elem: c_uint,
 ) -> CUresult {
     let p = (width as u64).div_ceil(PITCH) * PITCH;
-    let r = alloc_current("cuMemAllocPitch_v2", dptr, p * height as u64);
+    // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
+    let r = unsafe { alloc_current("cuMemAllocPitch_v2", dptr, p * height as u64) };
     if r == OK {
+        // SAFETY: `pitch` is the caller's out-parameter (the caller's contract).
         unsafe { out(pitch, p as usize) };
     }
     r
@@ -231,7 +241,8 @@ pub unsafe extern "C" fn cuMemAllocManaged(
     size: usize,
     _flags: c_uint,
 ) -> CUresult {
-    alloc_current("cuMemAllocManaged", dptr, size as u64)
+    // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
+    unsafe { alloc_current("cuMemAllocManaged", dptr, size as u64) }
 }
 
 #[no_mangle]

@@ -97,6 +97,7 @@ impl Fake {
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetMemPool(pool: *mut usize, dev: i32) -> CUresult {
     call("cuDeviceGetMemPool", |s| match dev_ok(s, dev) {
+        // SAFETY: `pool` is the caller's out-parameter (the caller's contract).
         Some(d) => unsafe { out(pool, default_pool(d)) },
         None => INVALID_DEVICE,
     })
@@ -104,7 +105,10 @@ pub unsafe extern "C" fn cuDeviceGetMemPool(pool: *mut usize, dev: i32) -> CUres
 
 /// Stream-ordered allocation. On a capturing stream it allocates nothing and adds a graph node instead
 /// (capture.rs decides); elsewhere it is one of the calls a capture prohibits.
-fn alloc_async(
+///
+/// # Safety
+/// `dptr` is null or valid for a write: the caller's out-parameter.
+unsafe fn alloc_async(
     name: &str,
     dptr: *mut u64,
     size: usize,
@@ -112,7 +116,9 @@ fn alloc_async(
     stream: crate::capture::Stream,
 ) -> CUresult {
     call(name, |s| {
-        if let Some(r) = crate::capture::alloc_async(s, stream, dptr, size as u64, pool) {
+        // SAFETY: `dptr` is null or writable (this function's contract).
+        if let Some(r) = unsafe { crate::capture::alloc_async(s, stream, dptr, size as u64, pool) }
+        {
             return r;
         }
         let pool = match pool {
@@ -126,6 +132,7 @@ fn alloc_async(
             return INVALID_VALUE;
         }
         match s.pool_alloc(pool, size as u64) {
+            // SAFETY: `dptr` is null or writable (this function's contract).
             Ok(va) => unsafe { out(dptr, va) },
             Err(e) => e,
         }
@@ -135,7 +142,8 @@ fn alloc_async(
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut u64, size: usize, st: *mut c_void) -> CUresult {
     let st = crate::capture::stream(st, false);
-    alloc_async("cuMemAllocAsync", dptr, size, None, st)
+    // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
+    unsafe { alloc_async("cuMemAllocAsync", dptr, size, None, st) }
 }
 
 #[no_mangle]
@@ -145,7 +153,8 @@ pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
     st: *mut c_void,
 ) -> CUresult {
     let st = crate::capture::stream(st, true);
-    alloc_async("cuMemAllocAsync_ptsz", dptr, size, None, st)
+    // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
+    unsafe { alloc_async("cuMemAllocAsync_ptsz", dptr, size, None, st) }
 }
 
 #[no_mangle]
@@ -156,7 +165,8 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
     st: *mut c_void,
 ) -> CUresult {
     let st = crate::capture::stream(st, false);
-    alloc_async("cuMemAllocFromPoolAsync", dptr, size, Some(pool), st)
+    // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
+    unsafe { alloc_async("cuMemAllocFromPoolAsync", dptr, size, Some(pool), st) }
 }
 
 #[no_mangle]
@@ -167,7 +177,8 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
     st: *mut c_void,
 ) -> CUresult {
     let st = crate::capture::stream(st, true);
-    alloc_async("cuMemAllocFromPoolAsync_ptsz", dptr, size, Some(pool), st)
+    // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
+    unsafe { alloc_async("cuMemAllocFromPoolAsync_ptsz", dptr, size, Some(pool), st) }
 }
 
 fn free_async(name: &str, ptr: u64, stream: crate::capture::Stream) -> CUresult {
@@ -204,6 +215,8 @@ pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut usize, props: *const PoolPro
         if let Some(e) = crate::capture::prohibited(s, None) {
             return e;
         }
+        // SAFETY: `props` is null or the caller's CUmemPoolProps, readable (the caller's contract);
+        // `as_ref` makes a null None.
         let Some(props) = (unsafe { props.as_ref() }) else {
             return INVALID_VALUE;
         };
@@ -221,6 +234,7 @@ pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut usize, props: *const PoolPro
                 threshold: 0,
             },
         );
+        // SAFETY: `pool` is the caller's out-parameter (the caller's contract).
         unsafe { out(pool, id) }
     })
 }
@@ -271,6 +285,8 @@ pub unsafe extern "C" fn cuMemPoolGetAttribute(
             7 => p.used,
             _ => return INVALID_VALUE,
         };
+        // SAFETY: `value` is the caller's out-parameter, a cuuint64_t for the attributes answered here
+        // (the caller's contract).
         unsafe { out(value, v) }
     })
 }
@@ -285,12 +301,16 @@ pub unsafe extern "C" fn cuMemPoolSetAttribute(
         if let Some(e) = crate::capture::prohibited(s, None) {
             return e;
         }
-        let (Some(p), Some(v)) = (s.pools.get_mut(&pool), unsafe { value.as_ref() }) else {
-            return INVALID_VALUE;
-        };
+        // Only the release threshold can be set. It is checked first: other attributes' values are ints,
+        // not to be read as a u64 (either way the answer is INVALID_VALUE).
         if attr != 4 {
             return INVALID_VALUE;
         }
+        // SAFETY: `value` is null or the caller's value of RELEASE_THRESHOLD, a cuuint64_t (the caller's
+        // contract); `as_ref` makes a null None.
+        let (Some(p), Some(v)) = (s.pools.get_mut(&pool), unsafe { value.as_ref() }) else {
+            return INVALID_VALUE;
+        };
         p.threshold = *v;
         OK
     })

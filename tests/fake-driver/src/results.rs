@@ -35,5 +35,6 @@ pub unsafe extern "C" fn cuGetErrorName(code: CUresult, name: *mut *const c_char
         908 => c"CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD",
         _ => c"CUDA_ERROR_UNKNOWN",
     };
+    // SAFETY: `name` is the caller's out-parameter (the caller's contract); the string it gets is static.
     unsafe { out(name, s.as_ptr()) }
 }

@@ -8,7 +8,7 @@ use crate::config::shared_dir;
 use std::os::unix::fs::FileExt;
 
 fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks existence.
+    // SAFETY: kill takes no pointers, and signal 0 sends nothing: it only asks whether `pid` exists.
     unsafe { libc::kill(pid, 0) == 0 }
 }
 

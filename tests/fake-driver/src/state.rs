@@ -83,7 +83,8 @@ extern "C" fn fork_release() {
 /// The state, locked; made on first use from the configuration (config.rs).
 pub(crate) fn fake() -> std::sync::MutexGuard<'static, Fake> {
     FAKE.get_or_init(|| {
-        // SAFETY: registers plain extern "C" functions with no arguments.
+        // SAFETY: the handlers are functions of this library that take nothing and touch only its own
+        // state; glibc drops a library's handlers when it is unloaded, so they never outlive their code.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release)) };
         let machine = config::machine_devices();
         let physical = visible_devices(machine);
@@ -137,10 +138,15 @@ pub(crate) fn call(name: &str, f: impl FnOnce(&mut Fake) -> CUresult) -> CUresul
 }
 
 /// Writes `v` through an out-parameter, or answers INVALID_VALUE for a null one, as the driver does.
+///
+/// # Safety
+/// `p` is null or valid for a write of a `T`: what the caller's contract (crate docs) promises of an
+/// out-parameter.
 pub(crate) unsafe fn out<T>(p: *mut T, v: T) -> CUresult {
     if p.is_null() {
         return INVALID_VALUE;
     }
+    // SAFETY: `p` is not null, and a non-null `p` is valid for a write of a `T` (this function's contract).
     unsafe { p.write(v) };
     OK
 }

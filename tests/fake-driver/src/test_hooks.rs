@@ -11,6 +11,8 @@ use std::ffi::{c_char, CStr};
 /// How many times the entry point `name` was called.
 #[no_mangle]
 pub unsafe extern "C" fn fakecuda_calls(name: *const c_char) -> u64 {
+    // SAFETY: `name` is the caller's NUL-terminated entry-point name (the caller's contract), read before
+    // the call returns.
     let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
     fake().calls.get(name.as_ref()).copied().unwrap_or(0)
 }

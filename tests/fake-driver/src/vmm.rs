@@ -43,6 +43,7 @@ pub unsafe extern "C" fn cuMemGetAllocationGranularity(
     _p: *const AllocationProp,
     _o: i32,
 ) -> CUresult {
+    // SAFETY: `g` is the caller's out-parameter (the caller's contract).
     unsafe { out(g, PAGE as usize) }
 }
 
@@ -57,6 +58,8 @@ pub unsafe extern "C" fn cuMemCreate(
         if let Some(e) = crate::capture::prohibited(s, None) {
             return e;
         }
+        // SAFETY: `prop` is null or the caller's CUmemAllocationProp, readable (the caller's contract);
+        // `as_ref` makes a null None.
         let Some(prop) = (unsafe { prop.as_ref() }) else {
             return INVALID_VALUE;
         };
@@ -89,6 +92,7 @@ pub unsafe extern "C" fn cuMemCreate(
                 maps: 0,
             },
         );
+        // SAFETY: `handle` is the caller's out-parameter (the caller's contract).
         unsafe { out(handle, h) }
     })
 }
@@ -115,6 +119,7 @@ pub unsafe extern "C" fn cuMemAddressReserve(
 ) -> CUresult {
     call("cuMemAddressReserve", |s| {
         let va = s.va(size as u64);
+        // SAFETY: `ptr` is the caller's out-parameter (the caller's contract).
         unsafe { out(ptr, va) }
     })
 }
@@ -178,6 +183,7 @@ pub unsafe extern "C" fn cuMemRetainAllocationHandle(
         if let Some(hd) = s.handles.get_mut(&h) {
             hd.refs += 1;
         }
+        // SAFETY: `handle` is the caller's out-parameter (the caller's contract).
         unsafe { out(handle, h) }
     })
 }
