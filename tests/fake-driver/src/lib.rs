@@ -17,15 +17,17 @@
 //!   (`docs/probe-graph-limits-h200.txt`).
 //!
 //! Test hooks: `fakecuda_calls(name)` counts calls per entry point, `fakecuda_symbol(name)` returns the
-//! fake's own address of an export, `fakecuda_device_used(dev)` what the device holds, and
+//! fake's own address of an export, `fakecuda_device_used(dev)` what the device holds,
+//! `fakecuda_hidden_alloc(dev, bytes)` takes memory with no allocation call, `fakecuda_write` /
+//! `fakecuda_read` keep a word of content per allocation (which a checkpoint must keep), and
 //! `fakecuda_malloc_kernel()` / `fakecuda_local_kernel(bytes)` fake kernels whose launch grows the malloc
 //! heap or the stack, as real kernels that call malloc or use much local memory do.
 //!
-//! The files, by area: state.rs (the one state and its lock), results.rs (CUresult codes), config.rs (the
-//! `FAKECUDA_*` variables), devices.rs (devices and contexts), memory.rs (linear memory), pools.rs
+//! The files, by area: state.rs (the one state and its lock), results.rs (CUresult codes), config.rs
+//! (every `FAKECUDA_*` variable), devices.rs (devices and contexts), memory.rs (linear memory), pools.rs
 //! (stream-ordered allocation), vmm.rs (virtual memory management), arrays.rs, capture.rs, graph.rs,
-//! limits.rs, nvml.rs, shared.rs (`FAKECUDA_SHARED`), checkpoint.rs (the checkpoint API), lookup.rs
-//! (`cuGetProcAddress`) with table.rs, and test_hooks.rs.
+//! limits.rs, nvml.rs, shared.rs (the shared-device directory, `FAKECUDA_SHARED`), checkpoint.rs (the
+//! checkpoint API), lookup.rs (`cuGetProcAddress`) with table.rs, and test_hooks.rs.
 //!
 //! ## Pointers: the caller's contract
 //!

@@ -1,5 +1,5 @@
-//! The `CUresult` codes that more than one area answers, and `cuGetErrorName`, which names every code the
-//! fake answers (capture.rs and limits.rs keep the codes only they answer).
+//! `CUresult` and the common codes the areas answer, and `cuGetErrorName`, which names every code the
+//! fake answers (capture.rs and limits.rs keep the codes that only they answer).
 
 use crate::state::out;
 use std::ffi::{c_char, CStr};
@@ -12,8 +12,8 @@ pub(crate) const NOT_INITIALIZED: CUresult = 3;
 pub(crate) const INVALID_DEVICE: CUresult = 101;
 pub(crate) const INVALID_CONTEXT: CUresult = 201;
 pub(crate) const NOT_FOUND: CUresult = 500;
-pub(crate) const NOT_SUPPORTED: CUresult = 801;
 pub(crate) const ILLEGAL_STATE: CUresult = 401;
+pub(crate) const NOT_SUPPORTED: CUresult = 801;
 pub(crate) const UNKNOWN: CUresult = 999;
 
 #[no_mangle]
