@@ -9,10 +9,10 @@
 //! calls of its own inside a hook. Stream-ordered work on a capturing stream is recorded as graph nodes
 //! (graph.rs) instead of running: a captured cuMemAllocAsync allocates nothing.
 
+use crate::config::bench_mode;
 use crate::graph::Kind;
-use crate::state::{
-    bench_mode, call, out, CUresult, Fake, ILLEGAL_STATE, INVALID_CONTEXT, INVALID_VALUE, OK,
-};
+use crate::results::{CUresult, ILLEGAL_STATE, INVALID_CONTEXT, INVALID_VALUE, OK};
+use crate::state::{call, out, Fake};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
@@ -214,7 +214,10 @@ pub(crate) fn capture_node(s: &mut Fake, st: Stream, kind: Kind) -> Option<usize
 /// cuMemAllocAsync / cuMemAllocFromPoolAsync before the pool sees them: on a capturing stream an
 /// allocation node (on the stream's device, or the pool's) and a fresh address, nothing allocated; a
 /// refusal; or None: allocate as usual.
-pub(crate) fn alloc_async(
+///
+/// # Safety
+/// `dptr` is null or valid for a write: the caller's out-parameter.
+pub(crate) unsafe fn alloc_async(
     s: &mut Fake,
     st: Stream,
     dptr: *mut u64,
@@ -245,6 +248,7 @@ pub(crate) fn alloc_async(
                     dptr: va,
                 },
             );
+            // SAFETY: `dptr` is null or writable (this function's contract).
             Some(unsafe { out(dptr, va) })
         }
     }
@@ -264,7 +268,9 @@ pub(crate) fn free_async(s: &mut Fake, st: Stream, ptr: u64) -> Option<CUresult>
 
 // ---- streams ----
 
-fn create_stream(name: &str, ph: *mut usize, flags: c_uint) -> CUresult {
+/// # Safety
+/// `ph` is null or valid for a write: the caller's out-parameter.
+unsafe fn create_stream(name: &str, ph: *mut usize, flags: c_uint) -> CUresult {
     call(name, |s| {
         if ph.is_null() {
             return INVALID_VALUE;
@@ -281,13 +287,15 @@ fn create_stream(name: &str, ph: *mut usize, flags: c_uint) -> CUresult {
                 blocking: flags & NON_BLOCKING == 0,
             },
         );
+        // SAFETY: `ph` is null or writable (this function's contract).
         unsafe { out(ph, h) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamCreate(ph: *mut usize, flags: c_uint) -> CUresult {
-    create_stream("cuStreamCreate", ph, flags)
+    // SAFETY: `ph` is the caller's out-parameter (the caller's contract).
+    unsafe { create_stream("cuStreamCreate", ph, flags) }
 }
 
 #[no_mangle]
@@ -296,7 +304,8 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
     flags: c_uint,
     _priority: c_int,
 ) -> CUresult {
-    create_stream("cuStreamCreateWithPriority", ph, flags)
+    // SAFETY: `ph` is the caller's out-parameter (the caller's contract).
+    unsafe { create_stream("cuStreamCreateWithPriority", ph, flags) }
 }
 
 /// Destroying a stream ends any capture on it, dropping the graph it was making.
@@ -370,8 +379,12 @@ pub extern "C" fn cuCtxSynchronize_v2(_ctx: *mut c_void) -> CUresult {
 
 /// The stream's device (a created stream's, else the current context's). A query, yet measured to be
 /// prohibited, in every mode, on a capturing stream.
-fn stream_get_device(name: &str, h: *mut c_void, ptsz: bool, dev: *mut i32) -> CUresult {
+///
+/// # Safety
+/// `dev` is null or valid for a write: the caller's out-parameter.
+unsafe fn stream_get_device(name: &str, h: *mut c_void, ptsz: bool, dev: *mut i32) -> CUresult {
     if bench_mode() {
+        // SAFETY: `dev` is null or writable (this function's contract).
         return unsafe { out(dev, 0) };
     }
     let st = stream(h, ptsz);
@@ -380,6 +393,7 @@ fn stream_get_device(name: &str, h: *mut c_void, ptsz: bool, dev: *mut i32) -> C
             return e;
         }
         match stream_dev(s, st) {
+            // SAFETY: `dev` is null or writable (this function's contract).
             Some(d) => unsafe { out(dev, d as i32) },
             None => INVALID_CONTEXT,
         }
@@ -388,26 +402,29 @@ fn stream_get_device(name: &str, h: *mut c_void, ptsz: bool, dev: *mut i32) -> C
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetDevice(h: *mut c_void, dev: *mut i32) -> CUresult {
-    stream_get_device("cuStreamGetDevice", h, false, dev)
+    // SAFETY: `dev` is the caller's out-parameter (the caller's contract).
+    unsafe { stream_get_device("cuStreamGetDevice", h, false, dev) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetDevice_ptsz(h: *mut c_void, dev: *mut i32) -> CUresult {
-    stream_get_device("cuStreamGetDevice_ptsz", h, true, dev)
+    // SAFETY: `dev` is the caller's out-parameter (the caller's contract).
+    unsafe { stream_get_device("cuStreamGetDevice_ptsz", h, true, dev) }
 }
 
 // ---- capture ----
 
 /// Begins a capture on the stream, into a new graph or (`into`) the caller's graph after `deps`.
 /// The legacy stream cannot capture; a capturing one cannot begin again.
-fn begin(
+///
+/// # Safety
+/// With `into`, the dependencies are null or an array of the count beside them: the caller's.
+unsafe fn begin(
     name: &str,
-    h: *mut c_void,
-    ptsz: bool,
+    st: Stream,
     mode: i32,
     into: Option<(usize, *const usize, usize)>,
 ) -> CUresult {
-    let st = stream(h, ptsz);
     let thread = this_thread();
     call(name, |s| {
         if !(MODE_GLOBAL..=MODE_RELAXED).contains(&mode) {
@@ -430,6 +447,8 @@ fn begin(
                 let deps = if deps.is_null() || n == 0 {
                     Vec::new()
                 } else {
+                    // SAFETY: `deps` is not null and is an array of `n` nodes (this function's
+                    // contract), copied out before the call returns.
                     unsafe { std::slice::from_raw_parts(deps, n) }.to_vec()
                 };
                 (g, false, deps)
@@ -464,22 +483,33 @@ fn begin(
 /// The old ABI: no mode argument, GLOBAL.
 #[no_mangle]
 pub extern "C" fn cuStreamBeginCapture(h: *mut c_void) -> CUresult {
-    begin("cuStreamBeginCapture", h, false, MODE_GLOBAL, None)
+    // SAFETY: without `into`, begin reads through no pointer.
+    unsafe { begin("cuStreamBeginCapture", stream(h, false), MODE_GLOBAL, None) }
 }
 
 #[no_mangle]
 pub extern "C" fn cuStreamBeginCapture_ptsz(h: *mut c_void) -> CUresult {
-    begin("cuStreamBeginCapture_ptsz", h, true, MODE_GLOBAL, None)
+    // SAFETY: without `into`, begin reads through no pointer.
+    unsafe {
+        begin(
+            "cuStreamBeginCapture_ptsz",
+            stream(h, true),
+            MODE_GLOBAL,
+            None,
+        )
+    }
 }
 
 #[no_mangle]
 pub extern "C" fn cuStreamBeginCapture_v2(h: *mut c_void, mode: c_int) -> CUresult {
-    begin("cuStreamBeginCapture_v2", h, false, mode, None)
+    // SAFETY: without `into`, begin reads through no pointer.
+    unsafe { begin("cuStreamBeginCapture_v2", stream(h, false), mode, None) }
 }
 
 #[no_mangle]
 pub extern "C" fn cuStreamBeginCapture_v2_ptsz(h: *mut c_void, mode: c_int) -> CUresult {
-    begin("cuStreamBeginCapture_v2_ptsz", h, true, mode, None)
+    // SAFETY: without `into`, begin reads through no pointer.
+    unsafe { begin("cuStreamBeginCapture_v2_ptsz", stream(h, true), mode, None) }
 }
 
 #[no_mangle]
@@ -492,7 +522,8 @@ pub unsafe extern "C" fn cuStreamBeginCaptureToGraph(
     mode: c_int,
 ) -> CUresult {
     let into = Some((graph as usize, deps, n));
-    begin("cuStreamBeginCaptureToGraph", h, false, mode, into)
+    // SAFETY: `deps` is null or the caller's array of `n` nodes (the caller's contract).
+    unsafe { begin("cuStreamBeginCaptureToGraph", stream(h, false), mode, into) }
 }
 
 #[no_mangle]
@@ -505,12 +536,23 @@ pub unsafe extern "C" fn cuStreamBeginCaptureToGraph_ptsz(
     mode: c_int,
 ) -> CUresult {
     let into = Some((graph as usize, deps, n));
-    begin("cuStreamBeginCaptureToGraph_ptsz", h, true, mode, into)
+    // SAFETY: `deps` is null or the caller's array of `n` nodes (the caller's contract).
+    unsafe {
+        begin(
+            "cuStreamBeginCaptureToGraph_ptsz",
+            stream(h, true),
+            mode,
+            into,
+        )
+    }
 }
 
 /// Ends the capture (from the thread that began it, unless it was RELAXED): the graph, or, if the
 /// capture was invalidated, CUDA_ERROR_STREAM_CAPTURE_INVALIDATED and a NULL graph.
-fn end(name: &str, h: *mut c_void, ptsz: bool, ph: *mut usize) -> CUresult {
+///
+/// # Safety
+/// `ph` is null or valid for a write: the caller's out-parameter.
+unsafe fn end(name: &str, h: *mut c_void, ptsz: bool, ph: *mut usize) -> CUresult {
     let st = stream(h, ptsz);
     let thread = this_thread();
     call(name, |s| {
@@ -529,24 +571,29 @@ fn end(name: &str, h: *mut c_void, ptsz: bool, ph: *mut usize) -> CUresult {
             if c.own_graph {
                 s.graph.destroy_graph(c.graph);
             }
+            // SAFETY: `ph` is not null (checked above), so writable (this function's contract).
             unsafe { ph.write(0) };
             return CAPTURE_INVALIDATED;
         }
+        // SAFETY: as above.
         unsafe { out(ph, c.graph) }
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamEndCapture(h: *mut c_void, ph: *mut usize) -> CUresult {
-    end("cuStreamEndCapture", h, false, ph)
+    // SAFETY: `ph` is the caller's out-parameter (the caller's contract).
+    unsafe { end("cuStreamEndCapture", h, false, ph) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamEndCapture_ptsz(h: *mut c_void, ph: *mut usize) -> CUresult {
-    end("cuStreamEndCapture_ptsz", h, true, ph)
+    // SAFETY: `ph` is the caller's out-parameter (the caller's contract).
+    unsafe { end("cuStreamEndCapture_ptsz", h, true, ph) }
 }
 
-/// What cuStreamGetCaptureInfo* may be asked for; NULL pointers are not asked.
+/// What cuStreamGetCaptureInfo* may be asked for; NULL pointers are not asked. Each is null or the
+/// caller's out-parameter, valid for a write of its type.
 struct InfoOut {
     status: *mut i32,
     id: *mut u64,
@@ -558,7 +605,10 @@ struct InfoOut {
 
 /// A stream's capture status and, only while it is ACTIVE (as the driver documents), the rest. The legacy
 /// stream answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT while a blocking stream captures.
-fn capture_info(name: &str, h: *mut c_void, ptsz: bool, o: InfoOut) -> CUresult {
+///
+/// # Safety
+/// Each pointer in `o` is null or valid for a write: the caller's out-parameters.
+unsafe fn capture_info(name: &str, h: *mut c_void, ptsz: bool, o: InfoOut) -> CUresult {
     let st = stream(h, ptsz);
     call(name, |s| {
         if o.status.is_null() {
@@ -568,11 +618,16 @@ fn capture_info(name: &str, h: *mut c_void, ptsz: bool, o: InfoOut) -> CUresult 
             if st.handle == LEGACY && s.capture.open.values().any(|c| c.blocking) {
                 return CAPTURE_IMPLICIT;
             }
+            // SAFETY: `o.status` is null or writable (this function's contract).
             return unsafe { out(o.status, STATUS_NONE) };
         };
         if c.invalidated {
+            // SAFETY: as above.
             return unsafe { out(o.status, STATUS_INVALIDATED) };
         }
+        // SAFETY: `o.status` is not null (checked above) and each other pointer is written only when not
+        // null; all are writable (this function's contract). The deps and edges handed out point into
+        // the capture, which the driver documents as valid until the next call on the stream.
         unsafe {
             o.status.write(STATUS_ACTIVE);
             if !o.id.is_null() {
@@ -595,7 +650,9 @@ fn capture_info(name: &str, h: *mut c_void, ptsz: bool, o: InfoOut) -> CUresult 
     })
 }
 
-fn is_capturing(name: &str, h: *mut c_void, ptsz: bool, status: *mut i32) -> CUresult {
+/// # Safety
+/// `status` is null or valid for a write: the caller's out-parameter.
+unsafe fn is_capturing(name: &str, h: *mut c_void, ptsz: bool, status: *mut i32) -> CUresult {
     let o = InfoOut {
         status,
         id: std::ptr::null_mut(),
@@ -604,20 +661,31 @@ fn is_capturing(name: &str, h: *mut c_void, ptsz: bool, status: *mut i32) -> CUr
         edges: std::ptr::null_mut(),
         num: std::ptr::null_mut(),
     };
-    capture_info(name, h, ptsz, o)
+    // SAFETY: `status` is null or writable (this function's contract); the rest are null.
+    unsafe { capture_info(name, h, ptsz, o) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamIsCapturing(h: *mut c_void, status: *mut i32) -> CUresult {
-    is_capturing("cuStreamIsCapturing", h, false, status)
+    // SAFETY: `status` is the caller's out-parameter (the caller's contract).
+    unsafe { is_capturing("cuStreamIsCapturing", h, false, status) }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(h: *mut c_void, status: *mut i32) -> CUresult {
-    is_capturing("cuStreamIsCapturing_ptsz", h, true, status)
+    // SAFETY: `status` is the caller's out-parameter (the caller's contract).
+    unsafe { is_capturing("cuStreamIsCapturing_ptsz", h, true, status) }
 }
 
-fn info_v1(name: &str, h: *mut c_void, ptsz: bool, status: *mut i32, id: *mut u64) -> CUresult {
+/// # Safety
+/// `status` and `id` are null or valid for a write: the caller's out-parameters.
+unsafe fn info_v1(
+    name: &str,
+    h: *mut c_void,
+    ptsz: bool,
+    status: *mut i32,
+    id: *mut u64,
+) -> CUresult {
     let o = InfoOut {
         status,
         id,
@@ -626,7 +694,8 @@ fn info_v1(name: &str, h: *mut c_void, ptsz: bool, status: *mut i32, id: *mut u6
         edges: std::ptr::null_mut(),
         num: std::ptr::null_mut(),
     };
-    capture_info(name, h, ptsz, o)
+    // SAFETY: `status` and `id` are null or writable (this function's contract); the rest are null.
+    unsafe { capture_info(name, h, ptsz, o) }
 }
 
 #[no_mangle]
@@ -635,7 +704,8 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo(
     status: *mut i32,
     id: *mut u64,
 ) -> CUresult {
-    info_v1("cuStreamGetCaptureInfo", h, false, status, id)
+    // SAFETY: `status` and `id` are the caller's out-parameters (the caller's contract).
+    unsafe { info_v1("cuStreamGetCaptureInfo", h, false, status, id) }
 }
 
 #[no_mangle]
@@ -644,7 +714,8 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_ptsz(
     status: *mut i32,
     id: *mut u64,
 ) -> CUresult {
-    info_v1("cuStreamGetCaptureInfo_ptsz", h, true, status, id)
+    // SAFETY: `status` and `id` are the caller's out-parameters (the caller's contract).
+    unsafe { info_v1("cuStreamGetCaptureInfo_ptsz", h, true, status, id) }
 }
 
 #[no_mangle]
@@ -665,7 +736,8 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(
         edges,
         num,
     };
-    capture_info("cuStreamGetCaptureInfo_v2", h, false, o)
+    // SAFETY: every pointer in `o` is the caller's out-parameter (the caller's contract), or null.
+    unsafe { capture_info("cuStreamGetCaptureInfo_v2", h, false, o) }
 }
 
 #[no_mangle]
@@ -686,7 +758,8 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2_ptsz(
         edges,
         num,
     };
-    capture_info("cuStreamGetCaptureInfo_v2_ptsz", h, true, o)
+    // SAFETY: every pointer in `o` is the caller's out-parameter (the caller's contract), or null.
+    unsafe { capture_info("cuStreamGetCaptureInfo_v2_ptsz", h, true, o) }
 }
 
 #[no_mangle]
@@ -707,7 +780,8 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
         edges,
         num,
     };
-    capture_info("cuStreamGetCaptureInfo_v3", h, false, o)
+    // SAFETY: every pointer in `o` is the caller's out-parameter (the caller's contract).
+    unsafe { capture_info("cuStreamGetCaptureInfo_v3", h, false, o) }
 }
 
 #[no_mangle]
@@ -728,13 +802,16 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3_ptsz(
         edges,
         num,
     };
-    capture_info("cuStreamGetCaptureInfo_v3_ptsz", h, true, o)
+    // SAFETY: every pointer in `o` is the caller's out-parameter (the caller's contract).
+    unsafe { capture_info("cuStreamGetCaptureInfo_v3_ptsz", h, true, o) }
 }
 
 /// Swaps the calling thread's capture mode with `*mode`.
 #[no_mangle]
 pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut c_int) -> CUresult {
     call("cuThreadExchangeStreamCaptureMode", |_| {
+        // SAFETY: `mode` is null or the caller's int, readable and writable (the caller's contract);
+        // `as_ref` makes a null None, and the value is copied out at once.
         let Some(new) = (unsafe { mode.as_ref() }).copied() else {
             return INVALID_VALUE;
         };
@@ -742,6 +819,7 @@ pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut c_int) -> 
             return INVALID_VALUE;
         }
         let old = MODE.with(|m| m.replace(new));
+        // SAFETY: the same `mode`, not null here.
         unsafe { out(mode, old) }
     })
 }

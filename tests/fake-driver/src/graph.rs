@@ -14,10 +14,10 @@
 //! - a graph with allocation nodes may have one exec at a time.
 
 use crate::capture::{self, Stream, Work};
-use crate::state::{
-    call, dev_ok, out, CUresult, Fake, INVALID_CONTEXT, INVALID_DEVICE, INVALID_VALUE, MIB,
-    NOT_SUPPORTED, OK,
-};
+use crate::devices::dev_ok;
+use crate::memory::MIB;
+use crate::results::{CUresult, INVALID_CONTEXT, INVALID_DEVICE, INVALID_VALUE, NOT_SUPPORTED, OK};
+use crate::state::{call, out, Fake};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void};
 
@@ -258,13 +258,23 @@ pub(crate) fn reset_device(s: &mut Fake, dev: usize) {
 }
 
 /// The nodes `deps` names, all of which must be nodes of `graph`.
-fn deps_of(s: &Fake, graph: usize, deps: *const usize, n: usize) -> Result<Vec<usize>, CUresult> {
+///
+/// # Safety
+/// `deps` is null or an array of `n` nodes: the caller's.
+unsafe fn deps_of(
+    s: &Fake,
+    graph: usize,
+    deps: *const usize,
+    n: usize,
+) -> Result<Vec<usize>, CUresult> {
     if n == 0 {
         return Ok(Vec::new());
     }
     if deps.is_null() {
         return Err(INVALID_VALUE);
     }
+    // SAFETY: `deps` is not null (checked above) and is an array of `n` nodes (this function's
+    // contract), copied out before the call returns.
     let deps = unsafe { std::slice::from_raw_parts(deps, n) }.to_vec();
     if deps
         .iter()
@@ -277,7 +287,10 @@ fn deps_of(s: &Fake, graph: usize, deps: *const usize, n: usize) -> Result<Vec<u
 
 /// Adds a node once the graph, the dependencies and the out pointer are good; `make` builds the node (and
 /// may still refuse).
-fn add(
+///
+/// # Safety
+/// `node_out` is null or valid for a write, and `deps` null or an array of `n` nodes: the caller's.
+unsafe fn add(
     s: &mut Fake,
     node_out: *mut usize,
     graph: usize,
@@ -288,7 +301,8 @@ fn add(
     if node_out.is_null() || !s.graph.has_graph(graph) {
         return INVALID_VALUE;
     }
-    let deps = match deps_of(s, graph, deps, n) {
+    // SAFETY: `deps` is null or an array of `n` (this function's contract).
+    let deps = match unsafe { deps_of(s, graph, deps, n) } {
         Ok(d) => d,
         Err(e) => return e,
     };
@@ -297,6 +311,7 @@ fn add(
         Err(e) => return e,
     };
     let node = s.graph.add_node(graph, kind, deps);
+    // SAFETY: `node_out` is not null (checked above), so writable (this function's contract).
     unsafe { out(node_out, node) }
 }
 
@@ -309,6 +324,7 @@ pub unsafe extern "C" fn cuGraphCreate(ph: *mut usize, _flags: c_uint) -> CUresu
             return INVALID_VALUE;
         }
         let g = s.graph.new_graph();
+        // SAFETY: `ph` is the caller's out-parameter (the caller's contract).
         unsafe { out(ph, g) }
     })
 }
@@ -393,15 +409,21 @@ pub unsafe extern "C" fn cuGraphAddMemAllocNode(
     params: *mut MemAllocNodeParams,
 ) -> CUresult {
     call("cuGraphAddMemAllocNode", |s| {
+        // SAFETY: `params` is null or the caller's CUDA_MEM_ALLOC_NODE_PARAMS, readable and writable (the
+        // driver writes the address back) by the caller's contract; `as_mut` makes a null None.
         let Some(p) = (unsafe { params.as_mut() }) else {
             return INVALID_VALUE;
         };
         let mut dptr = 0;
-        let r = add(s, node, graph as usize, deps, n, |s| {
-            let k = alloc_kind(s, p)?;
-            dptr = dptr_of(&k);
-            Ok(k)
-        });
+        // SAFETY: `node` is the caller's out-parameter and `deps` its array of `n` (the caller's
+        // contract).
+        let r = unsafe {
+            add(s, node, graph as usize, deps, n, |s| {
+                let k = alloc_kind(s, p)?;
+                dptr = dptr_of(&k);
+                Ok(k)
+            })
+        };
         if r == OK {
             p.dptr = dptr;
         }
@@ -418,9 +440,13 @@ pub unsafe extern "C" fn cuGraphAddMemFreeNode(
     dptr: u64,
 ) -> CUresult {
     call("cuGraphAddMemFreeNode", |s| {
-        add(s, node, graph as usize, deps, n, |_| {
-            Ok(Kind::Free { dptr })
-        })
+        // SAFETY: `node` is the caller's out-parameter and `deps` its array of `n` (the caller's
+        // contract).
+        unsafe {
+            add(s, node, graph as usize, deps, n, |_| {
+                Ok(Kind::Free { dptr })
+            })
+        }
     })
 }
 
@@ -432,7 +458,9 @@ pub unsafe extern "C" fn cuGraphAddEmptyNode(
     n: usize,
 ) -> CUresult {
     call("cuGraphAddEmptyNode", |s| {
-        add(s, node, graph as usize, deps, n, |_| Ok(Kind::Empty))
+        // SAFETY: `node` is the caller's out-parameter and `deps` its array of `n` (the caller's
+        // contract).
+        unsafe { add(s, node, graph as usize, deps, n, |_| Ok(Kind::Empty)) }
     })
 }
 
@@ -443,7 +471,10 @@ fn kernel_kind(s: &Fake, func: usize) -> Result<Kind, CUresult> {
     Ok(Kind::Kernel { func, dev })
 }
 
-fn add_kernel(
+/// # Safety
+/// `node` is null or valid for a write, `deps` null or an array of `n` nodes, and `params` null or
+/// readable for the function at its start: the caller's.
+unsafe fn add_kernel(
     name: &str,
     node: *mut usize,
     graph: *mut c_void,
@@ -452,10 +483,13 @@ fn add_kernel(
     params: *const usize,
 ) -> CUresult {
     call(name, |s| {
+        // SAFETY: `params` is null or readable for the function at its start (this function's
+        // contract); `as_ref` makes a null None.
         let Some(&func) = (unsafe { params.as_ref() }) else {
             return INVALID_VALUE;
         };
-        add(s, node, graph as usize, deps, n, |s| kernel_kind(s, func))
+        // SAFETY: `node` and `deps` as this function's contract has them.
+        unsafe { add(s, node, graph as usize, deps, n, |s| kernel_kind(s, func)) }
     })
 }
 
@@ -467,7 +501,9 @@ pub unsafe extern "C" fn cuGraphAddKernelNode(
     n: usize,
     params: *const usize,
 ) -> CUresult {
-    add_kernel("cuGraphAddKernelNode", node, graph, deps, n, params)
+    // SAFETY: `node`, `deps` and `params` are the caller's, CUDA_KERNEL_NODE_PARAMS starting with the
+    // function (the caller's contract).
+    unsafe { add_kernel("cuGraphAddKernelNode", node, graph, deps, n, params) }
 }
 
 #[no_mangle]
@@ -478,7 +514,9 @@ pub unsafe extern "C" fn cuGraphAddKernelNode_v2(
     n: usize,
     params: *const usize,
 ) -> CUresult {
-    add_kernel("cuGraphAddKernelNode_v2", node, graph, deps, n, params)
+    // SAFETY: `node`, `deps` and `params` are the caller's, CUDA_KERNEL_NODE_PARAMS_v2 starting with the
+    // function (the caller's contract).
+    unsafe { add_kernel("cuGraphAddKernelNode_v2", node, graph, deps, n, params) }
 }
 
 /// A child graph node owns a clone of the child graph.
@@ -491,20 +529,28 @@ pub unsafe extern "C" fn cuGraphAddChildGraphNode(
     child: *mut c_void,
 ) -> CUresult {
     call("cuGraphAddChildGraphNode", |s| {
-        add(s, node, graph as usize, deps, n, |s| {
-            if !s.graph.has_graph(child as usize) {
-                return Err(INVALID_VALUE);
-            }
-            Ok(Kind::Child {
-                graph: s.graph.clone_graph(child as usize),
+        // SAFETY: `node` is the caller's out-parameter and `deps` its array of `n` (the caller's
+        // contract).
+        unsafe {
+            add(s, node, graph as usize, deps, n, |s| {
+                if !s.graph.has_graph(child as usize) {
+                    return Err(INVALID_VALUE);
+                }
+                Ok(Kind::Child {
+                    graph: s.graph.clone_graph(child as usize),
+                })
             })
-        })
+        }
     })
 }
 
 /// cuGraphAddNode: the node type picks the union member. Allocation nodes write their address back into
 /// the caller's parameters; a child graph is cloned unless its ownership moves to the node.
-fn add_node_params(
+///
+/// # Safety
+/// `node` is null or valid for a write, `deps` null or an array of `n` nodes, and `params` null or a
+/// CUgraphNodeParams, readable and writable, whose union holds the member its type names: the caller's.
+unsafe fn add_node_params(
     name: &str,
     node: *mut usize,
     graph: *mut c_void,
@@ -513,15 +559,22 @@ fn add_node_params(
     params: *mut GraphNodeParams,
 ) -> CUresult {
     call(name, |s| {
+        // SAFETY: `params` is null or a readable and writable CUgraphNodeParams (this function's
+        // contract); `as_mut` makes a null None.
         let Some(p) = (unsafe { params.as_mut() }) else {
             return INVALID_VALUE;
         };
         let ty = p.type_;
+        // The union: 232 bytes, 8-aligned, more than any member read below takes. `p` is not used
+        // again, so this pointer is the only way in. Each read is of the member that `ty` names, which
+        // the caller's union holds (this function's contract).
         let union = p.params.as_mut_ptr().cast::<u8>();
         let mut alloc_dptr = None;
-        let r = add(s, node, graph as usize, deps, n, |s| match ty {
+        let make = |s: &mut Fake| match ty {
+            // SAFETY: a kernel node's CUDA_KERNEL_NODE_PARAMS starts with the function, a pointer.
             TYPE_KERNEL => kernel_kind(s, unsafe { union.cast::<usize>().read() }),
             TYPE_GRAPH => {
+                // SAFETY: a child graph node's member is CUDA_CHILD_GRAPH_NODE_PARAMS.
                 let c = unsafe { union.cast::<ChildGraphNodeParams>().read() };
                 if !s.graph.has_graph(c.graph) {
                     return Err(INVALID_VALUE);
@@ -535,17 +588,24 @@ fn add_node_params(
             }
             TYPE_EMPTY => Ok(Kind::Empty),
             TYPE_MEM_ALLOC => {
+                // SAFETY: an allocation node's member is CUDA_MEM_ALLOC_NODE_PARAMS, borrowed only
+                // for this call.
                 let k = alloc_kind(s, unsafe { &*union.cast::<MemAllocNodeParams>() })?;
                 alloc_dptr = Some(dptr_of(&k));
                 Ok(k)
             }
             TYPE_MEM_FREE => Ok(Kind::Free {
+                // SAFETY: a free node's CUDA_MEM_FREE_NODE_PARAMS is the address, a CUdeviceptr.
                 dptr: unsafe { union.cast::<u64>().read() },
             }),
             t if (0..=TYPE_LAST).contains(&t) => Ok(Kind::Other(t)),
             _ => Err(INVALID_VALUE),
-        });
+        };
+        // SAFETY: `node` and `deps` as this function's contract has them.
+        let r = unsafe { add(s, node, graph as usize, deps, n, make) };
         if let (OK, Some(d)) = (r, alloc_dptr) {
+            // SAFETY: `alloc_dptr` is set only for an allocation node, whose member is the caller's
+            // writable CUDA_MEM_ALLOC_NODE_PARAMS (this function's contract).
             unsafe { (*union.cast::<MemAllocNodeParams>()).dptr = d };
         }
         r
@@ -560,7 +620,8 @@ pub unsafe extern "C" fn cuGraphAddNode(
     n: usize,
     params: *mut GraphNodeParams,
 ) -> CUresult {
-    add_node_params("cuGraphAddNode", node, graph, deps, n, params)
+    // SAFETY: `node`, `deps` and `params` are the caller's (the caller's contract).
+    unsafe { add_node_params("cuGraphAddNode", node, graph, deps, n, params) }
 }
 
 /// CUDA 12.3's signature, with edge data (ignored) beside the dependencies.
@@ -573,7 +634,9 @@ pub unsafe extern "C" fn cuGraphAddNode_v2(
     n: usize,
     params: *mut GraphNodeParams,
 ) -> CUresult {
-    add_node_params("cuGraphAddNode_v2", node, graph, deps, n, params)
+    // SAFETY: `node`, `deps` and `params` are the caller's (the caller's contract); the edge data is not
+    // read.
+    unsafe { add_node_params("cuGraphAddNode_v2", node, graph, deps, n, params) }
 }
 
 /// A graph's nodes: with `nodes` NULL their count; else up to `*num` of them, NULL after the last, and
@@ -589,13 +652,18 @@ pub unsafe extern "C" fn cuGraphGetNodes(
             return INVALID_VALUE;
         };
         if nodes.is_null() {
+            // SAFETY: `num` is the caller's out-parameter (the caller's contract).
             return unsafe { out(num, g.nodes.len()) };
         }
+        // SAFETY: `num` is not null (checked above) and is the caller's in/out count (the caller's
+        // contract).
         let room = unsafe { num.read() };
         let filled = room.min(g.nodes.len());
         for i in 0..room {
+            // SAFETY: `nodes` is the caller's array of `room` (the caller's contract), and i < room.
             unsafe { nodes.add(i).write(g.nodes.get(i).copied().unwrap_or(0)) };
         }
+        // SAFETY: the same `num`.
         unsafe { out(num, filled) }
     })
 }
@@ -607,6 +675,7 @@ fn node_kind(s: &Fake, node: *mut c_void) -> Option<&Kind> {
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphNodeGetType(node: *mut c_void, ty: *mut c_int) -> CUresult {
     call("cuGraphNodeGetType", |s| match node_kind(s, node) {
+        // SAFETY: `ty` is the caller's out-parameter (the caller's contract).
         Some(k) => unsafe { out(ty, k.type_code()) },
         None => INVALID_VALUE,
     })
@@ -631,6 +700,8 @@ pub unsafe extern "C" fn cuGraphMemAllocNodeGetParams(
             usage: 0,
             reserved: [0; 54],
         };
+        // SAFETY: `params` is the caller's out-parameter, a CUDA_MEM_ALLOC_NODE_PARAMS (the caller's
+        // contract).
         unsafe {
             out(
                 params,
@@ -653,6 +724,7 @@ pub unsafe extern "C" fn cuGraphMemFreeNodeGetParams(
 ) -> CUresult {
     call("cuGraphMemFreeNodeGetParams", |s| {
         match node_kind(s, node) {
+            // SAFETY: `dptr` is the caller's out-parameter (the caller's contract).
             Some(&Kind::Free { dptr: p }) => unsafe { out(dptr, p) },
             _ => INVALID_VALUE,
         }
@@ -666,6 +738,7 @@ pub unsafe extern "C" fn cuGraphChildGraphNodeGetGraph(
 ) -> CUresult {
     call("cuGraphChildGraphNodeGetGraph", |s| {
         match node_kind(s, node) {
+            // SAFETY: `graph` is the caller's out-parameter (the caller's contract).
             Some(&Kind::Child { graph: g }) => unsafe { out(graph, g) },
             _ => INVALID_VALUE,
         }
@@ -676,7 +749,10 @@ pub unsafe extern "C" fn cuGraphChildGraphNodeGetGraph(
 
 /// Snapshots a graph into a new exec. A graph with allocation nodes may have one exec at a time
 /// (a second: CUDA_ERROR_NOT_SUPPORTED, measured).
-fn instantiate(s: &mut Fake, exec_out: *mut usize, graph: usize, flags: u64) -> CUresult {
+///
+/// # Safety
+/// `exec_out` is null or valid for a write: the caller's out-parameter.
+unsafe fn instantiate(s: &mut Fake, exec_out: *mut usize, graph: usize, flags: u64) -> CUresult {
     if exec_out.is_null() {
         return INVALID_VALUE;
     }
@@ -723,6 +799,7 @@ fn instantiate(s: &mut Fake, exec_out: *mut usize, graph: usize, flags: u64) -> 
             auto_free: flags & FLAG_AUTO_FREE_ON_LAUNCH != 0,
         },
     );
+    // SAFETY: `exec_out` is not null (checked above), so writable (this function's contract).
     unsafe { out(exec_out, e) }
 }
 
@@ -749,12 +826,17 @@ pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
         if flags & FLAG_UPLOAD != 0 {
             return INVALID_VALUE;
         }
-        instantiate(s, exec, graph as usize, flags)
+        // SAFETY: `exec` is the caller's out-parameter (the caller's contract).
+        unsafe { instantiate(s, exec, graph as usize, flags) }
     })
 }
 
 /// The old ABI: an error node and a log instead of flags.
-fn instantiate_old(
+///
+/// # Safety
+/// `exec` and `err_node` are null or valid for a write, and `log` null or a buffer of `log_size`
+/// bytes: the caller's.
+unsafe fn instantiate_old(
     name: &str,
     exec: *mut usize,
     graph: *mut c_void,
@@ -764,12 +846,16 @@ fn instantiate_old(
 ) -> CUresult {
     call(name, |s| {
         if !err_node.is_null() {
+            // SAFETY: `err_node` is not null, so writable (this function's contract).
             unsafe { err_node.write(0) };
         }
         if !log.is_null() && log_size > 0 {
+            // SAFETY: `log` is not null and its buffer has at least the one byte (this function's
+            // contract).
             unsafe { log.write(0) };
         }
-        instantiate(s, exec, graph as usize, 0)
+        // SAFETY: `exec` is null or writable (this function's contract).
+        unsafe { instantiate(s, exec, graph as usize, 0) }
     })
 }
 
@@ -781,7 +867,8 @@ pub unsafe extern "C" fn cuGraphInstantiate(
     log: *mut c_char,
     log_size: usize,
 ) -> CUresult {
-    instantiate_old("cuGraphInstantiate", exec, graph, err_node, log, log_size)
+    // SAFETY: `exec`, `err_node` and `log` are the caller's (the caller's contract).
+    unsafe { instantiate_old("cuGraphInstantiate", exec, graph, err_node, log, log_size) }
 }
 
 #[no_mangle]
@@ -792,14 +879,17 @@ pub unsafe extern "C" fn cuGraphInstantiate_v2(
     log: *mut c_char,
     log_size: usize,
 ) -> CUresult {
-    instantiate_old(
-        "cuGraphInstantiate_v2",
-        exec,
-        graph,
-        err_node,
-        log,
-        log_size,
-    )
+    // SAFETY: `exec`, `err_node` and `log` are the caller's (the caller's contract).
+    unsafe {
+        instantiate_old(
+            "cuGraphInstantiate_v2",
+            exec,
+            graph,
+            err_node,
+            log,
+            log_size,
+        )
+    }
 }
 
 /// CUDA_GRAPH_INSTANTIATE_PARAMS.
@@ -813,13 +903,19 @@ pub struct InstantiateParams {
 
 /// Instantiates, and with the UPLOAD flag uploads on the given stream at once (a failed upload destroys
 /// the new exec again).
-fn instantiate_with_params(
+///
+/// # Safety
+/// `exec` is null or valid for a write and read back, and `params` null or a readable and writable
+/// CUDA_GRAPH_INSTANTIATE_PARAMS: the caller's.
+unsafe fn instantiate_with_params(
     name: &str,
     exec: *mut usize,
     graph: *mut c_void,
     params: *mut InstantiateParams,
     ptsz: bool,
 ) -> CUresult {
+    // SAFETY: `params` is null or a readable and writable CUDA_GRAPH_INSTANTIATE_PARAMS (this function's
+    // contract); `as_mut` makes a null None.
     let Some(p) = (unsafe { params.as_mut() }) else {
         return call(name, |_| INVALID_VALUE);
     };
@@ -827,15 +923,19 @@ fn instantiate_with_params(
     call(name, |s| {
         p.err_node_out = 0;
         p.result_out = INSTANTIATE_ERROR;
-        let r = instantiate(s, exec, graph as usize, p.flags & !FLAG_UPLOAD);
+        // SAFETY: `exec` is null or writable (this function's contract).
+        let r = unsafe { instantiate(s, exec, graph as usize, p.flags & !FLAG_UPLOAD) };
         if r != OK {
             return r;
         }
         if p.flags & FLAG_UPLOAD != 0 {
+            // SAFETY: instantiate succeeded, so `exec` is not null and holds the new exec (this
+            // function's contract makes it readable).
             let e = unsafe { exec.read() };
             let r = enqueue_launch(s, e, st, true);
             if r != OK {
                 destroy_exec(s, e);
+                // SAFETY: the same `exec`, not null.
                 unsafe { exec.write(0) };
                 return r;
             }
@@ -851,7 +951,8 @@ pub unsafe extern "C" fn cuGraphInstantiateWithParams(
     graph: *mut c_void,
     params: *mut InstantiateParams,
 ) -> CUresult {
-    instantiate_with_params("cuGraphInstantiateWithParams", exec, graph, params, false)
+    // SAFETY: `exec` and `params` are the caller's (the caller's contract).
+    unsafe { instantiate_with_params("cuGraphInstantiateWithParams", exec, graph, params, false) }
 }
 
 #[no_mangle]
@@ -860,13 +961,16 @@ pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(
     graph: *mut c_void,
     params: *mut InstantiateParams,
 ) -> CUresult {
-    instantiate_with_params(
-        "cuGraphInstantiateWithParams_ptsz",
-        exec,
-        graph,
-        params,
-        true,
-    )
+    // SAFETY: `exec` and `params` are the caller's (the caller's contract).
+    unsafe {
+        instantiate_with_params(
+            "cuGraphInstantiateWithParams_ptsz",
+            exec,
+            graph,
+            params,
+            true,
+        )
+    }
 }
 
 /// Destroying an exec gives nothing back: its memory stays in the graph pool until a trim (measured).
@@ -1055,6 +1159,8 @@ pub unsafe extern "C" fn cuDeviceGetGraphMemAttribute(
             ATTR_RESERVED_MEM_HIGH => m.reserved_high,
             _ => return INVALID_VALUE,
         };
+        // SAFETY: `value` is the caller's out-parameter, a cuuint64_t for every graph memory attribute
+        // (the caller's contract).
         unsafe { out(value.cast::<u64>(), v) }
     })
 }
@@ -1070,6 +1176,8 @@ pub unsafe extern "C" fn cuDeviceSetGraphMemAttribute(
         let Some(d) = dev_ok(s, dev) else {
             return INVALID_DEVICE;
         };
+        // SAFETY: `value` is null or the caller's cuuint64_t, every graph memory attribute's type (the
+        // caller's contract); `as_ref` makes a null None.
         if unsafe { value.cast::<u64>().as_ref() } != Some(&0) {
             return INVALID_VALUE;
         }

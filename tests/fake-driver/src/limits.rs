@@ -13,14 +13,14 @@
 //! The printf FIFO, the pending launch count and the persisting L2 size take nothing.
 
 use crate::capture::{self, Work};
+use crate::config::sms;
+use crate::devices::dev_ok;
 use crate::graph::Kind;
-use crate::state::{
-    call, dev_ok, env_bytes, out, CUresult, Fake, INVALID_CONTEXT, INVALID_DEVICE, INVALID_VALUE,
-    OK, PAGE,
-};
+use crate::memory::PAGE;
+use crate::results::{CUresult, INVALID_CONTEXT, INVALID_DEVICE, INVALID_VALUE, OK};
+use crate::state::{call, out, Fake};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
-use std::sync::OnceLock;
 
 const UNSUPPORTED_LIMIT: CUresult = 215;
 
@@ -34,13 +34,8 @@ const LIMIT_PERSISTING_L2_CACHE_SIZE: c_int = 6;
 
 const DEFAULT_STACK: u64 = 1024;
 
-/// Resident threads per SM; the SM count is `FAKECUDA_SMS` (default 132, an H100/H200 SXM).
+/// Resident threads per SM; the SM count is `FAKECUDA_SMS` (config.rs: default 132, an H100/H200 SXM).
 const THREADS_PER_SM: u64 = 2048;
-
-fn sms() -> u64 {
-    static SMS: OnceLock<u64> = OnceLock::new();
-    *SMS.get_or_init(|| env_bytes("FAKECUDA_SMS", 132).clamp(1, 1 << 16))
-}
 
 /// The fake kernel that calls malloc (`fakecuda_malloc_kernel`), and the tag of the fake kernels with
 /// local memory (`fakecuda_local_kernel`: the tag, and the bytes per thread in the low 48 bits).
@@ -194,6 +189,7 @@ pub unsafe extern "C" fn cuCtxGetLimit(value: *mut usize, limit: c_int) -> CUres
             LIMIT_PERSISTING_L2_CACHE_SIZE => l.persisting,
             _ => return INVALID_VALUE,
         };
+        // SAFETY: `value` is the caller's out-parameter, a size_t (the caller's contract).
         unsafe { out(value, v as usize) }
     })
 }
@@ -246,6 +242,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
             109 => 134_213_632,          // MAX_ACCESS_POLICY_WINDOW_SIZE
             _ => return INVALID_VALUE,
         };
+        // SAFETY: `pi` is the caller's out-parameter, an int (the caller's contract).
         unsafe { out(pi, v as c_int) }
     })
 }
