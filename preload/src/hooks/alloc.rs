@@ -5,10 +5,10 @@
 //! called. A record is removed *before* the real free, so an address the driver reuses at once is never
 //! confused with the old one; if the free fails the record goes back.
 
-use super::{Backing, PtrRecord, PAGES, PTRS};
 use crate::cuda::*;
-use crate::driver;
+use crate::devices;
 use crate::enforce::{self, read_out};
+use crate::registry::pointers::{Backing, PtrRecord, PAGES, PTRS};
 use core_lib::charge::Charge;
 use core_lib::vlog;
 use std::ffi::c_uint;
@@ -30,12 +30,12 @@ fn charged_alloc(
     call: impl Fn() -> CUresult,
     actual: impl Fn() -> Charge,
 ) -> CUresult {
-    if crate::state::refusing() {
-        return crate::state::REFUSED_BY_CONFIG;
+    if crate::phase::refusing() {
+        return crate::phase::REFUSED_BY_CONFIG;
     }
     // Without the device there is nothing to charge against, so nothing reaches the driver: the query's
     // error (no current context) is what the driver would have answered.
-    let dev = match driver::current_device() {
+    let dev = match devices::current() {
         Ok(dev) => dev,
         Err(code) => return code,
     };
@@ -132,7 +132,7 @@ pub fn mem_alloc_managed(
 
 /// Gives back what a freed pointer was charged.
 pub fn release(ptr: CUdeviceptr, record: PtrRecord) {
-    let Some(ledger) = crate::state::LEDGER.device(record.dev) else {
+    let Some(ledger) = crate::ledger::LEDGER.device(record.dev) else {
         return;
     };
     match record.backing {
@@ -143,14 +143,14 @@ pub fn release(ptr: CUdeviceptr, record: PtrRecord) {
         Backing::Own(charge) => ledger.release(charge, record.requested),
         Backing::Pool(pool) => {
             ledger.release(Charge::Pages(0), record.requested);
-            super::pool::sync(pool);
+            crate::registry::pools::sync(pool);
         }
     }
 }
 
 /// Frees through `call`, keeping the record of `ptr` consistent with the driver's answer.
 pub fn charged_free(ptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     let record = PTRS.remove(ptr);
     let r = call();
     match (record, r == CUDA_SUCCESS) {

@@ -5,9 +5,9 @@
 //! replaces the estimate. Sparse and deferred-mapping arrays own no memory until mapped, and are not charged.
 
 use crate::cuda::*;
-use crate::driver;
 use crate::enforce::{self, read_out};
-use crate::state::LEDGER;
+use crate::ledger::LEDGER;
+use crate::{devices, driver};
 use core_lib::charge::Charge;
 use core_lib::tracker::Tracker;
 use std::ffi::{c_uint, c_void};
@@ -42,10 +42,10 @@ fn charged_create(
     mipmapped: bool,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    if crate::state::refusing() {
-        return crate::state::REFUSED_BY_CONFIG;
+    if crate::phase::refusing() {
+        return crate::phase::REFUSED_BY_CONFIG;
     }
-    let dev = match driver::current_device() {
+    let dev = match devices::current() {
         Ok(dev) => dev,
         Err(code) => return code,
     };
@@ -135,7 +135,7 @@ pub fn mipmapped_create(
 }
 
 fn charged_destroy(array: *mut c_void, call: impl FnOnce() -> CUresult) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     let record = ARRAYS.remove(array as u64);
     let r = call();
     match (record, r == CUDA_SUCCESS) {

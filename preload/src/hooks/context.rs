@@ -3,13 +3,14 @@
 //!
 //! The first context on a device reserves an estimate (`VRAMCAP_CONTEXT_BYTES`, 512 MiB by default) before
 //! the driver creates it, so a cap too small for a context refuses it with `CUDA_ERROR_OUT_OF_MEMORY`.
-//! The [`crate::overhead`] thread then replaces the estimate with the figure the driver reports for this
+//! The background thread ([`crate::background::measure`]) then replaces the estimate with the figure the driver reports for this
 //! process, without any lock shared with other processes. When a device's last context goes, the driver
 //! frees everything on it, and so do we.
 
 use crate::cuda::*;
 use crate::enforce::{self, read_out};
-use crate::state::{self, LEDGER};
+use crate::ledger::LEDGER;
+use crate::phase;
 use core_lib::ledger::MAX_DEVICES;
 use core_lib::lock::Lock;
 use std::ffi::{c_uint, c_void};
@@ -35,16 +36,16 @@ fn slot(dev: CUdevice) -> Option<usize> {
 
 /// Charges a context's memory around `call` if it is the device's first, and counts it on success.
 fn create(dev: CUdevice, primary: bool, call: impl FnOnce() -> CUresult) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     let Some(i) = slot(dev) else { return call() };
-    if state::phase() == state::Phase::Refusing {
-        return state::REFUSED_BY_CONFIG;
+    if phase::refusing() {
+        return phase::REFUSED_BY_CONFIG;
     }
     let first = {
         let c = CONTEXTS.lock()[i];
         c.primary_refs == 0 && c.created == 0
     };
-    let estimate = state::config().map_or(0, |c| c.context_estimate);
+    let estimate = phase::config().map_or(0, |c| c.context_estimate);
     let charged = first
         && LEDGER
             .device(dev)
@@ -63,7 +64,7 @@ fn create(dev: CUdevice, primary: bool, call: impl FnOnce() -> CUresult) -> CUre
             all[i].created += 1;
         }
         drop(all);
-        crate::overhead::watch(dev);
+        crate::background::watch(dev);
     } else if charged {
         if let Some(l) = LEDGER.device(dev) {
             l.set_context(0);
@@ -85,14 +86,14 @@ fn gone(dev: CUdevice, change: impl FnOnce(&mut DeviceContexts)) {
 
 /// The driver freed everything on `dev`: drop its records and counts (the cap stays).
 fn forget_device(dev: CUdevice) {
-    super::PTRS.remove_where(|_, p| p.dev == dev);
-    super::PAGES.forget_device(dev);
+    crate::registry::pointers::PTRS.remove_where(|_, p| p.dev == dev);
+    crate::registry::pointers::PAGES.forget_device(dev);
     super::vmm::forget_device(dev);
     super::array::forget_device(dev);
-    super::pool::forget_device(dev);
+    crate::registry::pools::forget_device(dev);
     crate::registry::graphs::forget_device(dev);
     crate::registry::limits::forget_device(dev);
-    crate::overhead::unwatch(dev);
+    crate::background::unwatch(dev);
     if let Some(l) = LEDGER.device(dev) {
         l.reset();
     }
@@ -111,7 +112,7 @@ pub fn primary_release(
     real: unsafe extern "C" fn(CUdevice) -> CUresult,
     dev: CUdevice,
 ) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(dev) };
     if r == CUDA_SUCCESS {
@@ -121,7 +122,7 @@ pub fn primary_release(
 }
 
 pub fn primary_reset(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(dev) };
     if r == CUDA_SUCCESS {
@@ -178,7 +179,7 @@ pub fn ctx_create_v4(
 }
 
 pub fn ctx_destroy(real: unsafe extern "C" fn(CUcontext) -> CUresult, ctx: CUcontext) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(ctx) };
     if r == CUDA_SUCCESS {

@@ -10,8 +10,8 @@
 use crate::cuda::*;
 use crate::driver::{self, GraphMemory};
 use crate::enforce::{self, read_out};
+use crate::phase;
 use crate::registry::graphs;
-use crate::state;
 use core_lib::charge::Charge;
 use std::ffi::c_char;
 
@@ -39,13 +39,13 @@ fn charged_map(
     let Some(first) = worst(&graphs::lock()) else {
         return call();
     };
-    if state::refusing() {
-        return state::REFUSED_BY_CONFIG;
+    if phase::refusing() {
+        return phase::REFUSED_BY_CONFIG;
     }
     for &(dev, bytes) in &first {
         enforce::prepare(dev, bytes);
     }
-    let op = crate::overhead::in_flight();
+    let op = crate::in_flight::enter();
     let mut g = graphs::lock();
     let mut reservations = Vec::new();
     for (dev, bytes) in worst(&g).unwrap_or_default() {
@@ -170,7 +170,7 @@ pub fn exec_destroy(
 }
 
 pub fn trim(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(dev) };
     if r == CUDA_SUCCESS {

@@ -5,18 +5,17 @@
 //! <https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html>
 
 use crate::cuda::*;
-use crate::driver;
+use crate::devices;
 use crate::enforce::{read_out, write_out};
-use crate::state;
 use core_lib::ledger::DeviceUsage;
 use core_lib::lock::Lock;
 use std::ffi::{c_char, c_void, CStr};
 
 fn capped_usage(dev: CUdevice) -> Option<DeviceUsage> {
     // Pools trim themselves at synchronisation points we do not hook: re-read them before answering.
-    crate::hooks::pool::refresh(dev);
+    crate::registry::pools::refresh(dev);
     crate::registry::graphs::refresh(dev);
-    let usage = state::ledger(dev)?.snapshot();
+    let usage = devices::ledger(dev)?.snapshot();
     usage.cap.is_some().then_some(usage)
 }
 
@@ -34,7 +33,7 @@ pub fn mem_get_info(
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(free, total) };
     if r == CUDA_SUCCESS {
-        if let Some(usage) = driver::current_device().ok().and_then(capped_usage) {
+        if let Some(usage) = devices::current().ok().and_then(capped_usage) {
             let (f, t) = capped(&usage, read_out(free).unwrap_or(0) as u64);
             write_out(free, f as usize);
             write_out(total, t as usize);
@@ -68,7 +67,7 @@ fn nvml_ordinal(device: nvmlDevice_t) -> Option<CUdevice> {
     if let Some(&(_, o)) = KNOWN.lock().iter().find(|(h, _)| *h == device as usize) {
         return Some(o);
     }
-    let devices = state::devices()?;
+    let devices = devices::get()?;
     let f = crate::real::lookup(crate::real::nvml_handle(), c"nvmlDeviceGetUUID");
     if f.is_null() {
         return None;

@@ -10,7 +10,7 @@
 
 use crate::cuda::*;
 use crate::enforce::{self, read_out};
-use crate::state::LEDGER;
+use crate::ledger::LEDGER;
 use core_lib::charge::Charge;
 use core_lib::lock::Lock;
 use core_lib::tracker::Tracker;
@@ -95,7 +95,7 @@ pub fn mem_release(
     real: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult,
     handle: CUmemGenericAllocationHandle,
 ) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(handle) };
     if r == CUDA_SUCCESS {
@@ -128,7 +128,7 @@ pub fn mem_unmap(
     ptr: CUdeviceptr,
     size: usize,
 ) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     // SAFETY: the caller's own call, passed on.
     let r = unsafe { real(ptr, size) };
     if r == CUDA_SUCCESS {
