@@ -318,7 +318,7 @@ pub fn pool_device(pool: CUmemoryPool) -> Option<CUdevice> {
 }
 
 /// A pool's (reserved, used) bytes, read in relaxed mode while anything captures.
-pub fn pool_usage(pool: CUmemoryPool) -> Result<(u64, u64)> {
+pub(crate) fn pool_usage(pool: CUmemoryPool) -> Result<(u64, u64)> {
     let f = called().pool_get_attribute;
     let (mut reserved, mut used) = (0u64, 0u64);
     relaxed(|| {
@@ -344,7 +344,7 @@ pub fn pool_usage(pool: CUmemoryPool) -> Result<(u64, u64)> {
 
 /// Gives back an allocation that made its pool grow past the cap: free it, wait for the free on the
 /// legacy stream, and trim the pool to what it reserved before (relaxed while anything captures).
-pub fn undo_pool_allocation(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_before: u64) {
+pub(crate) fn undo_pool_allocation(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_before: u64) {
     let (Some(free), Some(trim)) = (called().mem_free_async, called().pool_trim_to) else {
         return;
     };
@@ -361,7 +361,7 @@ pub fn undo_pool_allocation(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_befor
 // ---- arrays ----
 
 /// What an array really occupies on `dev`.
-pub fn array_size(array: *mut c_void, dev: CUdevice, mipmapped: bool) -> Result<u64> {
+pub(crate) fn array_size(array: *mut c_void, dev: CUdevice, mipmapped: bool) -> Result<u64> {
     let f = if mipmapped {
         called().mipmapped_requirements
     } else {

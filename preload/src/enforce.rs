@@ -148,18 +148,3 @@ fn report(dev: CUdevice, refusal: Refusal) -> CUresult {
     }
     CUDA_ERROR_OUT_OF_MEMORY
 }
-
-/// Writes `value` through a caller's out-pointer that the driver has just filled successfully.
-pub fn write_out<T>(ptr: *mut T, value: T) {
-    if !ptr.is_null() {
-        // SAFETY: the caller passed this pointer to the driver as an out-parameter for a T, and the driver
-        // accepted it (we only call this after a successful call).
-        unsafe { ptr.write(value) }
-    }
-}
-
-/// Reads a caller's out-pointer after the driver filled it.
-pub fn read_out<T: Copy>(ptr: *const T) -> Option<T> {
-    // SAFETY: as for write_out: an out-parameter the driver just wrote.
-    (!ptr.is_null()).then(|| unsafe { ptr.read() })
-}

@@ -13,6 +13,7 @@
 //! condition holds, the shim calls the driver at once, before the re-entry guard (for the hot graph
 //! launch, whose hook has nothing to do for graphs without allocation nodes).
 
+use crate::args::Out;
 use crate::cuda::*;
 use crate::hooks;
 use crate::real::{self, Lib};
@@ -84,11 +85,18 @@ macro_rules! entry_points {
                 // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
                 return unsafe { real($($arg),*) };
             }
+            // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
+            let pass = || unsafe { real($($arg),*) };
             crate::guard::run(
                 stringify!($variant),
-                || $hook(real, $($arg),*),
-                // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
-                || unsafe { real($($arg),*) },
+                || {
+                    // SAFETY: each argument is what the caller passed to this driver function, whose
+                    // contract makes a pointer null or valid for the type it names during the call
+                    // (see `crate::args`); the hook runs within the call.
+                    let ($($arg,)*) = unsafe { ($(crate::args::Arg::safe($arg),)*) };
+                    $hook(&pass, $($arg),*)
+                },
+                pass,
             )
         }
     };
@@ -276,38 +284,32 @@ pub fn wrapper_for_real(real: *mut c_void) -> Option<*mut c_void> {
 // and the driver's own pointer for anything we do not wrap. Their hooks live here, beside the table they
 // answer from. <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__DRIVER__ENTRY__POINT.html>
 
-type GetProcAddressV1 = unsafe extern "C" fn(*const c_char, *mut *mut c_void, i32, u64) -> CUresult;
-type GetProcAddressV2 =
-    unsafe extern "C" fn(*const c_char, *mut *mut c_void, i32, u64, *mut i32) -> CUresult;
-
-fn swap_in_wrapper(r: CUresult, pfn: *mut *mut c_void) -> CUresult {
+fn swap_in_wrapper(r: CUresult, pfn: Out<*mut c_void>) -> CUresult {
     if r == CUDA_SUCCESS {
-        if let Some(wrapper) = crate::enforce::read_out(pfn).and_then(wrapper_for_real) {
-            crate::enforce::write_out(pfn, wrapper);
+        if let Some(wrapper) = pfn.get().and_then(wrapper_for_real) {
+            pfn.set(wrapper);
         }
     }
     r
 }
 
 fn get_proc_address(
-    real: GetProcAddressV1,
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    version: i32,
-    flags: u64,
+    pass: impl Fn() -> CUresult,
+    _symbol: *const c_char,
+    pfn: Out<*mut c_void>,
+    _version: i32,
+    _flags: u64,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    swap_in_wrapper(unsafe { real(symbol, pfn, version, flags) }, pfn)
+    swap_in_wrapper(pass(), pfn)
 }
 
 fn get_proc_address_v2(
-    real: GetProcAddressV2,
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    version: i32,
-    flags: u64,
-    status: *mut i32,
+    pass: impl Fn() -> CUresult,
+    _symbol: *const c_char,
+    pfn: Out<*mut c_void>,
+    _version: i32,
+    _flags: u64,
+    _status: Out<i32>,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on; symbolStatus stays the driver's.
-    swap_in_wrapper(unsafe { real(symbol, pfn, version, flags, status) }, pfn)
+    swap_in_wrapper(pass(), pfn)
 }

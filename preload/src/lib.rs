@@ -14,17 +14,16 @@
 //!    measuring the context's real footprint from NVML;
 //! 5. the registries: [`registry`] (pools, graph executables, context limits, device pointers) and
 //!    [`devices`] (the devices this process sees, with their caps);
-//! 6. the ledger and the driver: [`driver`] (driver calls for our own bookkeeping), [`in_flight`] (the
+//! 6. the ledger and the driver: [`args`] (the caller's arguments as safe values), [`driver`] (driver calls for our own bookkeeping), [`in_flight`] (the
 //!    in-flight lock that measurements wait on), [`ledger`], [`phase`] (start-up phase and configuration),
 //!    [`guard`] (re-entry and panics), [`real`] (glibc's `dlsym` and the real driver), [`cuda`] (types).
 //!
-//! `unsafe` lives at the FFI edge: the generated shims, the `dlsym` trampoline, the resolver, and the
-//! reads and writes of the caller's out-parameters in `enforce`.
+//! `unsafe` lives at the FFI edge: the generated shims (which turn the caller's raw arguments into safe
+//! values, [`args`], and pass the caller's call to the hook as a closure), the `dlsym` trampoline, the
+//! resolver, the driver's typed tables, the NVML loader, and the shared-memory mapping in the core. Hook
+//! bodies are safe Rust.
 
-// Driver handles (streams, pools, arrays, NVML devices) are opaque pointers that hooks pass on to the
-// driver and never dereference, which this lint cannot tell.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
-
+pub mod args;
 pub mod background;
 pub mod cuda;
 pub mod devices;

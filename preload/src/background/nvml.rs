@@ -3,7 +3,7 @@
 use crate::cuda::nvmlProcessInfo_t;
 use crate::real;
 use core_lib::vlog;
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::OnceLock;
 
 type Init = unsafe extern "C" fn() -> i32;
@@ -78,4 +78,25 @@ impl Nvml {
             .find(|p| p.pid == pid && p.usedGpuMemory != u64::MAX)
             .map(|p| p.usedGpuMemory)
     }
+}
+
+type GetUuid = unsafe extern "C" fn(*mut c_void, *mut c_char, u32) -> i32;
+
+/// The UUID NVML gives a device handle (`GPU-…`), for the memory-information hooks; looked up in NVML
+/// each time, without initialising it (the program that holds the handle has).
+pub fn device_uuid(device: usize) -> Option<String> {
+    let f = real::lookup(real::nvml_handle(), c"nvmlDeviceGetUUID");
+    if f.is_null() {
+        return None;
+    }
+    // SAFETY: nvmlDeviceGetUUID's prototype is GetUuid.
+    let get_uuid = unsafe { std::mem::transmute::<*mut c_void, GetUuid>(f) };
+    let mut buf = [0 as c_char; 96];
+    // SAFETY: writes a NUL-terminated string of at most buf.len() bytes; the handle is the program's.
+    if unsafe { get_uuid(device as *mut c_void, buf.as_mut_ptr(), buf.len() as u32) } != 0 {
+        return None;
+    }
+    // SAFETY: NVML NUL-terminates within the buffer on success.
+    let uuid = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+    Some(uuid.into_owned())
 }

@@ -7,8 +7,9 @@
 //! process, without any lock shared with other processes. When a device's last context goes, the driver
 //! frees everything on it, and so do we.
 
+use crate::args::Out;
 use crate::cuda::*;
-use crate::enforce::{self, read_out};
+use crate::enforce;
 use crate::ledger::LEDGER;
 use crate::phase;
 use core_lib::ledger::MAX_DEVICES;
@@ -100,40 +101,34 @@ fn forget_device(dev: CUdevice) {
 }
 
 pub fn primary_retain(
-    real: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult,
-    ctx: *mut CUcontext,
+    pass: impl Fn() -> CUresult,
+    _ctx: Out<CUcontext>,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    create(dev, true, || unsafe { real(ctx, dev) })
+    create(dev, true, &pass)
 }
 
-pub fn primary_release(
-    real: unsafe extern "C" fn(CUdevice) -> CUresult,
-    dev: CUdevice,
-) -> CUresult {
+pub fn primary_release(pass: impl Fn() -> CUresult, dev: CUdevice) -> CUresult {
     let _op = crate::in_flight::enter();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(dev) };
+    let r = pass();
     if r == CUDA_SUCCESS {
         gone(dev, |c| c.primary_refs = c.primary_refs.saturating_sub(1));
     }
     r
 }
 
-pub fn primary_reset(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
+pub fn primary_reset(pass: impl Fn() -> CUresult, dev: CUdevice) -> CUresult {
     let _op = crate::in_flight::enter();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(dev) };
+    let r = pass();
     if r == CUDA_SUCCESS {
         gone(dev, |c| c.primary_refs = 0);
     }
     r
 }
 
-fn remember(ctx: *mut CUcontext, dev: CUdevice, r: CUresult) -> CUresult {
+fn remember(ctx: Out<CUcontext>, dev: CUdevice, r: CUresult) -> CUresult {
     if r == CUDA_SUCCESS {
-        if let Some(c) = read_out(ctx) {
+        if let Some(c) = ctx.get() {
             CREATED.lock().push((c as usize, dev));
         }
     }
@@ -141,47 +136,41 @@ fn remember(ctx: *mut CUcontext, dev: CUdevice, r: CUresult) -> CUresult {
 }
 
 pub fn ctx_create(
-    real: unsafe extern "C" fn(*mut CUcontext, c_uint, CUdevice) -> CUresult,
-    ctx: *mut CUcontext,
-    flags: c_uint,
+    pass: impl Fn() -> CUresult,
+    ctx: Out<CUcontext>,
+    _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = create(dev, false, || unsafe { real(ctx, flags, dev) });
+    let r = create(dev, false, &pass);
     remember(ctx, dev, r)
 }
 
 pub fn ctx_create_v3(
-    real: unsafe extern "C" fn(*mut CUcontext, *mut c_void, i32, c_uint, CUdevice) -> CUresult,
-    ctx: *mut CUcontext,
-    params: *mut c_void,
-    nparams: i32,
-    flags: c_uint,
+    pass: impl Fn() -> CUresult,
+    ctx: Out<CUcontext>,
+    _params: *mut c_void,
+    _nparams: i32,
+    _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = create(dev, false, || unsafe {
-        real(ctx, params, nparams, flags, dev)
-    });
+    let r = create(dev, false, &pass);
     remember(ctx, dev, r)
 }
 
 pub fn ctx_create_v4(
-    real: unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_uint, CUdevice) -> CUresult,
-    ctx: *mut CUcontext,
-    params: *mut c_void,
-    flags: c_uint,
+    pass: impl Fn() -> CUresult,
+    ctx: Out<CUcontext>,
+    _params: *mut c_void,
+    _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = create(dev, false, || unsafe { real(ctx, params, flags, dev) });
+    let r = create(dev, false, &pass);
     remember(ctx, dev, r)
 }
 
-pub fn ctx_destroy(real: unsafe extern "C" fn(CUcontext) -> CUresult, ctx: CUcontext) -> CUresult {
+pub fn ctx_destroy(pass: impl Fn() -> CUresult, ctx: CUcontext) -> CUresult {
     let _op = crate::in_flight::enter();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(ctx) };
+    let r = pass();
     if r == CUDA_SUCCESS {
         let dev = {
             let mut created = CREATED.lock();

@@ -5,15 +5,12 @@ use crate::cuda::*;
 use crate::{background, devices, phase};
 use std::ffi::c_uint;
 
-type Real = unsafe extern "C" fn(c_uint) -> CUresult;
-
-pub fn cu_init(real: Real, flags: c_uint) -> CUresult {
+pub fn cu_init(pass: impl Fn() -> CUresult, _flags: c_uint) -> CUresult {
     // The shim has run the start (see `crate::startup`): the phase is settled.
     if phase::refusing() {
         return phase::REFUSED_BY_CONFIG;
     }
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(flags) };
+    let r = pass();
     if r == CUDA_SUCCESS && devices::get().is_some() {
         // The devices can disprove the configuration (a limit for a device not seen).
         if phase::refusing() {

@@ -40,13 +40,7 @@ fn charges(
     Ok((stack, d.stack_charge))
 }
 
-pub fn set_limit(
-    real: unsafe extern "C" fn(i32, usize) -> CUresult,
-    limit: i32,
-    value: usize,
-) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(limit, value) };
+pub fn set_limit(pass: impl Fn() -> CUresult, limit: i32, value: usize) -> CUresult {
     if phase::refusing() {
         return phase::REFUSED_BY_CONFIG;
     }

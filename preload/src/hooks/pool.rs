@@ -16,9 +16,10 @@
 //! where the stream's device cannot be told, the driver's error is the answer; where the pool cannot be
 //! found or read, the allocation is charged at its worst case (all of it, in whole pool steps).
 
+use crate::args::Out;
 use crate::cuda::*;
 use crate::driver::{self, Stream};
-use crate::enforce::{self, read_out};
+use crate::enforce;
 use crate::ledger::LEDGER;
 use crate::registry::pointers::{Backing, PtrRecord, PTRS};
 use crate::registry::pools::{self, POOL_STEP};
@@ -28,7 +29,7 @@ use std::sync::atomic::Ordering;
 
 /// One attempt at a pool allocation of `bytes` on `dev`, retried once if the device itself is full.
 fn pooled_alloc(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     dev: CUdevice,
     pool: CUmemoryPool,
@@ -40,7 +41,7 @@ fn pooled_alloc(
 }
 
 fn pooled_once(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     dev: CUdevice,
     pool: CUmemoryPool,
@@ -72,7 +73,7 @@ fn pooled_once(
     let grew = now.saturating_sub(entry.charged);
     if grew > need {
         POOL_STEP.fetch_max(grew, Ordering::Relaxed);
-        if let (Some(ledger), Some(ptr)) = (LEDGER.device(dev), read_out(dptr)) {
+        if let (Some(ledger), Some(ptr)) = (LEDGER.device(dev), dptr.get()) {
             let over = ledger
                 .cap()
                 .is_some_and(|cap| ledger.snapshot().charged.saturating_add(grew) > cap);
@@ -93,7 +94,7 @@ fn pooled_once(
         }
     }
     entry.charged = now;
-    if let Some(ptr) = read_out(dptr) {
+    if let Some(ptr) = dptr.get() {
         PTRS.insert(
             ptr,
             PtrRecord {
@@ -105,11 +106,6 @@ fn pooled_once(
     }
     Ok(r)
 }
-
-type AllocAsync = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
-type AllocFromPool =
-    unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
-type FreeAsync = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
 
 /// `Some(answer)` for a stream-ordered allocation that is not charged here: refused while the
 /// configuration is invalid, or, on a capturing stream, passed on (it becomes a graph allocation node,
@@ -127,7 +123,7 @@ fn not_charged_here(stream: Stream, pass: impl Fn() -> CUresult) -> Option<CUres
 
 /// An allocation from the current pool of the stream's device.
 fn from_current_pool(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     stream: Stream,
     pass: impl Fn() -> CUresult,
@@ -148,7 +144,7 @@ fn from_current_pool(
 /// A stream-ordered allocation whose pool cannot be found: charged as memory of its own, at the most a
 /// pool could grow for it, and given back when it is freed.
 fn unpooled(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     dev: CUdevice,
     pass: impl Fn() -> CUresult,
@@ -163,7 +159,7 @@ fn unpooled(
         let (_op, reservation) = enforce::admit(dev, charge, bytes as u64)?;
         let r = pass();
         if r == CUDA_SUCCESS {
-            if let Some(ptr) = read_out(dptr) {
+            if let Some(ptr) = dptr.get() {
                 let charge = reservation.commit(bytes as u64);
                 PTRS.insert(
                     ptr,
@@ -180,30 +176,26 @@ fn unpooled(
 }
 
 pub fn alloc_async(
-    real: AllocAsync,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(dptr, bytes, stream) };
     from_current_pool(dptr, bytes, Stream::of(stream, false), pass)
 }
 
 pub fn alloc_async_ptsz(
-    real: AllocAsync,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(dptr, bytes, stream) };
     from_current_pool(dptr, bytes, Stream::of(stream, true), pass)
 }
 
 /// An allocation from a pool the caller names.
 fn from_pool(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     pool: CUmemoryPool,
     stream: Stream,
@@ -224,26 +216,22 @@ fn from_pool(
 }
 
 pub fn alloc_from_pool_async(
-    real: AllocFromPool,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(dptr, bytes, pool, stream) };
     from_pool(dptr, bytes, pool, Stream::of(stream, false), pass)
 }
 
 pub fn alloc_from_pool_async_ptsz(
-    real: AllocFromPool,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(dptr, bytes, pool, stream) };
     from_pool(dptr, bytes, pool, Stream::of(stream, true), pass)
 }
 
@@ -256,31 +244,26 @@ fn free_on(ptr: CUdeviceptr, stream: Stream, pass: impl FnOnce() -> CUresult) ->
     super::alloc::charged_free(ptr, pass)
 }
 
-pub fn free_async(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    free_on(ptr, Stream::of(stream, false), || unsafe {
-        real(ptr, stream)
-    })
+pub fn free_async(pass: impl Fn() -> CUresult, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    free_on(ptr, Stream::of(stream, false), &pass)
 }
 
-pub fn free_async_ptsz(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    free_on(ptr, Stream::of(stream, true), || unsafe {
-        real(ptr, stream)
-    })
+pub fn free_async_ptsz(
+    pass: impl Fn() -> CUresult,
+    ptr: CUdeviceptr,
+    stream: CUstream,
+) -> CUresult {
+    free_on(ptr, Stream::of(stream, true), &pass)
 }
-
-type PoolCreate = unsafe extern "C" fn(*mut CUmemoryPool, *const CUmemPoolProps) -> CUresult;
 
 pub fn pool_create(
-    real: PoolCreate,
-    pool: *mut CUmemoryPool,
-    props: *const CUmemPoolProps,
+    pass: impl Fn() -> CUresult,
+    pool: Out<CUmemoryPool>,
+    props: Option<&CUmemPoolProps>,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(pool, props) };
+    let r = pass();
     if r == CUDA_SUCCESS {
-        if let (Some(p), Some(props)) = (read_out(pool), read_out(props)) {
+        if let (Some(p), Some(props)) = (pool.get(), props.copied()) {
             if props.location.type_ == CU_MEM_LOCATION_TYPE_DEVICE {
                 pools::lock().entry(p as usize, props.location.id);
             }
@@ -289,27 +272,18 @@ pub fn pool_create(
     r
 }
 
-pub fn pool_destroy(
-    real: unsafe extern "C" fn(CUmemoryPool) -> CUresult,
-    pool: CUmemoryPool,
-) -> CUresult {
+pub fn pool_destroy(pass: impl Fn() -> CUresult, pool: CUmemoryPool) -> CUresult {
     let _op = in_flight::enter();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(pool) };
+    let r = pass();
     if r == CUDA_SUCCESS {
         pools::lock().destroyed(pool as usize);
     }
     r
 }
 
-pub fn pool_trim(
-    real: unsafe extern "C" fn(CUmemoryPool, usize) -> CUresult,
-    pool: CUmemoryPool,
-    keep: usize,
-) -> CUresult {
+pub fn pool_trim(pass: impl Fn() -> CUresult, pool: CUmemoryPool, _keep: usize) -> CUresult {
     let _op = in_flight::enter();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(pool, keep) };
+    let r = pass();
     if r == CUDA_SUCCESS {
         pools::sync(pool as usize);
     }
