@@ -5,7 +5,7 @@
 //! A registry: it calls the driver, the phase and the ledger, never up.
 
 use crate::cuda::*;
-use crate::driver::{self, called, Devices, Stream};
+use crate::driver::{self, Devices, Stream};
 use crate::ledger::LEDGER;
 use crate::phase;
 use core_lib::config::Config;
@@ -96,13 +96,8 @@ pub fn current() -> driver::Result<CUdevice> {
 /// The device a stream's work runs on, falling back to the current context's. Never asked of a
 /// capturing stream: check [`Stream::capturing`] first.
 pub fn of_stream(stream: Stream) -> driver::Result<CUdevice> {
-    let handle = stream.resolved();
-    if let Some(f) = called().stream_get_device {
-        let mut dev = -1;
-        // SAFETY: writes one int; the stream is the caller's.
-        if unsafe { f(handle, &mut dev) } == CUDA_SUCCESS {
-            return Ok(dev);
-        }
+    if let Some(dev) = driver::stream_device(stream) {
+        return Ok(dev);
     }
     current()
 }

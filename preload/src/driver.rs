@@ -176,7 +176,7 @@ impl Stream {
     }
 
     /// The handle the driver reads: in a `_ptsz` variant, null is the per-thread stream.
-    pub fn resolved(self) -> CUstream {
+    fn resolved(self) -> CUstream {
         match (self.handle as usize, self.per_thread) {
             (0, true) => CU_STREAM_PER_THREAD as CUstream,
             _ => self.handle,
@@ -278,6 +278,16 @@ pub fn ctx_device() -> Result<CUdevice> {
     // SAFETY: writes one int.
     call(called().ctx_get_device, |f| unsafe { f(&mut dev) })?;
     Ok(dev)
+}
+
+/// The device a stream's work runs on, if the driver says (`crate::devices::of_stream` falls back to the
+/// current context's). Never asked of a capturing stream.
+pub fn stream_device(stream: Stream) -> Option<CUdevice> {
+    let handle = stream.resolved();
+    let f = called().stream_get_device?;
+    let mut dev = -1;
+    // SAFETY: writes one int; the stream is the caller's.
+    (unsafe { f(handle, &mut dev) } == CUDA_SUCCESS).then_some(dev)
 }
 
 /// One attribute of a device.
