@@ -16,8 +16,7 @@
 //! ([`relax_this_thread`]). Nothing of ours ever asks for a capturing stream's device.
 
 use crate::cuda::*;
-use crate::entry_points::{cuDeviceTotalMem_v2, cuMemFreeAsync, cuMemGetInfo_v2, cuMemPoolTrimTo};
-use crate::state::{self, Devices};
+use crate::real::{self, Lib};
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -46,7 +45,7 @@ macro_rules! called {
             Called {
                 $($field: {
                     let p = match CStr::from_bytes_with_nul(concat!($name, "\0").as_bytes()) {
-                        Ok(name) => state::driver_fn(name),
+                        Ok(name) => driver_fn(name),
                         Err(_) => std::ptr::null_mut(),
                     };
                     // SAFETY: p is null or the driver's function named on this line, whose C prototype
@@ -83,6 +82,21 @@ called! {
     graph_child: "cuGraphChildGraphNodeGetGraph" fn(CUgraphNode, *mut CUgraph);
     ctx_get_limit: "cuCtxGetLimit" fn(*mut usize, i32);
     device_attribute: "cuDeviceGetAttribute" fn(*mut i32, i32, CUdevice);
+    // Wrapped entry points that our own bookkeeping calls unwrapped: the driver's functions of these
+    // names, resolved from the same handle as the entry table's slots.
+    device_total_mem: "cuDeviceTotalMem_v2" fn(*mut usize, CUdevice);
+    mem_get_info: "cuMemGetInfo_v2" fn(*mut usize, *mut usize);
+    mem_free_async: "cuMemFreeAsync" fn(CUdeviceptr, CUstream);
+    pool_trim_to: "cuMemPoolTrimTo" fn(CUmemoryPool, usize);
+}
+
+/// The driver's function `name`, for the [`called`] table; null where the driver is not open or lacks it.
+fn driver_fn(name: &CStr) -> *mut c_void {
+    let handle = real::handle(Lib::Cuda);
+    if handle.is_null() {
+        return std::ptr::null_mut();
+    }
+    real::lookup(handle, name)
 }
 
 /// The [`called`] table, resolved on first use (after the driver is open).
@@ -187,20 +201,6 @@ impl Stream {
         Ok(status != CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
-    /// The device a stream's work runs on, falling back to the current context's. Never asked of a
-    /// capturing stream: check [`Stream::capturing`] first.
-    pub fn device(self) -> Result<CUdevice> {
-        let handle = self.resolved();
-        if let Some(f) = called().stream_get_device {
-            let mut dev = -1;
-            // SAFETY: writes one int; the stream is the caller's.
-            if unsafe { f(handle, &mut dev) } == CUDA_SUCCESS {
-                return Ok(dev);
-            }
-        }
-        current_device()
-    }
-
     /// Waits for the stream's work (used to undo an allocation), in relaxed mode if anything captures.
     pub fn synchronize(self) -> Result<()> {
         relaxed(|| {
@@ -214,7 +214,7 @@ impl Stream {
 
 /// The device's physical memory, from the real `cuDeviceTotalMem_v2`.
 pub fn physical_total(dev: CUdevice) -> Option<u64> {
-    let f = cuDeviceTotalMem_v2::real()?;
+    let f = called().device_total_mem?;
     let mut bytes = 0usize;
     // SAFETY: writes one size_t into `bytes`.
     check(unsafe { f(&mut bytes, dev) }).ok()?;
@@ -223,11 +223,27 @@ pub fn physical_total(dev: CUdevice) -> Option<u64> {
 
 /// The driver's own (free, total) for the current context.
 pub fn real_mem_info() -> Option<(u64, u64)> {
-    let f = cuMemGetInfo_v2::real()?;
+    let f = called().mem_get_info?;
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY: writes two size_t values we own.
     check(unsafe { f(&mut free, &mut total) }).ok()?;
     Some((free as u64, total as u64))
+}
+
+/// The devices the driver reports, in ordinal order (set up with their caps by `crate::devices`).
+pub struct Devices {
+    pub uuids: Vec<String>,
+    pub raw_uuids: Vec<[u8; 16]>,
+    pub totals: Vec<u64>,
+}
+
+impl Devices {
+    pub fn ordinal_of_uuid(&self, uuid: &str) -> Option<i32> {
+        self.uuids
+            .iter()
+            .position(|u| u.eq_ignore_ascii_case(uuid))
+            .map(|i| i as i32)
+    }
 }
 
 /// Every device this process sees; `None` until the driver is initialised.
@@ -255,17 +271,23 @@ pub fn discover_devices() -> Option<Devices> {
     })
 }
 
-/// The device of the calling thread's current context. A process that sees one device needs no driver
-/// call for it: any context it has is on device 0. (With none current, callers that allocate get the
-/// driver's own refusal, and what they reserved goes back.)
-pub fn current_device() -> Result<CUdevice> {
-    if crate::state::devices().is_some_and(|d| d.uuids.len() == 1) {
-        return Ok(0);
-    }
+/// The device of the calling thread's current context, asked of the driver (`crate::devices::current`
+/// asks nothing where the process sees one device).
+pub fn ctx_device() -> Result<CUdevice> {
     let mut dev = -1;
     // SAFETY: writes one int.
     call(called().ctx_get_device, |f| unsafe { f(&mut dev) })?;
     Ok(dev)
+}
+
+/// The device a stream's work runs on, if the driver says (`crate::devices::of_stream` falls back to the
+/// current context's). Never asked of a capturing stream.
+pub fn stream_device(stream: Stream) -> Option<CUdevice> {
+    let handle = stream.resolved();
+    let f = called().stream_get_device?;
+    let mut dev = -1;
+    // SAFETY: writes one int; the stream is the caller's.
+    (unsafe { f(handle, &mut dev) } == CUDA_SUCCESS).then_some(dev)
 }
 
 /// One attribute of a device.
@@ -306,7 +328,7 @@ pub fn pool_device(pool: CUmemoryPool) -> Option<CUdevice> {
 }
 
 /// A pool's (reserved, used) bytes, read in relaxed mode while anything captures.
-pub fn pool_usage(pool: CUmemoryPool) -> Result<(u64, u64)> {
+pub(crate) fn pool_usage(pool: CUmemoryPool) -> Result<(u64, u64)> {
     let f = called().pool_get_attribute;
     let (mut reserved, mut used) = (0u64, 0u64);
     relaxed(|| {
@@ -332,8 +354,8 @@ pub fn pool_usage(pool: CUmemoryPool) -> Result<(u64, u64)> {
 
 /// Gives back an allocation that made its pool grow past the cap: free it, wait for the free on the
 /// legacy stream, and trim the pool to what it reserved before (relaxed while anything captures).
-pub fn undo_pool_allocation(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_before: u64) {
-    let (Some(free), Some(trim)) = (cuMemFreeAsync::real(), cuMemPoolTrimTo::real()) else {
+pub(crate) fn undo_pool_allocation(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_before: u64) {
+    let (Some(free), Some(trim)) = (called().mem_free_async, called().pool_trim_to) else {
         return;
     };
     relaxed(|| {
@@ -349,7 +371,7 @@ pub fn undo_pool_allocation(ptr: CUdeviceptr, pool: CUmemoryPool, reserved_befor
 // ---- arrays ----
 
 /// What an array really occupies on `dev`.
-pub fn array_size(array: *mut c_void, dev: CUdevice, mipmapped: bool) -> Result<u64> {
+pub(crate) fn array_size(array: *mut c_void, dev: CUdevice, mipmapped: bool) -> Result<u64> {
     let f = if mipmapped {
         called().mipmapped_requirements
     } else {

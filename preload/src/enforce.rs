@@ -1,9 +1,11 @@
 //! The cap check shared by every allocating hook: reserve on the device's ledger, refresh what pools really
 //! hold when the cap seems reached, and answer `CUDA_ERROR_OUT_OF_MEMORY` with a rate-limited line.
 
+use crate::background::measure::NEAR_CAP;
 use crate::cuda::*;
-use crate::overhead::{InFlight, NEAR_CAP};
-use crate::state::{self, Phase};
+use crate::devices;
+use crate::in_flight::{self, InFlight};
+use crate::phase;
 use core_lib::charge::Charge;
 use core_lib::ledger::{Refusal, Reservation, MAX_DEVICES};
 use core_lib::log::{monotonic_ns, RateLimit};
@@ -13,14 +15,14 @@ use core_lib::vlog;
 static REFUSAL_LINES: [RateLimit; MAX_DEVICES] = [const { RateLimit::new() }; MAX_DEVICES];
 
 /// Starts an allocating operation of `requested` bytes on `dev`: marks it in flight and reserves `charge`.
-/// Near the cap, what the driver holds outside our counts must be current first (see `overhead`), which
+/// Near the cap, what the driver holds outside our counts must be current first (see `background::measure`), which
 /// needs no operation in flight; far from it (the common case), the device's counter is touched once.
 pub fn admit(
     dev: CUdevice,
     charge: Charge,
     requested: u64,
 ) -> Result<(InFlight, Reservation<'static>), CUresult> {
-    let op = crate::overhead::in_flight();
+    let op = in_flight::enter();
     if let Ok(r) = try_reserve(&op, dev, charge) {
         let room_before = r
             .headroom_after()
@@ -31,19 +33,19 @@ pub fn admit(
     }
     drop(op);
     prepare(dev, requested);
-    let op = crate::overhead::in_flight();
+    let op = in_flight::enter();
     reserve(&op, dev, charge).map(|r| (op, r))
 }
 
-/// Called by an allocating hook before its operation starts (before [`crate::overhead::in_flight`]):
-/// near the cap, what the driver holds outside our counts must be current (see `overhead`).
+/// Called by an allocating hook before its operation starts (before [`in_flight::enter`]): near the
+/// cap, what the driver holds outside our counts must be current (see `background::measure`).
 pub fn prepare(dev: CUdevice, bytes: u64) {
-    let Some(ledger) = state::ledger(dev) else {
+    let Some(ledger) = devices::ledger(dev) else {
         return;
     };
     if let Some(headroom) = ledger.headroom() {
         if headroom < bytes.saturating_add(NEAR_CAP) {
-            crate::overhead::measure_if_stale(dev, bytes);
+            crate::background::measure::measure_if_stale(dev, bytes);
         }
     }
 }
@@ -74,16 +76,16 @@ fn try_reserve(
     dev: CUdevice,
     charge: Charge,
 ) -> Result<Reservation<'static>, Refused> {
-    if state::phase() == Phase::Refusing {
-        return Err(Refused::Code(state::REFUSED_BY_CONFIG));
+    if phase::refusing() {
+        return Err(Refused::Code(phase::REFUSED_BY_CONFIG));
     }
     // Fail closed: without the device table there is no cap to check against.
-    let ledger = state::ledger(dev).ok_or(Refused::Code(CUDA_ERROR_NOT_INITIALIZED))?;
+    let ledger = devices::ledger(dev).ok_or(Refused::Code(CUDA_ERROR_NOT_INITIALIZED))?;
     match ledger.reserve_on(op.stripe(), charge) {
         Ok(r) => Ok(r),
         Err(_) => {
             // Pools and graphs may have given memory back to the device since we last looked.
-            crate::hooks::pool::refresh(dev);
+            crate::registry::pools::refresh(dev);
             crate::registry::graphs::refresh(dev);
             ledger.reserve_on(op.stripe(), charge).map_err(Refused::Cap)
         }
@@ -92,7 +94,7 @@ fn try_reserve(
 
 /// Refuses an allocation of `bytes` on `dev` after the fact (the driver's answer was undone).
 pub fn refuse(dev: CUdevice, bytes: u64) -> CUresult {
-    match state::LEDGER.device(dev) {
+    match crate::ledger::LEDGER.device(dev) {
         Some(ledger) => {
             let usage = ledger.snapshot();
             report(
@@ -110,10 +112,10 @@ pub fn refuse(dev: CUdevice, bytes: u64) -> CUresult {
 
 /// Reserves an estimate of a context's own memory on `dev`.
 pub fn reserve_context(dev: CUdevice, bytes: u64) -> Result<(), CUresult> {
-    if state::phase() == Phase::Refusing {
-        return Err(state::REFUSED_BY_CONFIG);
+    if phase::refusing() {
+        return Err(phase::REFUSED_BY_CONFIG);
     }
-    let ledger = state::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
+    let ledger = devices::ledger(dev).ok_or(CUDA_ERROR_NOT_INITIALIZED)?;
     ledger
         .reserve_context(bytes)
         .map_err(|refusal| report(dev, refusal))
@@ -121,14 +123,14 @@ pub fn reserve_context(dev: CUdevice, bytes: u64) -> Result<(), CUresult> {
 
 /// Counts one refused call on `dev` and says so (at most a line a second): the hook's answer.
 fn report(dev: CUdevice, refusal: Refusal) -> CUresult {
-    if let Some(ledger) = state::LEDGER.device(dev) {
+    if let Some(ledger) = crate::ledger::LEDGER.device(dev) {
         ledger.note_refusal(&refusal);
     }
     let Some(limit) = REFUSAL_LINES.get(dev as usize) else {
         return CUDA_ERROR_OUT_OF_MEMORY;
     };
     if let Some(held_back) = limit.allow(monotonic_ns(), 1_000_000_000) {
-        let uuid = state::devices()
+        let uuid = devices::get()
             .and_then(|d| d.uuids.get(dev as usize).cloned())
             .unwrap_or_default();
         let more = if held_back > 0 {
@@ -145,19 +147,4 @@ fn report(dev: CUdevice, refusal: Refusal) -> CUresult {
         );
     }
     CUDA_ERROR_OUT_OF_MEMORY
-}
-
-/// Writes `value` through a caller's out-pointer that the driver has just filled successfully.
-pub fn write_out<T>(ptr: *mut T, value: T) {
-    if !ptr.is_null() {
-        // SAFETY: the caller passed this pointer to the driver as an out-parameter for a T, and the driver
-        // accepted it (we only call this after a successful call).
-        unsafe { ptr.write(value) }
-    }
-}
-
-/// Reads a caller's out-pointer after the driver filled it.
-pub fn read_out<T: Copy>(ptr: *const T) -> Option<T> {
-    // SAFETY: as for write_out: an out-parameter the driver just wrote.
-    (!ptr.is_null()).then(|| unsafe { ptr.read() })
 }

@@ -13,9 +13,10 @@
 //! condition holds, the shim calls the driver at once, before the re-entry guard (for the hot graph
 //! launch, whose hook has nothing to do for graphs without allocation nodes).
 
+use crate::args::Out;
 use crate::cuda::*;
 use crate::hooks;
-use crate::real::Lib;
+use crate::real::{self, Lib};
 use std::ffi::{c_char, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -54,6 +55,12 @@ macro_rules! entry_points {
             use super::*;
             pub static REAL: std::sync::atomic::AtomicPtr<std::ffi::c_void> =
                 std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+            /// The exported symbol.
+            pub const NAME: &std::ffi::CStr =
+                match std::ffi::CStr::from_bytes_with_nul(concat!(stringify!($variant), "\0").as_bytes()) {
+                    Ok(s) => s,
+                    Err(_) => panic!("entry point names have no interior NUL"),
+                };
             /// The driver's function, typed.
             pub type Real = unsafe extern "C" fn($($ty),*) -> $ret;
             /// The driver's function, once resolved.
@@ -68,9 +75,8 @@ macro_rules! entry_points {
         #[allow(non_snake_case, clippy::missing_safety_doc)]
         #[cfg_attr(not(test), no_mangle)]
         pub unsafe extern "C" fn $variant($($arg: $ty),*) -> $ret {
-            let Some(p) = crate::state::real_pointer(&$variant::REAL, Lib::$lib, stringify!($variant))
-            else {
-                return crate::state::missing(Lib::$lib);
+            let Some(p) = real_pointer(&$variant::REAL, Lib::$lib, $variant::NAME) else {
+                return missing(Lib::$lib);
             };
             // SAFETY: p was returned by the driver's dlsym for exactly this symbol, whose C prototype is
             // the signature declared on this line.
@@ -79,11 +85,18 @@ macro_rules! entry_points {
                 // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
                 return unsafe { real($($arg),*) };
             }
+            // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
+            let pass = || unsafe { real($($arg),*) };
             crate::guard::run(
                 stringify!($variant),
-                || $hook(real, $($arg),*),
-                // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
-                || unsafe { real($($arg),*) },
+                || {
+                    // SAFETY: each argument is what the caller passed to this driver function, whose
+                    // contract makes a pointer null or valid for the type it names during the call
+                    // (see `crate::args`); the hook runs within the call.
+                    let ($($arg,)*) = unsafe { ($(crate::args::Arg::safe($arg),)*) };
+                    $hook(&pass, $($arg),*)
+                },
+                pass,
             )
         }
     };
@@ -98,10 +111,7 @@ macro_rules! entry_points {
         pub static ENTRIES: &[Entry] = &[
             $($(
                 Entry {
-                    name: match CStr::from_bytes_with_nul(concat!(stringify!($variant), "\0").as_bytes()) {
-                        Ok(s) => s,
-                        Err(_) => panic!("entry point names have no interior NUL"),
-                    },
+                    name: $variant::NAME,
                     lib: Lib::$lib,
                     wrapper: || $variant as *mut c_void,
                     real: &$variant::REAL,
@@ -115,9 +125,9 @@ entry_points! {
     // Initialisation and entry-point lookup.
     Cuda fn (flags: c_uint) -> CUresult => hooks::init::cu_init, [cuInit];
     Cuda fn (symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64) -> CUresult
-        => hooks::proc_address::get_proc_address, [cuGetProcAddress];
+        => get_proc_address, [cuGetProcAddress];
     Cuda fn (symbol: *const c_char, pfn: *mut *mut c_void, version: i32, flags: u64, status: *mut i32) -> CUresult
-        => hooks::proc_address::get_proc_address_v2, [cuGetProcAddress_v2];
+        => get_proc_address_v2, [cuGetProcAddress_v2];
 
     // Contexts: their own memory counts against the cap.
     Cuda fn (ctx: *mut CUcontext, dev: CUdevice) -> CUresult
@@ -224,6 +234,38 @@ entry_points! {
         => hooks::info::nvml_memory_info_v2, [nvmlDeviceGetMemoryInfo_v2];
 }
 
+/// The real function behind a slot, once the library has started (see [`crate::startup`]); NVML's
+/// functions are resolved on first use. `None` if the driver lacks it.
+fn real_pointer(slot: &AtomicPtr<c_void>, lib: Lib, name: &CStr) -> Option<*mut c_void> {
+    crate::startup::start(resolve_driver);
+    let mut p = slot.load(Ordering::Acquire);
+    if p.is_null() && lib == Lib::Nvml {
+        let handle = real::nvml_handle();
+        if !handle.is_null() {
+            p = real::lookup(handle, name);
+            slot.store(p, Ordering::Release);
+        }
+    }
+    (!p.is_null()).then_some(p)
+}
+
+/// Fills the driver's slots of the table from the driver's handle, at start-up.
+fn resolve_driver(handle: *mut c_void) {
+    for entry in ENTRIES.iter().filter(|e| e.lib == Lib::Cuda) {
+        entry
+            .real
+            .store(real::lookup(handle, entry.name), Ordering::Release);
+    }
+}
+
+/// What a shim returns when the driver lacks the function.
+fn missing(lib: Lib) -> i32 {
+    match lib {
+        Lib::Cuda => CUDA_ERROR_NOT_FOUND,
+        Lib::Nvml => NVML_ERROR_FUNCTION_NOT_FOUND,
+    }
+}
+
 /// Our wrapper for a real driver pointer, if that pointer is one of the variants we wrap.
 pub fn wrapper_for_real(real: *mut c_void) -> Option<*mut c_void> {
     if real.is_null() {
@@ -233,4 +275,41 @@ pub fn wrapper_for_real(real: *mut c_void) -> Option<*mut c_void> {
         .iter()
         .find(|e| e.real() == real)
         .map(|e| (e.wrapper)())
+}
+
+// ---- cuGetProcAddress ----
+//
+// `cuGetProcAddress` and `cuGetProcAddress_v2`: the driver chooses the ABI variant for (name, version,
+// flags); we hand out our wrapper for exactly that variant, found by the real pointer the driver returned,
+// and the driver's own pointer for anything we do not wrap. Their hooks live here, beside the table they
+// answer from. <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__DRIVER__ENTRY__POINT.html>
+
+fn swap_in_wrapper(r: CUresult, pfn: Out<*mut c_void>) -> CUresult {
+    if r == CUDA_SUCCESS {
+        if let Some(wrapper) = pfn.get().and_then(wrapper_for_real) {
+            pfn.set(wrapper);
+        }
+    }
+    r
+}
+
+fn get_proc_address(
+    pass: impl Fn() -> CUresult,
+    _symbol: *const c_char,
+    pfn: Out<*mut c_void>,
+    _version: i32,
+    _flags: u64,
+) -> CUresult {
+    swap_in_wrapper(pass(), pfn)
+}
+
+fn get_proc_address_v2(
+    pass: impl Fn() -> CUresult,
+    _symbol: *const c_char,
+    pfn: Out<*mut c_void>,
+    _version: i32,
+    _flags: u64,
+    _status: Out<i32>,
+) -> CUresult {
+    swap_in_wrapper(pass(), pfn)
 }

@@ -9,7 +9,7 @@
 //! and its background thread follow its PID.
 
 use crate::hooks;
-use crate::state::LEDGER;
+use crate::ledger::LEDGER;
 use core_lib::ledger::MAX_DEVICES;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -26,16 +26,17 @@ extern "C" fn child() {
     // SAFETY: this is the fork child handler: the child has one thread (this one), which holds no guard
     // of ours (fork is never called from inside a hook).
     unsafe {
-        crate::state::reset_after_fork();
-        crate::overhead::reset_after_fork();
-        hooks::PTRS.reset_after_fork();
-        hooks::PAGES.reset_after_fork();
+        crate::phase::reset_after_fork();
+        crate::in_flight::reset_after_fork();
+        crate::background::measure::reset_after_fork();
+        crate::registry::pointers::PTRS.reset_after_fork();
+        crate::registry::pointers::PAGES.reset_after_fork();
         hooks::vmm::reset_after_fork();
         hooks::array::reset_after_fork();
-        hooks::pool::reset_after_fork();
+        crate::registry::pools::reset_after_fork();
         hooks::context::reset_after_fork();
         hooks::info::reset_after_fork();
-        crate::publish::reset_after_fork();
+        crate::background::publish::reset_after_fork();
         crate::registry::graphs::reset_after_fork();
         crate::registry::limits::reset_after_fork();
     }

@@ -4,8 +4,9 @@
 //! retried once if memory was freed; otherwise, or on timeout, the caller gets the driver's
 //! `CUDA_ERROR_OUT_OF_MEMORY` as before. The wait holds no lock of ours.
 
+use crate::background::publish;
 use crate::cuda::{CUdevice, CUresult, CUDA_ERROR_OUT_OF_MEMORY};
-use crate::{publish, state};
+use crate::{devices, phase};
 use core_lib::shm::VRAMCAP_ANSWER_FREED;
 use core_lib::size::HumanBytes;
 use core_lib::vlog;
@@ -34,13 +35,13 @@ pub fn retry_once(
 
 /// The device refused `bytes` on `dev`: asks the unloader for them. True if the caller should retry.
 fn relieve(dev: CUdevice, bytes: u64) -> bool {
-    let Some(uuid) = state::devices().and_then(|d| d.raw_uuids.get(dev as usize).copied()) else {
+    let Some(uuid) = devices::get().and_then(|d| d.raw_uuids.get(dev as usize).copied()) else {
         return false;
     };
     let Some(ticket) = publish::post_request(uuid, bytes) else {
         return false;
     };
-    let Some(wait) = state::config().and_then(|c| c.wait) else {
+    let Some(wait) = phase::config().and_then(|c| c.wait) else {
         vlog!(
             Info,
             "device {dev} is full: asked the unloader for {}; VRAMCAP_WAIT is unset, so this allocation fails now",

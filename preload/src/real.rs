@@ -39,7 +39,7 @@ pub fn real_dlsym() -> Option<DlsymFn> {
 }
 
 /// Looks `name` up in `handle` with glibc's `dlsym`.
-pub fn lookup(handle: *mut c_void, name: &CStr) -> *mut c_void {
+pub(crate) fn lookup(handle: *mut c_void, name: &CStr) -> *mut c_void {
     match real_dlsym() {
         // SAFETY: handle came from dlopen (or is a pseudo-handle) and name is NUL-terminated.
         Some(dlsym) => unsafe { dlsym(handle, name.as_ptr()) },
@@ -109,7 +109,7 @@ const RTLD_DL_LINKMAP: libc::c_int = 2;
 
 /// The loaded object that holds address `p`: its link map, which is what glibc's handles are. Null if
 /// no object holds it. `dladdr1` neither allocates nor calls `dlsym`.
-pub fn object_of(p: *const c_void) -> *mut c_void {
+pub(crate) fn object_of(p: *const c_void) -> *mut c_void {
     // SAFETY: all-zero bytes are a valid Dl_info (pointers and null strings).
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     let mut map: *mut c_void = std::ptr::null_mut();

@@ -5,37 +5,32 @@
 //! called. A record is removed *before* the real free, so an address the driver reuses at once is never
 //! confused with the old one; if the free fails the record goes back.
 
-use super::{Backing, PtrRecord, PAGES, PTRS};
+use crate::args::Out;
 use crate::cuda::*;
-use crate::driver;
-use crate::enforce::{self, read_out};
+use crate::devices;
+use crate::enforce;
+use crate::registry::pointers::{Backing, PtrRecord, PAGES, PTRS};
 use core_lib::charge::Charge;
 use core_lib::vlog;
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-type Alloc = unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult;
-type AllocPitch =
-    unsafe extern "C" fn(*mut CUdeviceptr, *mut usize, usize, usize, c_uint) -> CUresult;
-type AllocManaged = unsafe extern "C" fn(*mut CUdeviceptr, usize, c_uint) -> CUresult;
-type Free = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
-
 /// The usual shape of an allocating hook: reserve `charge` on the current device, call the driver, commit
 /// what it really took (`actual`, from the driver's answer) and record the pointer. If the cap allowed it
 /// but the device itself is full, the unloader is asked (see `pressure`) and the call retried once.
 fn charged_alloc(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     requested: u64,
     estimate: Charge,
     call: impl Fn() -> CUresult,
     actual: impl Fn() -> Charge,
 ) -> CUresult {
-    if crate::state::refusing() {
-        return crate::state::REFUSED_BY_CONFIG;
+    if crate::phase::refusing() {
+        return crate::phase::REFUSED_BY_CONFIG;
     }
     // Without the device there is nothing to charge against, so nothing reaches the driver: the query's
     // error (no current context) is what the driver would have answered.
-    let dev = match driver::current_device() {
+    let dev = match devices::current() {
         Ok(dev) => dev,
         Err(code) => return code,
     };
@@ -43,7 +38,7 @@ fn charged_alloc(
         let (_op, reservation) = enforce::admit(dev, estimate, requested)?;
         let r = call();
         if r == CUDA_SUCCESS {
-            if let Some(ptr) = read_out(dptr) {
+            if let Some(ptr) = dptr.get() {
                 let charge = actual();
                 // A packed allocation costs the pages it put in use, now that we know where it went.
                 let cost = match charge {
@@ -65,74 +60,56 @@ fn charged_alloc(
     })
 }
 
-pub fn mem_alloc(real: Alloc, dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+pub fn mem_alloc(pass: impl Fn() -> CUresult, dptr: Out<CUdeviceptr>, bytes: usize) -> CUresult {
     if bytes == 0 {
-        // SAFETY: passed on; the driver rejects a zero-byte allocation itself.
-        return unsafe { real(dptr, bytes) };
+        return pass();
     }
     let charge = Charge::for_request(bytes as u64);
-    charged_alloc(
-        dptr,
-        bytes as u64,
-        charge,
-        // SAFETY: the caller's own call, passed on.
-        || unsafe { real(dptr, bytes) },
-        || charge,
-    )
+    charged_alloc(dptr, bytes as u64, charge, &pass, || charge)
 }
 
 /// Pitch alignment we assume before the driver tells us the pitch (the H100 reports 512 at most).
 const PITCH_ESTIMATE_ALIGN: u64 = 512;
 
 pub fn mem_alloc_pitch(
-    real: AllocPitch,
-    dptr: *mut CUdeviceptr,
-    pitch: *mut usize,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
+    pitch: Out<usize>,
     width: usize,
     height: usize,
-    elem: c_uint,
+    _elem: c_uint,
 ) -> CUresult {
     let rows = height as u64;
     let estimate = (width as u64).div_ceil(PITCH_ESTIMATE_ALIGN) * PITCH_ESTIMATE_ALIGN * rows;
     if estimate == 0 {
-        // SAFETY: passed on; the driver rejects an empty allocation itself.
-        return unsafe { real(dptr, pitch, width, height, elem) };
+        return pass();
     }
     charged_alloc(
         dptr,
         width as u64 * rows,
         Charge::for_request(estimate),
-        // SAFETY: the caller's own call, passed on.
-        || unsafe { real(dptr, pitch, width, height, elem) },
-        || Charge::for_request(read_out(pitch).map_or(estimate, |p| p as u64 * rows)),
+        &pass,
+        || Charge::for_request(pitch.get().map_or(estimate, |p| p as u64 * rows)),
     )
 }
 
 pub fn mem_alloc_managed(
-    real: AllocManaged,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
-    flags: c_uint,
+    _flags: c_uint,
 ) -> CUresult {
     if bytes == 0 {
-        // SAFETY: passed on; the driver rejects a zero-byte allocation itself.
-        return unsafe { real(dptr, bytes, flags) };
+        return pass();
     }
     // All of it can become resident on the device, so all of it is charged.
     let charge = Charge::for_request(bytes as u64);
-    charged_alloc(
-        dptr,
-        bytes as u64,
-        charge,
-        // SAFETY: the caller's own call, passed on.
-        || unsafe { real(dptr, bytes, flags) },
-        || charge,
-    )
+    charged_alloc(dptr, bytes as u64, charge, &pass, || charge)
 }
 
 /// Gives back what a freed pointer was charged.
 pub fn release(ptr: CUdeviceptr, record: PtrRecord) {
-    let Some(ledger) = crate::state::LEDGER.device(record.dev) else {
+    let Some(ledger) = crate::ledger::LEDGER.device(record.dev) else {
         return;
     };
     match record.backing {
@@ -143,14 +120,14 @@ pub fn release(ptr: CUdeviceptr, record: PtrRecord) {
         Backing::Own(charge) => ledger.release(charge, record.requested),
         Backing::Pool(pool) => {
             ledger.release(Charge::Pages(0), record.requested);
-            super::pool::sync(pool);
+            crate::registry::pools::sync(pool);
         }
     }
 }
 
 /// Frees through `call`, keeping the record of `ptr` consistent with the driver's answer.
 pub fn charged_free(ptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     let record = PTRS.remove(ptr);
     let r = call();
     match (record, r == CUDA_SUCCESS) {
@@ -168,9 +145,8 @@ pub fn charged_free(ptr: CUdeviceptr, call: impl FnOnce() -> CUresult) -> CUresu
     r
 }
 
-pub fn mem_free(real: Free, ptr: CUdeviceptr) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    charged_free(ptr, || unsafe { real(ptr) })
+pub fn mem_free(pass: impl Fn() -> CUresult, ptr: CUdeviceptr) -> CUresult {
+    charged_free(ptr, &pass)
 }
 
 static LEGACY_WARNED: AtomicBool = AtomicBool::new(false);
@@ -185,18 +161,14 @@ fn refuse_legacy(name: &str) -> CUresult {
     CUDA_ERROR_NOT_SUPPORTED
 }
 
-pub fn legacy_alloc(
-    _real: unsafe extern "C" fn(*mut u32, c_uint) -> CUresult,
-    _: *mut u32,
-    _: c_uint,
-) -> CUresult {
+pub fn legacy_alloc(_pass: impl Fn() -> CUresult, _: Out<u32>, _: c_uint) -> CUresult {
     refuse_legacy("cuMemAlloc")
 }
 
 pub fn legacy_alloc_pitch(
-    _real: unsafe extern "C" fn(*mut u32, *mut c_uint, c_uint, c_uint, c_uint) -> CUresult,
-    _: *mut u32,
-    _: *mut c_uint,
+    _pass: impl Fn() -> CUresult,
+    _: Out<u32>,
+    _: Out<c_uint>,
     _: c_uint,
     _: c_uint,
     _: c_uint,

@@ -4,10 +4,11 @@
 //! Before the array exists we reserve an estimate from its descriptor; once it exists, the driver's figure
 //! replaces the estimate. Sparse and deferred-mapping arrays own no memory until mapped, and are not charged.
 
+use crate::args::Out;
 use crate::cuda::*;
-use crate::driver;
-use crate::enforce::{self, read_out};
-use crate::state::LEDGER;
+use crate::enforce;
+use crate::ledger::LEDGER;
+use crate::{devices, driver};
 use core_lib::charge::Charge;
 use core_lib::tracker::Tracker;
 use std::ffi::{c_uint, c_void};
@@ -37,15 +38,15 @@ fn estimate(width: usize, height: usize, depth: usize, format: i32, channels: u3
 }
 
 fn charged_create(
-    handle: *mut *mut c_void,
+    handle: Out<*mut c_void>,
     bytes: u64,
     mipmapped: bool,
     call: impl FnOnce() -> CUresult,
 ) -> CUresult {
-    if crate::state::refusing() {
-        return crate::state::REFUSED_BY_CONFIG;
+    if crate::phase::refusing() {
+        return crate::phase::REFUSED_BY_CONFIG;
     }
-    let dev = match driver::current_device() {
+    let dev = match devices::current() {
         Ok(dev) => dev,
         Err(code) => return code,
     };
@@ -55,7 +56,7 @@ fn charged_create(
     };
     let r = call();
     if r == CUDA_SUCCESS {
-        if let Some(array) = read_out(handle) {
+        if let Some(array) = handle.get() {
             // Unreadable: the estimate stays (rows rounded up to 512 bytes, whole pages).
             let real = driver::array_size(array, dev, mipmapped).unwrap_or(bytes);
             let charge = reservation.commit_as(Charge::pages(real), real);
@@ -73,13 +74,11 @@ fn charged_create(
 }
 
 pub fn array_create(
-    real: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY_DESCRIPTOR) -> CUresult,
-    array: *mut CUarray,
-    desc: *const CUDA_ARRAY_DESCRIPTOR,
+    pass: impl Fn() -> CUresult,
+    array: Out<CUarray>,
+    desc: Option<&CUDA_ARRAY_DESCRIPTOR>,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(array, desc) };
-    let Some(d) = read_out(desc) else {
+    let Some(d) = desc.copied() else {
         return pass();
     };
     charged_create(
@@ -91,13 +90,11 @@ pub fn array_create(
 }
 
 pub fn array3d_create(
-    real: unsafe extern "C" fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult,
-    array: *mut CUarray,
-    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+    pass: impl Fn() -> CUresult,
+    array: Out<CUarray>,
+    desc: Option<&CUDA_ARRAY3D_DESCRIPTOR>,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(array, desc) };
-    let Some(d) = read_out(desc) else {
+    let Some(d) = desc.copied() else {
         return pass();
     };
     if d.Flags & (CUDA_ARRAY3D_SPARSE | CUDA_ARRAY3D_DEFERRED_MAPPING) != 0 {
@@ -112,18 +109,12 @@ pub fn array3d_create(
 }
 
 pub fn mipmapped_create(
-    real: unsafe extern "C" fn(
-        *mut CUmipmappedArray,
-        *const CUDA_ARRAY3D_DESCRIPTOR,
-        c_uint,
-    ) -> CUresult,
-    array: *mut CUmipmappedArray,
-    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
-    levels: c_uint,
+    pass: impl Fn() -> CUresult,
+    array: Out<CUmipmappedArray>,
+    desc: Option<&CUDA_ARRAY3D_DESCRIPTOR>,
+    _levels: c_uint,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(array, desc, levels) };
-    let Some(d) = read_out(desc) else {
+    let Some(d) = desc.copied() else {
         return pass();
     };
     if d.Flags & (CUDA_ARRAY3D_SPARSE | CUDA_ARRAY3D_DEFERRED_MAPPING) != 0 {
@@ -135,7 +126,7 @@ pub fn mipmapped_create(
 }
 
 fn charged_destroy(array: *mut c_void, call: impl FnOnce() -> CUresult) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     let record = ARRAYS.remove(array as u64);
     let r = call();
     match (record, r == CUDA_SUCCESS) {
@@ -152,17 +143,12 @@ fn charged_destroy(array: *mut c_void, call: impl FnOnce() -> CUresult) -> CUres
     r
 }
 
-pub fn array_destroy(real: unsafe extern "C" fn(CUarray) -> CUresult, array: CUarray) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    charged_destroy(array, || unsafe { real(array) })
+pub fn array_destroy(pass: impl Fn() -> CUresult, array: CUarray) -> CUresult {
+    charged_destroy(array, &pass)
 }
 
-pub fn mipmapped_destroy(
-    real: unsafe extern "C" fn(CUmipmappedArray) -> CUresult,
-    array: CUmipmappedArray,
-) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    charged_destroy(array, || unsafe { real(array) })
+pub fn mipmapped_destroy(pass: impl Fn() -> CUresult, array: CUmipmappedArray) -> CUresult {
+    charged_destroy(array, &pass)
 }
 
 /// Forgets the arrays of a device whose last context is gone.

@@ -5,6 +5,7 @@
 //! allocation nodes, charged when the graph is launched (`hooks::graph`).
 //! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__STREAM.html>
 
+use crate::args::Out;
 use crate::cuda::*;
 use crate::driver::{self, Stream};
 use std::ffi::c_void;
@@ -32,50 +33,30 @@ fn ended(stream: Stream, r: CUresult) -> CUresult {
     r
 }
 
-pub fn begin_v1(real: unsafe extern "C" fn(CUstream) -> CUresult, s: CUstream) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    began(unsafe { real(s) })
+pub fn begin_v1(pass: impl Fn() -> CUresult, _s: CUstream) -> CUresult {
+    began(pass())
 }
 
-pub fn begin(
-    real: unsafe extern "C" fn(CUstream, i32) -> CUresult,
-    s: CUstream,
-    mode: i32,
-) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    began(unsafe { real(s, mode) })
+pub fn begin(pass: impl Fn() -> CUresult, _s: CUstream, _mode: i32) -> CUresult {
+    began(pass())
 }
-
-type BeginToGraph = unsafe extern "C" fn(
-    CUstream,
-    CUgraph,
-    *const CUgraphNode,
-    *const c_void,
-    usize,
-    i32,
-) -> CUresult;
 
 pub fn begin_to_graph(
-    real: BeginToGraph,
-    s: CUstream,
-    graph: CUgraph,
-    deps: *const CUgraphNode,
-    data: *const c_void,
-    n: usize,
-    mode: i32,
+    pass: impl Fn() -> CUresult,
+    _s: CUstream,
+    _graph: CUgraph,
+    _deps: *const CUgraphNode,
+    _data: *const c_void,
+    _n: usize,
+    _mode: i32,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    began(unsafe { real(s, graph, deps, data, n, mode) })
+    began(pass())
 }
 
-type End = unsafe extern "C" fn(CUstream, *mut CUgraph) -> CUresult;
-
-pub fn end(real: End, s: CUstream, graph: *mut CUgraph) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    ended(Stream::of(s, false), unsafe { real(s, graph) })
+pub fn end(pass: impl Fn() -> CUresult, s: CUstream, _graph: Out<CUgraph>) -> CUresult {
+    ended(Stream::of(s, false), pass())
 }
 
-pub fn end_ptsz(real: End, s: CUstream, graph: *mut CUgraph) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    ended(Stream::of(s, true), unsafe { real(s, graph) })
+pub fn end_ptsz(pass: impl Fn() -> CUresult, s: CUstream, _graph: Out<CUgraph>) -> CUresult {
+    ended(Stream::of(s, true), pass())
 }

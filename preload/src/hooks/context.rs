@@ -3,13 +3,15 @@
 //!
 //! The first context on a device reserves an estimate (`VRAMCAP_CONTEXT_BYTES`, 512 MiB by default) before
 //! the driver creates it, so a cap too small for a context refuses it with `CUDA_ERROR_OUT_OF_MEMORY`.
-//! The [`crate::overhead`] thread then replaces the estimate with the figure the driver reports for this
+//! The background thread ([`crate::background::measure`]) then replaces the estimate with the figure the driver reports for this
 //! process, without any lock shared with other processes. When a device's last context goes, the driver
 //! frees everything on it, and so do we.
 
+use crate::args::Out;
 use crate::cuda::*;
-use crate::enforce::{self, read_out};
-use crate::state::{self, LEDGER};
+use crate::enforce;
+use crate::ledger::LEDGER;
+use crate::phase;
 use core_lib::ledger::MAX_DEVICES;
 use core_lib::lock::Lock;
 use std::ffi::{c_uint, c_void};
@@ -35,16 +37,16 @@ fn slot(dev: CUdevice) -> Option<usize> {
 
 /// Charges a context's memory around `call` if it is the device's first, and counts it on success.
 fn create(dev: CUdevice, primary: bool, call: impl FnOnce() -> CUresult) -> CUresult {
-    let _op = crate::overhead::in_flight();
+    let _op = crate::in_flight::enter();
     let Some(i) = slot(dev) else { return call() };
-    if state::phase() == state::Phase::Refusing {
-        return state::REFUSED_BY_CONFIG;
+    if phase::refusing() {
+        return phase::REFUSED_BY_CONFIG;
     }
     let first = {
         let c = CONTEXTS.lock()[i];
         c.primary_refs == 0 && c.created == 0
     };
-    let estimate = state::config().map_or(0, |c| c.context_estimate);
+    let estimate = phase::config().map_or(0, |c| c.context_estimate);
     let charged = first
         && LEDGER
             .device(dev)
@@ -63,7 +65,7 @@ fn create(dev: CUdevice, primary: bool, call: impl FnOnce() -> CUresult) -> CUre
             all[i].created += 1;
         }
         drop(all);
-        crate::overhead::watch(dev);
+        crate::background::watch(dev);
     } else if charged {
         if let Some(l) = LEDGER.device(dev) {
             l.set_context(0);
@@ -85,54 +87,48 @@ fn gone(dev: CUdevice, change: impl FnOnce(&mut DeviceContexts)) {
 
 /// The driver freed everything on `dev`: drop its records and counts (the cap stays).
 fn forget_device(dev: CUdevice) {
-    super::PTRS.remove_where(|_, p| p.dev == dev);
-    super::PAGES.forget_device(dev);
+    crate::registry::pointers::PTRS.remove_where(|_, p| p.dev == dev);
+    crate::registry::pointers::PAGES.forget_device(dev);
     super::vmm::forget_device(dev);
     super::array::forget_device(dev);
-    super::pool::forget_device(dev);
+    crate::registry::pools::forget_device(dev);
     crate::registry::graphs::forget_device(dev);
     crate::registry::limits::forget_device(dev);
-    crate::overhead::unwatch(dev);
+    crate::background::unwatch(dev);
     if let Some(l) = LEDGER.device(dev) {
         l.reset();
     }
 }
 
 pub fn primary_retain(
-    real: unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult,
-    ctx: *mut CUcontext,
+    pass: impl Fn() -> CUresult,
+    _ctx: Out<CUcontext>,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    create(dev, true, || unsafe { real(ctx, dev) })
+    create(dev, true, &pass)
 }
 
-pub fn primary_release(
-    real: unsafe extern "C" fn(CUdevice) -> CUresult,
-    dev: CUdevice,
-) -> CUresult {
-    let _op = crate::overhead::in_flight();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(dev) };
+pub fn primary_release(pass: impl Fn() -> CUresult, dev: CUdevice) -> CUresult {
+    let _op = crate::in_flight::enter();
+    let r = pass();
     if r == CUDA_SUCCESS {
         gone(dev, |c| c.primary_refs = c.primary_refs.saturating_sub(1));
     }
     r
 }
 
-pub fn primary_reset(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
-    let _op = crate::overhead::in_flight();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(dev) };
+pub fn primary_reset(pass: impl Fn() -> CUresult, dev: CUdevice) -> CUresult {
+    let _op = crate::in_flight::enter();
+    let r = pass();
     if r == CUDA_SUCCESS {
         gone(dev, |c| c.primary_refs = 0);
     }
     r
 }
 
-fn remember(ctx: *mut CUcontext, dev: CUdevice, r: CUresult) -> CUresult {
+fn remember(ctx: Out<CUcontext>, dev: CUdevice, r: CUresult) -> CUresult {
     if r == CUDA_SUCCESS {
-        if let Some(c) = read_out(ctx) {
+        if let Some(c) = ctx.get() {
             CREATED.lock().push((c as usize, dev));
         }
     }
@@ -140,47 +136,41 @@ fn remember(ctx: *mut CUcontext, dev: CUdevice, r: CUresult) -> CUresult {
 }
 
 pub fn ctx_create(
-    real: unsafe extern "C" fn(*mut CUcontext, c_uint, CUdevice) -> CUresult,
-    ctx: *mut CUcontext,
-    flags: c_uint,
+    pass: impl Fn() -> CUresult,
+    ctx: Out<CUcontext>,
+    _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = create(dev, false, || unsafe { real(ctx, flags, dev) });
+    let r = create(dev, false, &pass);
     remember(ctx, dev, r)
 }
 
 pub fn ctx_create_v3(
-    real: unsafe extern "C" fn(*mut CUcontext, *mut c_void, i32, c_uint, CUdevice) -> CUresult,
-    ctx: *mut CUcontext,
-    params: *mut c_void,
-    nparams: i32,
-    flags: c_uint,
+    pass: impl Fn() -> CUresult,
+    ctx: Out<CUcontext>,
+    _params: *mut c_void,
+    _nparams: i32,
+    _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = create(dev, false, || unsafe {
-        real(ctx, params, nparams, flags, dev)
-    });
+    let r = create(dev, false, &pass);
     remember(ctx, dev, r)
 }
 
 pub fn ctx_create_v4(
-    real: unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_uint, CUdevice) -> CUresult,
-    ctx: *mut CUcontext,
-    params: *mut c_void,
-    flags: c_uint,
+    pass: impl Fn() -> CUresult,
+    ctx: Out<CUcontext>,
+    _params: *mut c_void,
+    _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = create(dev, false, || unsafe { real(ctx, params, flags, dev) });
+    let r = create(dev, false, &pass);
     remember(ctx, dev, r)
 }
 
-pub fn ctx_destroy(real: unsafe extern "C" fn(CUcontext) -> CUresult, ctx: CUcontext) -> CUresult {
-    let _op = crate::overhead::in_flight();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(ctx) };
+pub fn ctx_destroy(pass: impl Fn() -> CUresult, ctx: CUcontext) -> CUresult {
+    let _op = crate::in_flight::enter();
+    let r = pass();
     if r == CUDA_SUCCESS {
         let dev = {
             let mut created = CREATED.lock();

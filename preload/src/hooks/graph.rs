@@ -7,11 +7,12 @@
 //! than one atomic load of ours.
 //! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__GRAPH.html>
 
+use crate::args::Out;
 use crate::cuda::*;
 use crate::driver::{self, GraphMemory};
-use crate::enforce::{self, read_out};
+use crate::enforce;
+use crate::phase;
 use crate::registry::graphs;
-use crate::state;
 use core_lib::charge::Charge;
 use std::ffi::c_char;
 
@@ -39,13 +40,13 @@ fn charged_map(
     let Some(first) = worst(&graphs::lock()) else {
         return call();
     };
-    if state::refusing() {
-        return state::REFUSED_BY_CONFIG;
+    if phase::refusing() {
+        return phase::REFUSED_BY_CONFIG;
     }
     for &(dev, bytes) in &first {
         enforce::prepare(dev, bytes);
     }
-    let op = crate::overhead::in_flight();
+    let op = crate::in_flight::enter();
     let mut g = graphs::lock();
     let mut reservations = Vec::new();
     for (dev, bytes) in worst(&g).unwrap_or_default() {
@@ -67,7 +68,7 @@ fn charged_map(
 /// Instantiation without upload: reads the graph's memory nodes (a failed read is the answer: nothing
 /// uncounted may be instantiated) and records the executable.
 fn instantiate(
-    exec: *mut CUgraphExec,
+    exec: Out<CUgraphExec>,
     graph: CUgraph,
     flags: u64,
     call: impl FnOnce() -> CUresult,
@@ -78,101 +79,73 @@ fn instantiate(
     };
     let auto_free = flags & CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH != 0;
     if flags & CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD != 0 && !memory.allocs.is_empty() {
-        let made = || read_out(exec).unwrap_or(std::ptr::null_mut());
+        let made = || exec.get().unwrap_or(std::ptr::null_mut());
         return charged_map(made, Some((&memory, auto_free)), Map::Upload, call);
     }
     let r = call();
     if r == CUDA_SUCCESS && !memory.allocs.is_empty() {
-        if let Some(e) = read_out(exec) {
+        if let Some(e) = exec.get() {
             graphs::lock().register(e, &memory, auto_free);
         }
     }
     r
 }
 
-type InstantiateV1 = unsafe extern "C" fn(
-    *mut CUgraphExec,
-    CUgraph,
-    *mut CUgraphNode,
-    *mut c_char,
-    usize,
-) -> CUresult;
-
 pub fn instantiate_v1(
-    real: InstantiateV1,
-    exec: *mut CUgraphExec,
+    pass: impl Fn() -> CUresult,
+    exec: Out<CUgraphExec>,
     graph: CUgraph,
-    err: *mut CUgraphNode,
-    log: *mut c_char,
-    size: usize,
+    _err: Out<CUgraphNode>,
+    _log: *mut c_char,
+    _size: usize,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    instantiate(exec, graph, 0, || unsafe {
-        real(exec, graph, err, log, size)
-    })
+    instantiate(exec, graph, 0, &pass)
 }
 
 pub fn instantiate_with_flags(
-    real: unsafe extern "C" fn(*mut CUgraphExec, CUgraph, u64) -> CUresult,
-    exec: *mut CUgraphExec,
+    pass: impl Fn() -> CUresult,
+    exec: Out<CUgraphExec>,
     graph: CUgraph,
     flags: u64,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    instantiate(exec, graph, flags, || unsafe { real(exec, graph, flags) })
+    instantiate(exec, graph, flags, &pass)
 }
 
 pub fn instantiate_with_params(
-    real: unsafe extern "C" fn(
-        *mut CUgraphExec,
-        CUgraph,
-        *mut CUDA_GRAPH_INSTANTIATE_PARAMS,
-    ) -> CUresult,
-    exec: *mut CUgraphExec,
+    pass: impl Fn() -> CUresult,
+    exec: Out<CUgraphExec>,
     graph: CUgraph,
-    params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS,
+    params: Out<CUDA_GRAPH_INSTANTIATE_PARAMS>,
 ) -> CUresult {
-    let flags = read_out(params).map_or(0, |p| p.flags);
-    // SAFETY: the caller's own call, passed on.
-    instantiate(exec, graph, flags, || unsafe { real(exec, graph, params) })
+    let flags = params.get().map_or(0, |p| p.flags);
+    instantiate(exec, graph, flags, &pass)
 }
 
-type MapFn = unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult;
-
-pub fn launch(real: MapFn, exec: CUgraphExec, stream: CUstream) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(exec, stream) };
+pub fn launch(pass: impl Fn() -> CUresult, exec: CUgraphExec, _stream: CUstream) -> CUresult {
     if !graphs::any() {
         return pass();
     }
     charged_map(|| exec, None, Map::Launch, pass)
 }
 
-pub fn upload(real: MapFn, exec: CUgraphExec, stream: CUstream) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(exec, stream) };
+pub fn upload(pass: impl Fn() -> CUresult, exec: CUgraphExec, _stream: CUstream) -> CUresult {
     if !graphs::any() {
         return pass();
     }
     charged_map(|| exec, None, Map::Upload, pass)
 }
 
-pub fn exec_destroy(
-    real: unsafe extern "C" fn(CUgraphExec) -> CUresult,
-    exec: CUgraphExec,
-) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(exec) };
+pub fn exec_destroy(pass: impl Fn() -> CUresult, exec: CUgraphExec) -> CUresult {
+    let r = pass();
     if r == CUDA_SUCCESS && graphs::any() {
         graphs::lock().forget(exec);
     }
     r
 }
 
-pub fn trim(real: unsafe extern "C" fn(CUdevice) -> CUresult, dev: CUdevice) -> CUresult {
-    let _op = crate::overhead::in_flight();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(dev) };
+pub fn trim(pass: impl Fn() -> CUresult, dev: CUdevice) -> CUresult {
+    let _op = crate::in_flight::enter();
+    let r = pass();
     if r == CUDA_SUCCESS {
         graphs::lock().trimmed(dev);
     }

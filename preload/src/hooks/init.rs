@@ -2,23 +2,21 @@
 //! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__INITIALIZE.html>
 
 use crate::cuda::*;
-use crate::state::{self, Phase};
+use crate::{background, devices, phase};
 use std::ffi::c_uint;
 
-type Real = unsafe extern "C" fn(c_uint) -> CUresult;
-
-pub fn cu_init(real: Real, flags: c_uint) -> CUresult {
-    if state::start() == Phase::Refusing {
-        return state::REFUSED_BY_CONFIG;
+pub fn cu_init(pass: impl Fn() -> CUresult, _flags: c_uint) -> CUresult {
+    // The shim has run the start (see `crate::startup`): the phase is settled.
+    if phase::refusing() {
+        return phase::REFUSED_BY_CONFIG;
     }
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(flags) };
-    if r == CUDA_SUCCESS && state::devices().is_some() {
+    let r = pass();
+    if r == CUDA_SUCCESS && devices::get().is_some() {
         // The devices can disprove the configuration (a limit for a device not seen).
-        if state::refusing() {
-            return state::REFUSED_BY_CONFIG;
+        if phase::refusing() {
+            return phase::REFUSED_BY_CONFIG;
         }
-        crate::publish::join();
+        background::join();
     }
     r
 }

@@ -7,8 +7,9 @@
 use crate::cuda::*;
 use crate::driver;
 use crate::enforce;
+use crate::ledger::LEDGER;
 use crate::registry::limits::{self, DeviceLimits};
-use crate::state::{self, LEDGER};
+use crate::{devices, phase};
 use core_lib::charge::{round_up_pages, Charge};
 
 /// The charge a limit's new value calls for on `dev`, and the charge it has now.
@@ -39,22 +40,16 @@ fn charges(
     Ok((stack, d.stack_charge))
 }
 
-pub fn set_limit(
-    real: unsafe extern "C" fn(i32, usize) -> CUresult,
-    limit: i32,
-    value: usize,
-) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(limit, value) };
-    if state::refusing() {
-        return state::REFUSED_BY_CONFIG;
+pub fn set_limit(pass: impl Fn() -> CUresult, limit: i32, value: usize) -> CUresult {
+    if phase::refusing() {
+        return phase::REFUSED_BY_CONFIG;
     }
     if limit != CU_LIMIT_STACK_SIZE && limit != CU_LIMIT_MALLOC_HEAP_SIZE {
         return pass();
     }
     // Without the device (no context) or the figures a charge needs, nothing is let through uncharged:
     // the query's error is the answer.
-    let dev = match driver::current_device() {
+    let dev = match devices::current() {
         Ok(dev) => dev,
         Err(code) => return code,
     };
@@ -70,7 +65,7 @@ pub fn set_limit(
     };
     enforce::prepare(dev, first.0.saturating_sub(first.1));
     let r = {
-        let op = crate::overhead::in_flight();
+        let op = crate::in_flight::enter();
         let mut all = limits::lock();
         let Some(d) = all.device(dev) else {
             return CUDA_ERROR_INVALID_VALUE;
@@ -104,7 +99,7 @@ pub fn set_limit(
     };
     if r == CUDA_SUCCESS {
         // Whatever else the driver took for it now goes into the measured share at once.
-        crate::overhead::measure(dev, true);
+        crate::background::measure::measure(dev, true);
     }
     r
 }

@@ -16,91 +16,20 @@
 //! where the stream's device cannot be told, the driver's error is the answer; where the pool cannot be
 //! found or read, the allocation is charged at its worst case (all of it, in whole pool steps).
 
-use super::{Backing, PtrRecord, PTRS};
+use crate::args::Out;
 use crate::cuda::*;
 use crate::driver::{self, Stream};
-use crate::enforce::{self, read_out};
-use crate::state::LEDGER;
+use crate::enforce;
+use crate::ledger::LEDGER;
+use crate::registry::pointers::{Backing, PtrRecord, PTRS};
+use crate::registry::pools::{self, POOL_STEP};
+use crate::{devices, in_flight, phase};
 use core_lib::charge::{round_up_pages, Charge};
-use core_lib::lock::Lock;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// How much a pool grows at a time. On an H100 with driver 580 a pool grew by 32 MiB for 1 MiB, by 64 MiB
-/// for 33 MiB and by 128 MiB for 130 MiB: whole 32 MiB steps. Raised if a pool is seen to grow by more.
-static POOL_STEP: AtomicU64 = AtomicU64::new(32 << 20);
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PoolCharge {
-    pool: usize,
-    dev: CUdevice,
-    /// What the device ledger holds for this pool: its reserved bytes when last read.
-    charged: u64,
-}
-
-static POOLS: Lock<Vec<PoolCharge>> = Lock::new(Vec::new());
-
-fn find(pools: &mut Vec<PoolCharge>, pool: usize, dev: CUdevice) -> &mut PoolCharge {
-    let i = match pools.iter().position(|p| p.pool == pool) {
-        Some(i) => i,
-        None => {
-            pools.push(PoolCharge {
-                pool,
-                dev,
-                charged: 0,
-            });
-            pools.len() - 1
-        }
-    };
-    &mut pools[i]
-}
-
-/// Brings the charge of one pool to what the driver says it reserves now.
-fn resync(entry: &mut PoolCharge) {
-    let Ok((reserved, _)) = driver::pool_usage(entry.pool as CUmemoryPool) else {
-        return;
-    };
-    let Some(ledger) = LEDGER.device(entry.dev) else {
-        return;
-    };
-    if reserved > entry.charged {
-        ledger.force(reserved - entry.charged);
-    } else {
-        ledger.give_back(entry.charged - reserved);
-    }
-    entry.charged = reserved;
-}
-
-/// Re-reads one pool (after a free or a trim).
-pub fn sync(pool: usize) {
-    let mut pools = POOLS.lock();
-    if let Some(entry) = pools.iter_mut().find(|p| p.pool == pool) {
-        resync(entry);
-    }
-}
-
-/// Re-reads every pool of `dev`: called when the cap seems reached, since pools trim themselves at
-/// synchronisation points we do not see.
-pub fn refresh(dev: CUdevice) {
-    // try_lock: the pool hooks call the cap check while holding the lock, and refresh themselves first.
-    if let Some(mut pools) = POOLS.try_lock() {
-        resync_device(&mut pools, dev);
-    }
-}
-
-fn resync_device(pools: &mut [PoolCharge], dev: CUdevice) {
-    for entry in pools.iter_mut().filter(|p| p.dev == dev) {
-        resync(entry);
-    }
-}
-
-/// Forgets the pools of a device whose last context is gone.
-pub fn forget_device(dev: CUdevice) {
-    POOLS.lock().retain(|p| p.dev != dev);
-}
+use std::sync::atomic::Ordering;
 
 /// One attempt at a pool allocation of `bytes` on `dev`, retried once if the device itself is full.
 fn pooled_alloc(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     dev: CUdevice,
     pool: CUmemoryPool,
@@ -112,18 +41,18 @@ fn pooled_alloc(
 }
 
 fn pooled_once(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     dev: CUdevice,
     pool: CUmemoryPool,
     call: impl FnOnce() -> CUresult,
 ) -> Result<CUresult, CUresult> {
     enforce::prepare(dev, bytes as u64);
-    let op = crate::overhead::in_flight();
-    let mut pools = POOLS.lock();
-    resync_device(&mut pools, dev);
-    let entry = find(&mut pools, pool as usize, dev);
-    resync(entry);
+    let op = in_flight::enter();
+    let mut pools = pools::lock();
+    pools.resync_device(dev);
+    let entry = pools.entry(pool as usize, dev);
+    entry.resync();
     // Unreadable: no free reserve is counted on, and the whole growth stays charged (fail closed).
     let read = driver::pool_usage(pool).ok();
     let (reserved, used) = read.unwrap_or((entry.charged, entry.charged));
@@ -144,13 +73,13 @@ fn pooled_once(
     let grew = now.saturating_sub(entry.charged);
     if grew > need {
         POOL_STEP.fetch_max(grew, Ordering::Relaxed);
-        if let (Some(ledger), Some(ptr)) = (LEDGER.device(dev), read_out(dptr)) {
+        if let (Some(ledger), Some(ptr)) = (LEDGER.device(dev), dptr.get()) {
             let over = ledger
                 .cap()
                 .is_some_and(|cap| ledger.snapshot().charged.saturating_add(grew) > cap);
             if over {
                 driver::undo_pool_allocation(ptr, pool, reserved);
-                resync(entry);
+                entry.resync();
                 drop(reservation);
                 return Err(enforce::refuse(dev, grew));
             }
@@ -165,7 +94,7 @@ fn pooled_once(
         }
     }
     entry.charged = now;
-    if let Some(ptr) = read_out(dptr) {
+    if let Some(ptr) = dptr.get() {
         PTRS.insert(
             ptr,
             PtrRecord {
@@ -178,17 +107,12 @@ fn pooled_once(
     Ok(r)
 }
 
-type AllocAsync = unsafe extern "C" fn(*mut CUdeviceptr, usize, CUstream) -> CUresult;
-type AllocFromPool =
-    unsafe extern "C" fn(*mut CUdeviceptr, usize, CUmemoryPool, CUstream) -> CUresult;
-type FreeAsync = unsafe extern "C" fn(CUdeviceptr, CUstream) -> CUresult;
-
 /// `Some(answer)` for a stream-ordered allocation that is not charged here: refused while the
 /// configuration is invalid, or, on a capturing stream, passed on (it becomes a graph allocation node,
 /// charged when its graph is launched).
 fn not_charged_here(stream: Stream, pass: impl Fn() -> CUresult) -> Option<CUresult> {
-    if crate::state::refusing() {
-        return Some(crate::state::REFUSED_BY_CONFIG);
+    if phase::refusing() {
+        return Some(phase::REFUSED_BY_CONFIG);
     }
     match stream.capturing() {
         Ok(true) => Some(pass()),
@@ -199,7 +123,7 @@ fn not_charged_here(stream: Stream, pass: impl Fn() -> CUresult) -> Option<CUres
 
 /// An allocation from the current pool of the stream's device.
 fn from_current_pool(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     stream: Stream,
     pass: impl Fn() -> CUresult,
@@ -207,7 +131,7 @@ fn from_current_pool(
     if let Some(answer) = not_charged_here(stream, &pass) {
         return answer;
     }
-    let dev = match stream.device() {
+    let dev = match devices::of_stream(stream) {
         Ok(dev) => dev,
         Err(code) => return code,
     };
@@ -220,7 +144,7 @@ fn from_current_pool(
 /// A stream-ordered allocation whose pool cannot be found: charged as memory of its own, at the most a
 /// pool could grow for it, and given back when it is freed.
 fn unpooled(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     dev: CUdevice,
     pass: impl Fn() -> CUresult,
@@ -235,7 +159,7 @@ fn unpooled(
         let (_op, reservation) = enforce::admit(dev, charge, bytes as u64)?;
         let r = pass();
         if r == CUDA_SUCCESS {
-            if let Some(ptr) = read_out(dptr) {
+            if let Some(ptr) = dptr.get() {
                 let charge = reservation.commit(bytes as u64);
                 PTRS.insert(
                     ptr,
@@ -252,30 +176,26 @@ fn unpooled(
 }
 
 pub fn alloc_async(
-    real: AllocAsync,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(dptr, bytes, stream) };
     from_current_pool(dptr, bytes, Stream::of(stream, false), pass)
 }
 
 pub fn alloc_async_ptsz(
-    real: AllocAsync,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(dptr, bytes, stream) };
     from_current_pool(dptr, bytes, Stream::of(stream, true), pass)
 }
 
 /// An allocation from a pool the caller names.
 fn from_pool(
-    dptr: *mut CUdeviceptr,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     pool: CUmemoryPool,
     stream: Stream,
@@ -284,14 +204,10 @@ fn from_pool(
     if let Some(answer) = not_charged_here(stream, &pass) {
         return answer;
     }
-    let known = POOLS
-        .lock()
-        .iter()
-        .find(|p| p.pool == pool as usize)
-        .map(|p| p.dev);
+    let known = pools::lock().device_of(pool as usize);
     let dev = match known.or_else(|| driver::pool_device(pool)) {
         Some(dev) => dev,
-        None => match stream.device() {
+        None => match devices::of_stream(stream) {
             Ok(dev) => dev,
             Err(code) => return code,
         },
@@ -300,26 +216,22 @@ fn from_pool(
 }
 
 pub fn alloc_from_pool_async(
-    real: AllocFromPool,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(dptr, bytes, pool, stream) };
     from_pool(dptr, bytes, pool, Stream::of(stream, false), pass)
 }
 
 pub fn alloc_from_pool_async_ptsz(
-    real: AllocFromPool,
-    dptr: *mut CUdeviceptr,
+    pass: impl Fn() -> CUresult,
+    dptr: Out<CUdeviceptr>,
     bytes: usize,
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(dptr, bytes, pool, stream) };
     from_pool(dptr, bytes, pool, Stream::of(stream, true), pass)
 }
 
@@ -332,78 +244,48 @@ fn free_on(ptr: CUdeviceptr, stream: Stream, pass: impl FnOnce() -> CUresult) ->
     super::alloc::charged_free(ptr, pass)
 }
 
-pub fn free_async(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    free_on(ptr, Stream::of(stream, false), || unsafe {
-        real(ptr, stream)
-    })
+pub fn free_async(pass: impl Fn() -> CUresult, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    free_on(ptr, Stream::of(stream, false), &pass)
 }
 
-pub fn free_async_ptsz(real: FreeAsync, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    free_on(ptr, Stream::of(stream, true), || unsafe {
-        real(ptr, stream)
-    })
+pub fn free_async_ptsz(
+    pass: impl Fn() -> CUresult,
+    ptr: CUdeviceptr,
+    stream: CUstream,
+) -> CUresult {
+    free_on(ptr, Stream::of(stream, true), &pass)
 }
-
-type PoolCreate = unsafe extern "C" fn(*mut CUmemoryPool, *const CUmemPoolProps) -> CUresult;
 
 pub fn pool_create(
-    real: PoolCreate,
-    pool: *mut CUmemoryPool,
-    props: *const CUmemPoolProps,
+    pass: impl Fn() -> CUresult,
+    pool: Out<CUmemoryPool>,
+    props: Option<&CUmemPoolProps>,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(pool, props) };
+    let r = pass();
     if r == CUDA_SUCCESS {
-        if let (Some(p), Some(props)) = (read_out(pool), read_out(props)) {
+        if let (Some(p), Some(props)) = (pool.get(), props.copied()) {
             if props.location.type_ == CU_MEM_LOCATION_TYPE_DEVICE {
-                let mut pools = POOLS.lock();
-                find(&mut pools, p as usize, props.location.id);
+                pools::lock().entry(p as usize, props.location.id);
             }
         }
     }
     r
 }
 
-pub fn pool_destroy(
-    real: unsafe extern "C" fn(CUmemoryPool) -> CUresult,
-    pool: CUmemoryPool,
-) -> CUresult {
-    let _op = crate::overhead::in_flight();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(pool) };
+pub fn pool_destroy(pass: impl Fn() -> CUresult, pool: CUmemoryPool) -> CUresult {
+    let _op = in_flight::enter();
+    let r = pass();
     if r == CUDA_SUCCESS {
-        let mut pools = POOLS.lock();
-        if let Some(i) = pools.iter().position(|p| p.pool == pool as usize) {
-            let gone = pools.swap_remove(i);
-            if let Some(ledger) = LEDGER.device(gone.dev) {
-                ledger.give_back(gone.charged);
-            }
-        }
+        pools::lock().destroyed(pool as usize);
     }
     r
 }
 
-pub fn pool_trim(
-    real: unsafe extern "C" fn(CUmemoryPool, usize) -> CUresult,
-    pool: CUmemoryPool,
-    keep: usize,
-) -> CUresult {
-    let _op = crate::overhead::in_flight();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(pool, keep) };
+pub fn pool_trim(pass: impl Fn() -> CUresult, pool: CUmemoryPool, _keep: usize) -> CUresult {
+    let _op = in_flight::enter();
+    let r = pass();
     if r == CUDA_SUCCESS {
-        sync(pool as usize);
+        pools::sync(pool as usize);
     }
     r
-}
-
-/// In a forked child: the parent's pools are not ours.
-///
-/// # Safety
-/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
-pub unsafe fn reset_after_fork() {
-    // SAFETY: the caller's guarantee.
-    unsafe { POOLS.reset_after_fork(Vec::new()) };
 }

@@ -8,9 +8,10 @@
 //! and its charge goes back when both reach zero. Handles imported from other processes were never
 //! charged here and are never tracked. Address reservations cost no device memory and are not counted.
 
+use crate::args::Out;
 use crate::cuda::*;
-use crate::enforce::{self, read_out};
-use crate::state::LEDGER;
+use crate::enforce;
+use crate::ledger::LEDGER;
 use core_lib::charge::Charge;
 use core_lib::lock::Lock;
 use core_lib::tracker::Tracker;
@@ -44,23 +45,14 @@ fn adjust(handle: u64, change: impl FnOnce(&mut HandleRecord)) {
     }
 }
 
-type Create = unsafe extern "C" fn(
-    *mut CUmemGenericAllocationHandle,
-    usize,
-    *const CUmemAllocationProp,
-    u64,
-) -> CUresult;
-
 pub fn mem_create(
-    real: Create,
-    handle: *mut CUmemGenericAllocationHandle,
+    pass: impl Fn() -> CUresult,
+    handle: Out<CUmemGenericAllocationHandle>,
     size: usize,
-    prop: *const CUmemAllocationProp,
-    flags: u64,
+    prop: Option<&CUmemAllocationProp>,
+    _flags: u64,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let pass = || unsafe { real(handle, size, prop, flags) };
-    let Some(props) = read_out(prop) else {
+    let Some(props) = prop.copied() else {
         return pass();
     };
     if props.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE || size == 0 {
@@ -73,7 +65,7 @@ pub fn mem_create(
         let (_op, reservation) = enforce::admit(dev, charge, size as u64)?;
         let r = pass();
         if r == CUDA_SUCCESS {
-            if let Some(h) = read_out(handle) {
+            if let Some(h) = handle.get() {
                 let charge = reservation.commit(size as u64);
                 HANDLES.insert(
                     h,
@@ -91,46 +83,33 @@ pub fn mem_create(
     })
 }
 
-pub fn mem_release(
-    real: unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult,
-    handle: CUmemGenericAllocationHandle,
-) -> CUresult {
-    let _op = crate::overhead::in_flight();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(handle) };
+pub fn mem_release(pass: impl Fn() -> CUresult, handle: CUmemGenericAllocationHandle) -> CUresult {
+    let _op = crate::in_flight::enter();
+    let r = pass();
     if r == CUDA_SUCCESS {
         adjust(handle, |h| h.refs = h.refs.saturating_sub(1));
     }
     r
 }
 
-type Map =
-    unsafe extern "C" fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64) -> CUresult;
-
 pub fn mem_map(
-    real: Map,
+    pass: impl Fn() -> CUresult,
     ptr: CUdeviceptr,
     size: usize,
-    offset: usize,
+    _offset: usize,
     handle: CUmemGenericAllocationHandle,
-    flags: u64,
+    _flags: u64,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(ptr, size, offset, handle, flags) };
+    let r = pass();
     if r == CUDA_SUCCESS && HANDLES.update(handle, |h| h.maps += 1).is_some() {
         MAPPINGS.lock().insert(ptr, (size as u64, handle));
     }
     r
 }
 
-pub fn mem_unmap(
-    real: unsafe extern "C" fn(CUdeviceptr, usize) -> CUresult,
-    ptr: CUdeviceptr,
-    size: usize,
-) -> CUresult {
-    let _op = crate::overhead::in_flight();
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(ptr, size) };
+pub fn mem_unmap(pass: impl Fn() -> CUresult, ptr: CUdeviceptr, size: usize) -> CUresult {
+    let _op = crate::in_flight::enter();
+    let r = pass();
     if r == CUDA_SUCCESS {
         let end = ptr.saturating_add(size as u64);
         let unmapped: Vec<(u64, u64)> = {
@@ -149,14 +128,13 @@ pub fn mem_unmap(
 }
 
 pub fn retain_handle(
-    real: unsafe extern "C" fn(*mut CUmemGenericAllocationHandle, *mut c_void) -> CUresult,
-    handle: *mut CUmemGenericAllocationHandle,
-    addr: *mut c_void,
+    pass: impl Fn() -> CUresult,
+    handle: Out<CUmemGenericAllocationHandle>,
+    _addr: *mut c_void,
 ) -> CUresult {
-    // SAFETY: the caller's own call, passed on.
-    let r = unsafe { real(handle, addr) };
+    let r = pass();
     if r == CUDA_SUCCESS {
-        if let Some(h) = read_out(handle) {
+        if let Some(h) = handle.get() {
             HANDLES.update(h, |rec| rec.refs += 1);
         }
     }

@@ -17,7 +17,7 @@
 
 use crate::cuda::*;
 use crate::driver::{self, AllocNode, GraphMemory};
-use crate::state::LEDGER;
+use crate::ledger::LEDGER;
 use core_lib::charge::Charge;
 use core_lib::ledger::{Reservation, MAX_DEVICES};
 use core_lib::lock::{Guard, Lock};

@@ -4,3 +4,5 @@
 
 pub mod graphs;
 pub mod limits;
+pub mod pointers;
+pub mod pools;

@@ -9,7 +9,9 @@
 //! and that the slot is still ours; if the file was deleted, replaced, truncated or overwritten, the
 //! process moves to the segment at the path now (making a new one if it may).
 
-use crate::state::{self, LEDGER};
+use crate::devices;
+use crate::ledger::LEDGER;
+use crate::phase;
 use core_lib::ledger::DeviceUsage;
 use core_lib::lock::Lock;
 use core_lib::log::monotonic_ns;
@@ -95,13 +97,14 @@ fn say_unlisted(why: &str) {
     }
 }
 
-/// Claims this process's slot (once per process) and starts the background thread that keeps it current.
-pub fn join() {
+/// Claims this process's slot (once per process). Returns whether the background thread, which keeps
+/// the slot current, is wanted: not if this process was listed already or no segment can be named.
+pub fn join() -> bool {
     let pid = std::process::id();
     if listing().is_some() {
-        return;
+        return false;
     }
-    let config = state::config();
+    let config = phase::config();
     let mut who = Identity::of_this_process(
         config.and_then(|c| c.name.as_deref()),
         config.map_or(0, |c| c.priority),
@@ -117,7 +120,10 @@ pub fn join() {
             path: segment_path(),
             mode,
         },
-        Err(e) => return say_unlisted(&e.to_string()),
+        Err(e) => {
+            say_unlisted(&e.to_string());
+            return false;
+        }
     };
     static AT_EXIT: AtomicBool = AtomicBool::new(false);
     match list(&place) {
@@ -135,7 +141,7 @@ pub fn join() {
     CHECKED_NS.store(monotonic_ns(), Ordering::Relaxed);
     LAST.lock().clear();
     publish();
-    crate::overhead::ensure_thread();
+    true
 }
 
 /// Once a second: moves this process to the segment at its path if the one it is listed in is no longer
@@ -186,7 +192,7 @@ fn check_listing() {
 /// Rewrites the slot if the figures moved since the last time.
 pub fn publish() {
     check_listing();
-    let (Some((seg, slot)), Some(devices)) = (listing(), state::devices()) else {
+    let (Some((seg, slot)), Some(devices)) = (listing(), devices::get()) else {
         return;
     };
     let usage: Vec<DeviceUsage> = (0..devices.uuids.len().min(VRAMCAP_SLOT_DEVICES))

@@ -1,0 +1,122 @@
+//! Stream-ordered memory pools: what each pool we know of is charged on its device, which is what the
+//! driver said it reserved (`CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT`) when last read. The pool hooks
+//! (`hooks::pool`) hold [`lock`] across a pool's read-reserve-allocate-read sequence; the cap check, the
+//! measurement and the memory-information hooks re-read a device's pools through [`refresh`].
+
+use crate::cuda::*;
+use crate::driver;
+use crate::ledger::LEDGER;
+use core_lib::lock::{Guard, Lock};
+use std::sync::atomic::AtomicU64;
+
+/// How much a pool grows at a time. On an H100 with driver 580 a pool grew by 32 MiB for 1 MiB, by 64 MiB
+/// for 33 MiB and by 128 MiB for 130 MiB: whole 32 MiB steps. Raised if a pool is seen to grow by more.
+pub static POOL_STEP: AtomicU64 = AtomicU64::new(32 << 20);
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolCharge {
+    pub pool: usize,
+    pub dev: CUdevice,
+    /// What the device ledger holds for this pool: its reserved bytes when last read.
+    pub charged: u64,
+}
+
+impl PoolCharge {
+    /// Brings the charge of this pool to what the driver says it reserves now.
+    pub fn resync(&mut self) {
+        let Ok((reserved, _)) = driver::pool_usage(self.pool as CUmemoryPool) else {
+            return;
+        };
+        let Some(ledger) = LEDGER.device(self.dev) else {
+            return;
+        };
+        if reserved > self.charged {
+            ledger.force(reserved - self.charged);
+        } else {
+            ledger.give_back(self.charged - reserved);
+        }
+        self.charged = reserved;
+    }
+}
+
+/// Every pool we know of.
+pub struct Pools(Vec<PoolCharge>);
+
+static POOLS: Lock<Pools> = Lock::new(Pools(Vec::new()));
+
+/// The pools, for a hook's whole read-reserve-allocate-read sequence.
+pub fn lock() -> Guard<'static, Pools> {
+    POOLS.lock()
+}
+
+impl Pools {
+    /// The record of `pool`, made (charged nothing yet) on `dev` if it is new.
+    pub fn entry(&mut self, pool: usize, dev: CUdevice) -> &mut PoolCharge {
+        let i = match self.0.iter().position(|p| p.pool == pool) {
+            Some(i) => i,
+            None => {
+                self.0.push(PoolCharge {
+                    pool,
+                    dev,
+                    charged: 0,
+                });
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i]
+    }
+
+    /// The device of a pool we know of.
+    pub fn device_of(&self, pool: usize) -> Option<CUdevice> {
+        self.0.iter().find(|p| p.pool == pool).map(|p| p.dev)
+    }
+
+    /// Re-reads every pool of `dev`.
+    pub fn resync_device(&mut self, dev: CUdevice) {
+        for entry in self.0.iter_mut().filter(|p| p.dev == dev) {
+            entry.resync();
+        }
+    }
+
+    /// Forgets a destroyed pool and gives back what it was charged.
+    pub fn destroyed(&mut self, pool: usize) {
+        if let Some(i) = self.0.iter().position(|p| p.pool == pool) {
+            let gone = self.0.swap_remove(i);
+            if let Some(ledger) = LEDGER.device(gone.dev) {
+                ledger.give_back(gone.charged);
+            }
+        }
+    }
+}
+
+/// Re-reads one pool (after a free or a trim).
+pub fn sync(pool: usize) {
+    let mut pools = POOLS.lock();
+    if let Some(entry) = pools.0.iter_mut().find(|p| p.pool == pool) {
+        entry.resync();
+    }
+}
+
+/// Re-reads every pool of `dev`: called when the cap seems reached, since pools trim themselves at
+/// synchronisation points we do not see.
+pub fn refresh(dev: CUdevice) {
+    // try_lock: a pool hook calls the cap check while holding the lock, and has re-read the device's
+    // pools itself just before; any other holder is a pool hook that re-reads them too.
+    if let Some(mut pools) = POOLS.try_lock() {
+        pools.resync_device(dev);
+    }
+}
+
+/// Forgets the pools of a device whose last context is gone.
+pub fn forget_device(dev: CUdevice) {
+    POOLS.lock().0.retain(|p| p.dev != dev);
+}
+
+/// In a forked child: the parent's pools are not ours.
+///
+/// # Safety
+/// Only from the fork child handler (`crate::fork`): one thread, no guard of these locks held.
+pub unsafe fn reset_after_fork() {
+    // SAFETY: the caller's guarantee.
+    unsafe { POOLS.reset_after_fork(Pools(Vec::new())) };
+}
