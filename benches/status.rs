@@ -2,8 +2,8 @@
 //! alive), read through the seqlock and rendered as the table, without NVML. Target: under 1 ms.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use vramcap::shm::{Identity, Segment, VramcapDevice, VRAMCAP_SLOTS};
-use vramcap::status;
+use vramcap_core::shm::{Identity, Segment, VramcapDevice, VRAMCAP_SLOTS};
+use vramcap_core::status;
 
 fn full_segment(c: &mut Criterion) {
     let path = std::path::PathBuf::from(format!("/dev/shm/vramcap-bench-{}", std::process::id()));

@@ -6,9 +6,9 @@
 //! reads the segment only through `shm`'s public API and never writes it. Everything a slot says is a
 //! stranger's input: names come through [`printable`], totals saturate.
 
+use crate::config::size::HumanBytes;
 use crate::config::{canonical_uuid, format_uuid};
 use crate::shm::{live_slots, printable, Segment, VRAMCAP_FLAG_PROTECTED};
-use crate::size::HumanBytes;
 use nvml_wrapper::Nvml;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -311,7 +311,7 @@ fn every_user_has_a_default_segment_of_their_own() {
 
 #[test]
 fn totals_of_forged_figures_saturate() {
-    use vramcap::shm::{Identity, Segment, VramcapDevice};
+    use vramcap_core::shm::{Identity, Segment, VramcapDevice};
     let shm = shm_path("totals");
     let seg = Segment::open_or_create(&shm, 0o600).unwrap();
     // Two slots of this (live) process whose figures add up past u64::MAX.
@@ -385,7 +385,7 @@ fn another_users_half_made_segment_is_never_replaced() {
 /// What someone who may write the segment's file can do to it, and how to undo it.
 fn mutate(shm: &std::path::Path, how: &str) {
     use std::os::unix::fs::PermissionsExt;
-    let len = vramcap::shm::segment::segment_len() as u64;
+    let len = vramcap_core::shm::segment::segment_len() as u64;
     let set_len = |n: u64| {
         std::fs::OpenOptions::new()
             .write(true)

@@ -376,15 +376,15 @@ fn a_hanging_hook_times_out_and_the_next_worker_is_asked() {
 
 #[test]
 fn a_forged_slot_is_ignored() {
-    use vramcap::shm::{Identity, Segment, VramcapDevice, VRAMCAP_UNLOAD_SIGNAL};
+    use vramcap_core::shm::{Identity, Segment, VramcapDevice, VRAMCAP_UNLOAD_SIGNAL};
     let card = Card::new("forged");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 800, &[]);
     // A process that USR1 would kill, claimed in a slot with the wrong start time.
     let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
     let seg = Segment::open_existing_rw(Path::new(&card.shm)).unwrap();
-    let uuid = vramcap::shm::live_slots(&seg)[0].1.devices[0].uuid;
+    let uuid = vramcap_core::shm::live_slots(&seg)[0].1.devices[0].uuid;
     let pid = bystander.id();
-    let real_start = vramcap::shm::segment::start_time_of(pid).unwrap();
+    let real_start = vramcap_core::shm::segment::start_time_of(pid).unwrap();
     let slot = seg
         .claim(&Identity {
             pid,
@@ -658,7 +658,7 @@ fn a_hook_that_frees_nothing_in_time_falls_back_to_suspend() {
 
 #[test]
 fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
-    use vramcap::shm::{Identity, Segment};
+    use vramcap_core::shm::{Identity, Segment};
     let card = Card::new("refuse");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 100, &[]);
     let mut video = card.worker(
@@ -748,14 +748,14 @@ fn assert_not_listed(card: &Card, pid: u32) {
 
 /// Plants a slot for `pid` with its real start time, our uid and a TERM hook, holding 400 MiB on the
 /// card's device: a claim the unloader must check in /proc before it acts.
-fn plant(card: &Card, pid: u32, name: &str) -> (vramcap::shm::Segment, usize) {
-    use vramcap::shm::{Identity, Segment, VramcapDevice, VRAMCAP_UNLOAD_SIGNAL};
+fn plant(card: &Card, pid: u32, name: &str) -> (vramcap_core::shm::Segment, usize) {
+    use vramcap_core::shm::{Identity, Segment, VramcapDevice, VRAMCAP_UNLOAD_SIGNAL};
     let seg = Segment::open_existing_rw(Path::new(&card.shm)).unwrap();
-    let uuid = vramcap::shm::live_slots(&seg)[0].1.devices[0].uuid;
+    let uuid = vramcap_core::shm::live_slots(&seg)[0].1.devices[0].uuid;
     let slot = seg
         .claim(&Identity {
             pid,
-            start_time: vramcap::shm::segment::start_time_of(pid).unwrap(),
+            start_time: vramcap_core::shm::segment::start_time_of(pid).unwrap(),
             // The slot says root (or whoever we are): only /proc can say who the process belongs to.
             // SAFETY: getuid has no preconditions.
             uid: unsafe { libc::getuid() },
@@ -824,7 +824,7 @@ fn as_root_a_slot_for_another_users_process_is_refused() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
-        vramcap::process::maps_vramcap(pid, Path::new(&card.shm)),
+        vramcap_core::process::maps_vramcap(pid, Path::new(&card.shm)),
         "the victim maps libvramcap.so: only its owner can make it no worker of ours"
     );
     let (seg, slot) = plant(&card, pid, "victim");
@@ -845,7 +845,7 @@ fn a_request_from_a_forged_slot_is_not_served() {
     let mut chat = card.signalled("chat", "1", 400);
     let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
     let (seg, slot) = plant(&card, bystander.id(), "requester");
-    let uuid = vramcap::shm::live_slots(&seg)[0].1.devices[0].uuid;
+    let uuid = vramcap_core::shm::live_slots(&seg)[0].1.devices[0].uuid;
     let seq = seg.post_request(slot, uuid, 600 * MIB);
     assert_ne!(seq, 0, "posted");
     let mut unloader = card.unloader(&[]);
@@ -872,7 +872,7 @@ fn a_killed_unreaped_worker_is_no_longer_listed() {
     // SAFETY: signals our own child, which stays unreaped (a zombie) until we wait for it.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     for _ in 0..200 {
-        if vramcap::process::facts(pid).is_some_and(|f| f.zombie) {
+        if vramcap_core::process::facts(pid).is_some_and(|f| f.zombie) {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -8,10 +8,10 @@ use crate::cuda::*;
 use crate::driver::{self, Devices, Stream};
 use crate::ledger::LEDGER;
 use crate::phase;
-use core_lib::config::Config;
-use core_lib::ledger::{DeviceLedger, MAX_DEVICES, UNCAPPED};
-use core_lib::vlog;
 use std::sync::OnceLock;
+use vramcap_core::accounting::ledger::{DeviceLedger, MAX_DEVICES, UNCAPPED};
+use vramcap_core::config::Config;
+use vramcap_core::vlog;
 
 static DEVICES: OnceLock<Devices> = OnceLock::new();
 
@@ -40,7 +40,7 @@ pub fn get() -> Option<&'static Devices> {
             vlog!(
                 Info,
                 "device {ordinal} ({uuid}): cap {}",
-                core_lib::size::human(cap)
+                vramcap_core::config::size::human(cap)
             );
         }
     }
@@ -59,9 +59,9 @@ fn check_absent_keys(config: &Config, d: &Devices) {
     if absent.is_empty() {
         return;
     }
-    let value = std::env::var(core_lib::config::ENV_LIMIT).unwrap_or_default();
-    let line = core_lib::config::absent_devices_error(
-        core_lib::config::ENV_LIMIT,
+    let value = std::env::var(vramcap_core::config::ENV_LIMIT).unwrap_or_default();
+    let line = vramcap_core::config::absent_devices_error(
+        vramcap_core::config::ENV_LIMIT,
         &value,
         &absent,
         &d.uuids,

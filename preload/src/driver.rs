@@ -260,7 +260,7 @@ pub fn discover_devices() -> Option<Devices> {
         let mut raw = [0u8; 16];
         // SAFETY: writes the 16-byte CUuuid we own.
         check(unsafe { get_uuid(&mut raw, dev) }).ok()?;
-        uuids.push(core_lib::config::format_uuid(&raw));
+        uuids.push(vramcap_core::config::format_uuid(&raw));
         raw_uuids.push(raw);
         totals.push(physical_total(dev)?);
     }

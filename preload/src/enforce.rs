@@ -6,11 +6,11 @@ use crate::cuda::*;
 use crate::devices;
 use crate::in_flight::{self, InFlight};
 use crate::phase;
-use core_lib::charge::Charge;
-use core_lib::ledger::{Refusal, Reservation, MAX_DEVICES};
-use core_lib::log::{monotonic_ns, RateLimit};
-use core_lib::size::HumanBytes;
-use core_lib::vlog;
+use vramcap_core::accounting::charge::Charge;
+use vramcap_core::accounting::ledger::{Refusal, Reservation, MAX_DEVICES};
+use vramcap_core::config::size::HumanBytes;
+use vramcap_core::log::{monotonic_ns, RateLimit};
+use vramcap_core::vlog;
 
 static REFUSAL_LINES: [RateLimit; MAX_DEVICES] = [const { RateLimit::new() }; MAX_DEVICES];
 

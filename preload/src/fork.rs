@@ -1,7 +1,7 @@
 //! `fork` in a capped process with busy threads. The child starts with one thread, the one that forked:
 //! whatever the others held (a lock, an operation in flight, a half-made record) stays so in the child
 //! for ever, which made every forked child of a busy process hang at its first allocation. So, in the
-//! child, right after the fork, every lock of ours is repaired (see `core_lib::lock`) and everything they
+//! child, right after the fork, every lock of ours is repaired (see `vramcap_core::lock`) and everything they
 //! or the lock-free maps guarded starts empty, without being read: the child holds no device memory of
 //! the parent's. Its ledger, pointer and handle records, pools, graphs, limits, contexts and captures are
 //! empty (its caps stay), the per-thread stripes are its thread's alone, and no operation or reading is in
@@ -10,8 +10,8 @@
 
 use crate::hooks;
 use crate::ledger::LEDGER;
-use core_lib::ledger::MAX_DEVICES;
 use std::sync::atomic::{AtomicBool, Ordering};
+use vramcap_core::accounting::ledger::MAX_DEVICES;
 
 /// Registers the handler, once.
 pub fn install() {
@@ -40,7 +40,7 @@ extern "C" fn child() {
         crate::registry::graphs::reset_after_fork();
         crate::registry::limits::reset_after_fork();
     }
-    core_lib::striped::reset_after_fork();
+    vramcap_core::accounting::striped::reset_after_fork();
     crate::driver::forget_captures();
     for dev in 0..MAX_DEVICES as i32 {
         if let Some(ledger) = LEDGER.device(dev) {

@@ -29,7 +29,7 @@ pub fn run<R>(name: &str, hook: impl FnOnce() -> R, real: impl FnOnce() -> R) ->
     match result {
         Ok(r) => r,
         Err(_) => {
-            core_lib::vlog!(
+            vramcap_core::vlog!(
                 Error,
                 "internal error in the {name} hook; passing the call to the driver"
             );

@@ -5,10 +5,10 @@
 //!
 //! At the bottom with the ledger: it calls nothing of ours but the per-thread stripe.
 
-use core_lib::lock::Lock;
-use core_lib::striped::{stripe, Padded, Stripe, STRIPES};
-use core_lib::vlog;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use vramcap_core::accounting::striped::{stripe, Padded, Stripe, STRIPES};
+use vramcap_core::lock::Lock;
+use vramcap_core::vlog;
 
 /// Read-held by every allocating or freeing hook while its bookkeeping and driver call are in flight;
 /// write-held by a reading. A big-reader lock: a reader touches only its thread's stripe (and reads the
@@ -131,7 +131,7 @@ pub fn enter() -> InFlight {
 }
 
 /// Held while a reading is taken: no operation is in flight, none can start.
-pub struct Quiet<'a>(#[allow(dead_code)] core_lib::lock::Guard<'a, ()>);
+pub struct Quiet<'a>(#[allow(dead_code)] vramcap_core::lock::Guard<'a, ()>);
 
 impl Drop for Quiet<'_> {
     fn drop(&mut self) {

@@ -12,10 +12,10 @@
 //!   uncapped. Calls we do not wrap still reach the driver.
 
 use crate::cuda::{CUresult, CUDA_ERROR_INVALID_VALUE};
-use core_lib::config::Config;
-use core_lib::lock::{Guard, Lock};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
+use vramcap_core::config::Config;
+use vramcap_core::lock::{Guard, Lock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

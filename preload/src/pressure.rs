@@ -7,10 +7,10 @@
 use crate::background::publish;
 use crate::cuda::{CUdevice, CUresult, CUDA_ERROR_OUT_OF_MEMORY};
 use crate::{devices, phase};
-use core_lib::shm::VRAMCAP_ANSWER_FREED;
-use core_lib::size::HumanBytes;
-use core_lib::vlog;
 use std::time::{Duration, Instant};
+use vramcap_core::config::size::HumanBytes;
+use vramcap_core::shm::VRAMCAP_ANSWER_FREED;
+use vramcap_core::vlog;
 
 /// How often a waiting allocation looks for the answer.
 const POLL: Duration = Duration::from_millis(5);

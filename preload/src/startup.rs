@@ -4,9 +4,9 @@
 
 use crate::phase::{self, Phase};
 use crate::real;
-use core_lib::config::Config;
-use core_lib::vlog;
 use std::ffi::c_void;
+use vramcap_core::config::Config;
+use vramcap_core::vlog;
 
 /// Reads the configuration and resolves the driver, once; `resolve` fills the entry table's slots from
 /// the driver's handle. Returns the phase reached.
@@ -21,7 +21,7 @@ pub fn start(resolve: fn(*mut c_void)) -> Phase {
     }
     let (next, config) = match Config::from_env() {
         Ok(config) => {
-            core_lib::log::set_level(config.log);
+            vramcap_core::log::set_level(config.log);
             open_driver(config.real_libcuda.as_deref(), resolve);
             crate::in_flight::use_membarrier();
             crate::fork::install();

@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use vramcap::config;
+use vramcap_core::config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -257,7 +257,7 @@ impl ChildEnv {
                 None => e.to_string(),
             },
         )?;
-        vramcap::shm::segment_mode().map_err(|e| e.to_string())?;
+        vramcap_core::shm::segment_mode().map_err(|e| e.to_string())?;
         if let Some(v) = self.get(config::ENV_LIMIT) {
             check_devices(config::ENV_LIMIT, &v, &parsed.limit)?;
             if self.get(config::ENV_HAMI_LIMIT).is_some() || !hami.is_empty() {

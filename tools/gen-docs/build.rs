@@ -126,7 +126,7 @@ fn extract(source: &Path, shown: &str, out: &Path) {
             if let syn::UseTree::Path(p) = &u.tree {
                 first.insert(p.ident.to_string());
             }
-            ["std", "clap", "vramcap"].iter().any(|c| first.contains(*c))
+            ["std", "clap", "vramcap_core"].iter().any(|c| first.contains(*c))
         });
         if keep[i] || external_use {
             item.to_tokens(&mut body);

@@ -28,11 +28,11 @@ use super::nvml::nvml;
 use crate::devices;
 use crate::in_flight;
 use crate::ledger::LEDGER;
-use core_lib::ledger::{DeviceUsage, MAX_DEVICES};
-use core_lib::lock::Lock;
-use core_lib::log::monotonic_ns;
-use core_lib::vlog;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use vramcap_core::accounting::ledger::{DeviceUsage, MAX_DEVICES};
+use vramcap_core::lock::Lock;
+use vramcap_core::log::monotonic_ns;
+use vramcap_core::vlog;
 
 /// Below this much headroom, the cap check reads NVML before it lets an allocation through.
 pub const NEAR_CAP: u64 = 512 << 20;

@@ -8,9 +8,9 @@ pub mod nvml;
 pub mod publish;
 
 use crate::phase;
-use core_lib::vlog;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
+use vramcap_core::vlog;
 
 /// The background thread's tick (publishing), and how many ticks make one NVML period (200 ms).
 const TICK: Duration = Duration::from_millis(10);

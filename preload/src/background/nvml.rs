@@ -2,9 +2,9 @@
 
 use crate::cuda::nvmlProcessInfo_t;
 use crate::real;
-use core_lib::vlog;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::OnceLock;
+use vramcap_core::vlog;
 
 type Init = unsafe extern "C" fn() -> i32;
 type HandleByUuid = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> i32;

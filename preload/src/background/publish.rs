@@ -1,4 +1,4 @@
-//! Publishes this process's figures in the shared segment (`core_lib::shm`) for `vramcap status`, the
+//! Publishes this process's figures in the shared segment (`vramcap_core::shm`) for `vramcap status`, the
 //! unloader and C readers.
 //!
 //! The slot is claimed at the first successful `cuInit` (a forked child that uses CUDA claims its own),
@@ -12,16 +12,16 @@
 use crate::devices;
 use crate::ledger::LEDGER;
 use crate::phase;
-use core_lib::ledger::DeviceUsage;
-use core_lib::lock::Lock;
-use core_lib::log::monotonic_ns;
-use core_lib::shm::{
-    segment_mode, segment_path, Identity, Segment, VramcapDevice, VRAMCAP_SLOT_DEVICES,
-};
-use core_lib::vlog;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use vramcap_core::accounting::ledger::DeviceUsage;
+use vramcap_core::lock::Lock;
+use vramcap_core::log::monotonic_ns;
+use vramcap_core::shm::{
+    segment_mode, segment_path, Identity, Segment, VramcapDevice, VRAMCAP_SLOT_DEVICES,
+};
+use vramcap_core::vlog;
 
 /// Where this process is listed.
 struct Listing {

@@ -10,10 +10,10 @@ use crate::cuda::*;
 use crate::devices;
 use crate::enforce;
 use crate::registry::pointers::{Backing, PtrRecord, PAGES, PTRS};
-use core_lib::charge::Charge;
-use core_lib::vlog;
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, Ordering};
+use vramcap_core::accounting::charge::Charge;
+use vramcap_core::vlog;
 
 /// The usual shape of an allocating hook: reserve `charge` on the current device, call the driver, commit
 /// what it really took (`actual`, from the driver's answer) and record the pointer. If the cap allowed it

@@ -9,9 +9,9 @@ use crate::cuda::*;
 use crate::enforce;
 use crate::ledger::LEDGER;
 use crate::{devices, driver};
-use core_lib::charge::Charge;
-use core_lib::tracker::Tracker;
 use std::ffi::{c_uint, c_void};
+use vramcap_core::accounting::charge::Charge;
+use vramcap_core::registry::tracker::Tracker;
 
 const CUDA_ARRAY3D_SPARSE: u32 = 0x40;
 const CUDA_ARRAY3D_DEFERRED_MAPPING: u32 = 0x80;

@@ -12,9 +12,9 @@ use crate::cuda::*;
 use crate::enforce;
 use crate::ledger::LEDGER;
 use crate::phase;
-use core_lib::ledger::MAX_DEVICES;
-use core_lib::lock::Lock;
 use std::ffi::{c_uint, c_void};
+use vramcap_core::accounting::ledger::MAX_DEVICES;
+use vramcap_core::lock::Lock;
 
 #[derive(Default, Clone, Copy)]
 pub(crate) struct DeviceContexts {

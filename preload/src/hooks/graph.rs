@@ -13,8 +13,8 @@ use crate::driver::{self, GraphMemory};
 use crate::enforce;
 use crate::phase;
 use crate::registry::graphs;
-use core_lib::charge::Charge;
 use std::ffi::c_char;
+use vramcap_core::accounting::charge::Charge;
 
 /// Whether an upload (or a launch) maps memory that stays live after it.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@
 use crate::args::Out;
 use crate::cuda::*;
 use crate::devices;
-use core_lib::ledger::DeviceUsage;
-use core_lib::lock::Lock;
+use vramcap_core::accounting::ledger::DeviceUsage;
+use vramcap_core::lock::Lock;
 
 fn capped_usage(dev: CUdevice) -> Option<DeviceUsage> {
     // Pools trim themselves at synchronisation points we do not hook: re-read them before answering.

@@ -10,7 +10,7 @@ use crate::enforce;
 use crate::ledger::LEDGER;
 use crate::registry::limits::{self, DeviceLimits};
 use crate::{devices, phase};
-use core_lib::charge::{round_up_pages, Charge};
+use vramcap_core::accounting::charge::{round_up_pages, Charge};
 
 /// The charge a limit's new value calls for on `dev`, and the charge it has now.
 fn charges(

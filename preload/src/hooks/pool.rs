@@ -24,8 +24,8 @@ use crate::ledger::LEDGER;
 use crate::registry::pointers::{Backing, PtrRecord, PTRS};
 use crate::registry::pools::{self, POOL_STEP};
 use crate::{devices, in_flight, phase};
-use core_lib::charge::{round_up_pages, Charge};
 use std::sync::atomic::Ordering;
+use vramcap_core::accounting::charge::{round_up_pages, Charge};
 
 /// One attempt at a pool allocation of `bytes` on `dev`, retried once if the device itself is full.
 fn pooled_alloc(

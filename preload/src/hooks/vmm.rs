@@ -12,11 +12,11 @@ use crate::args::Out;
 use crate::cuda::*;
 use crate::enforce;
 use crate::ledger::LEDGER;
-use core_lib::charge::Charge;
-use core_lib::lock::Lock;
-use core_lib::tracker::Tracker;
 use std::collections::BTreeMap;
 use std::ffi::c_void;
+use vramcap_core::accounting::charge::Charge;
+use vramcap_core::lock::Lock;
+use vramcap_core::registry::tracker::Tracker;
 
 #[derive(Debug, Clone, Copy)]
 pub struct HandleRecord {

@@ -18,10 +18,10 @@
 use crate::cuda::*;
 use crate::driver::{self, AllocNode, GraphMemory};
 use crate::ledger::LEDGER;
-use core_lib::charge::Charge;
-use core_lib::ledger::{Reservation, MAX_DEVICES};
-use core_lib::lock::{Guard, Lock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use vramcap_core::accounting::charge::Charge;
+use vramcap_core::accounting::ledger::{Reservation, MAX_DEVICES};
+use vramcap_core::lock::{Guard, Lock};
 
 /// An executable graph with allocation nodes.
 struct Exec {

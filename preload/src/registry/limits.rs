@@ -15,8 +15,8 @@
 //! [`pending_heap`]).
 
 use crate::cuda::CUdevice;
-use core_lib::ledger::MAX_DEVICES;
-use core_lib::lock::{Guard, Lock};
+use vramcap_core::accounting::ledger::MAX_DEVICES;
+use vramcap_core::lock::{Guard, Lock};
 
 #[derive(Clone, Copy, Default)]
 pub struct DeviceLimits {

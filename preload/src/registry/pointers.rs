@@ -1,9 +1,9 @@
 //! Device pointers: every one we charged, by address, with how it is charged; and the shared pages that
 //! hold live packed allocations. The allocation hooks record into it and the free hooks read it back.
 
-use core_lib::addr_map::{AddrMap, Pack};
-use core_lib::charge::Charge;
-use core_lib::pages::PageSet;
+use vramcap_core::accounting::charge::Charge;
+use vramcap_core::accounting::pages::PageSet;
+use vramcap_core::registry::addr_map::{AddrMap, Pack};
 
 /// How a device pointer's memory is charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,8 @@
 use crate::cuda::*;
 use crate::driver;
 use crate::ledger::LEDGER;
-use core_lib::lock::{Guard, Lock};
 use std::sync::atomic::AtomicU64;
+use vramcap_core::lock::{Guard, Lock};
 
 /// How much a pool grows at a time. On an H100 with driver 580 a pool grew by 32 MiB for 1 MiB, by 64 MiB
 /// for 33 MiB and by 128 MiB for 130 MiB: whole 32 MiB steps. Raised if a pool is seen to grow by more.

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vramcap::size::HumanBytes;
+use vramcap_core::config::size::HumanBytes;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

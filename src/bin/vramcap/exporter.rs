@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use vramcap::shm::{segment_path, Segment, ShmError};
-use vramcap::status::{self, NvmlSource, Status};
+use vramcap_core::shm::{segment_path, Segment, ShmError};
+use vramcap_core::status::{self, NvmlSource, Status};
 
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 16;

@@ -6,22 +6,19 @@
 //! `status`, `watch`, `cleanup` and `exporter` without a segment show the empty view and exit 0. Nothing
 //! here panics on an argument: every value is checked, and a closed stdout ends the output quietly.
 
-mod checkpoint;
 mod demo;
 mod exporter;
-mod hooks;
-mod unloader;
 mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use unloader::{Seen, Unloader};
-use vramcap::config::{self, canonical_uuid, parse_duration, parse_limit};
-use vramcap::shm::{segment_path, Segment, ShmError};
-use vramcap::size::{human, parse_size, HumanBytes, Size};
-use vramcap::status::{self, NvmlSource};
+use vramcap_core::config::size::{human, parse_size, HumanBytes, Size};
+use vramcap_core::config::{self, canonical_uuid, parse_duration, parse_limit};
+use vramcap_core::shm::{segment_path, Segment, ShmError};
+use vramcap_core::status::{self, NvmlSource};
+use vramcap_core::unloader::{self, Seen, Unloader};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vramcap::size::HumanBytes;
+use vramcap_core::config::size::HumanBytes;
 
 /// The first argument that makes `vramcap` a demo worker.
 pub const COMMAND: &str = "demo-worker";
@@ -55,8 +55,8 @@ enum Role {
 
 /// `--bytes` and `--chunk`: a size of more than 0 bytes.
 fn size(text: &str) -> Result<u64, String> {
-    match vramcap::size::parse_size(text) {
-        Ok(vramcap::size::Size::Bytes(b)) if b > 0 => Ok(b),
+    match vramcap_core::config::size::parse_size(text) {
+        Ok(vramcap_core::config::size::Size::Bytes(b)) if b > 0 => Ok(b),
         _ => Err(format!(
             "{text:?} is not a size of more than 0 bytes, such as 64MiB"
         )),

@@ -6,8 +6,10 @@
 //! A malformed value is an error that names the variable and the value; the preload library turns it into a
 //! refused `cuInit`, so a typo never leaves a program running uncapped.
 
+pub mod size;
+
+use crate::config::size::{parse_size, Size, SizeError};
 use crate::log::Level;
-use crate::size::{parse_size, Size, SizeError};
 
 pub const ENV_LIMIT: &str = "VRAMCAP_LIMIT";
 pub const ENV_REAL_LIBCUDA: &str = "VRAMCAP_REAL_LIBCUDA";

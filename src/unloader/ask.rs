@@ -1,13 +1,13 @@
 //! The ways a worker declared to be asked to unload (`vramcap-run --unload-url/--unload-signal/
 //! --unload-cmd`), and asking it, each bounded in time.
 
-use crate::unloader::Options;
+use super::Options;
+use crate::config::{parse_http_url, parse_signal};
+use crate::shm::{VRAMCAP_UNLOAD_CMD, VRAMCAP_UNLOAD_SIGNAL, VRAMCAP_UNLOAD_URL};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use vramcap::config::{parse_http_url, parse_signal};
-use vramcap::shm::{VRAMCAP_UNLOAD_CMD, VRAMCAP_UNLOAD_SIGNAL, VRAMCAP_UNLOAD_URL};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hook {
@@ -139,8 +139,8 @@ fn run(cmd: &str, pid: u32, name: &str, timeout: Duration) -> Result<(), String>
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
     let as_user = if unsafe { libc::geteuid() } == 0 {
-        let f = vramcap::process::facts(pid).ok_or_else(|| format!("pid {pid} is gone"))?;
-        (f.uid != 0).then(|| (f.uid, f.gid, vramcap::process::groups_of(f.uid, f.gid)))
+        let f = crate::process::facts(pid).ok_or_else(|| format!("pid {pid} is gone"))?;
+        (f.uid != 0).then(|| (f.uid, f.gid, crate::process::groups_of(f.uid, f.gid)))
     } else {
         None
     };

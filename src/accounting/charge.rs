@@ -4,7 +4,7 @@
 //! - under 2 MiB, allocations are packed into shared 2 MiB pages: 200 × 64 KiB took 7 pages (32 a page),
 //!   200 × 1 byte took one.
 //!
-//! Packed allocations are charged by the pages they touch ([`crate::pages`]): a page is charged while any
+//! Packed allocations are charged by the pages they touch ([`crate::accounting::pages`]): a page is charged while any
 //! live packed allocation lies in it, which is what the driver must keep backed, fragmentation included.
 
 /// The driver's page for device memory and the VMM granularity on the H100.

@@ -4,8 +4,8 @@
 //! each shard is a plain `HashMap` behind a [`Lock`], which needs no initialisation at run time and which
 //! a forked child can repair.
 
+use crate::accounting::striped::Padded;
 use crate::lock::Lock;
-use crate::striped::Padded;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 

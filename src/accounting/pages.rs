@@ -4,8 +4,8 @@
 //! is live. Counting live allocations per page from their real addresses therefore charges exactly the
 //! pages the driver must keep, however frees fragment them, where a model of "bytes in use" would not.
 
-use crate::charge::PAGE;
-use crate::tracker::Tracker;
+use crate::accounting::charge::PAGE;
+use crate::registry::tracker::Tracker;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A slot's word: `(key + 1) << COUNT_BITS | live allocations`; 0 is an empty slot. A key keeps its slot

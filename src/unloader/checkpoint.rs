@@ -41,7 +41,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens the driver (`VRAMCAP_REAL_LIBCUDA`, else `libcuda.so.1`) and finds the five calls.
     pub fn open() -> Result<Checkpoint, String> {
-        let path = std::env::var(vramcap::config::ENV_REAL_LIBCUDA)
+        let path = std::env::var(crate::config::ENV_REAL_LIBCUDA)
             .unwrap_or_else(|_| "libcuda.so.1".into());
         // SAFETY: loading the CUDA driver runs its initialisers, which is what using it requires.
         let lib = unsafe { libloading::Library::new(&path) }

@@ -5,8 +5,8 @@
 //! (also on unwind) when it fails. Any number of threads can reserve at once and never jointly cross the
 //! cap. Counters saturate at zero: a release can never wrap a counter around.
 //!
-//! A packed allocation (under 2 MiB, see [`crate::charge`]) reserves the pages it could touch at worst;
-//! once the driver has placed it, the caller commits the pages it really put in use ([`crate::pages`]).
+//! A packed allocation (under 2 MiB, see [`crate::accounting::charge`]) reserves the pages it could touch at worst;
+//! once the driver has placed it, the caller commits the pages it really put in use ([`crate::accounting::pages`]).
 //!
 //! **Stocks.** One counter that every allocation and free of every thread updates is one cache line that
 //! all cores fight over. As the Linux memory cgroup does with its per-CPU charge stocks, each thread keeps
@@ -29,9 +29,9 @@
 //! the process held. Refusals are counted by the caller, once per refused call ([`DeviceLedger::note_refusal`]),
 //! since one call may try the counter more than once.
 
-use crate::charge::Charge;
+use crate::accounting::charge::Charge;
+use crate::accounting::striped::{bump, signed_sum, stripe, Padded, Stripe, STRIPES};
 use crate::log::unix_ms;
-use crate::striped::{bump, signed_sum, stripe, Padded, Stripe, STRIPES};
 use std::sync::atomic::{
     AtomicU64,
     Ordering::{Relaxed, SeqCst},

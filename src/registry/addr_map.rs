@@ -13,7 +13,7 @@
 //! Keys whose probe window is full go to a locked [`Tracker`], which is only consulted once it holds
 //! anything.
 
-use crate::tracker::Tracker;
+use crate::registry::tracker::Tracker;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
 /// A record that packs into two words.

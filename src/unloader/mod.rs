@@ -1,7 +1,7 @@
 //! The priority unloader: asks lower-priority workers to give their memory back when another worker needs
-//! more than its device has free. Whom to ask is `vramcap::policy`; this module reads the segment and
+//! more than its device has free. Whom to ask is `crate::policy`; this module reads the segment and
 //! the device's free memory, asks workers through their declared hooks, watches their usage fall, and
-//! answers the requester (the pressure handshake of `vramcap::shm`).
+//! answers the requester (the pressure handshake of `crate::shm`).
 //!
 //! It acts only on a worker it can verify: a slot held by the process it names (the kernel's record lock
 //! says so), whose PID still has the start time the slot recorded and belongs to the segment's user (as
@@ -12,18 +12,21 @@
 //! priority order across them. Segments that appear, vanish or are replaced are followed: the daemon
 //! looks again every second, so it may start before any worker.
 
-use crate::checkpoint::{host_available, Checkpoint};
-use crate::hooks::{ask, Hook};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
-use vramcap::config::{canonical_uuid, format_uuid};
-use vramcap::policy::{plan_reclaim, reclaim_order, Worker};
-use vramcap::shm::{
+pub mod ask;
+pub mod checkpoint;
+
+use crate::config::size::HumanBytes;
+use crate::config::{canonical_uuid, format_uuid};
+use crate::policy::{plan_reclaim, reclaim_order, Worker};
+use crate::shm::{
     live_slots, printable, text, Segment, VramcapDevice, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
     VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE, VRAMCAP_UNLOAD_NONE,
 };
-use vramcap::size::HumanBytes;
+use ask::{ask, Hook};
+use checkpoint::{host_available, Checkpoint};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -167,9 +170,9 @@ impl Seen {
     }
 
     /// Why the unloader will not act on this worker, if it will not: everything is checked in `/proc`
-    /// (see `vramcap::process`), nothing taken from the slot but the claims to check.
+    /// (see `crate::process`), nothing taken from the slot but the claims to check.
     pub fn unverified(&self, trust: &Trust) -> Option<String> {
-        vramcap::process::unverified(self.pid, self.start_time, trust.uid, &trust.segment)
+        crate::process::unverified(self.pid, self.start_time, trust.uid, &trust.segment)
     }
 
     pub fn describe(&self) -> String {
@@ -351,7 +354,7 @@ impl Unloader {
                 .serve(&path)
                 .and_then(|()| match Segment::open_existing_rw(&path) {
                     Ok(seg) => Ok(Some(seg)),
-                    Err(vramcap::shm::ShmError::Io { source, .. })
+                    Err(crate::shm::ShmError::Io { source, .. })
                         if source.kind() == std::io::ErrorKind::NotFound =>
                     {
                         Ok(None)
@@ -435,7 +438,7 @@ impl Unloader {
     }
 
     /// Frees `bytes` on `uuid` for a requester of `priority` (its own slot `requester` excluded): plans
-    /// with `vramcap::policy`, asks each victim in turn, and stops once the device has room (or, without
+    /// with `crate::policy`, asks each victim in turn, and stops once the device has room (or, without
     /// NVML, once the victims freed what was missing).
     pub fn reclaim(
         &self,
@@ -1006,5 +1009,61 @@ impl Serving {
             "another unloader ({holder}) already serves {}",
             segment.display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn every_users_segments_are_the_default_names_their_user_owns() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let theirs = std::path::PathBuf::from("/dev/shm/vramcap-54321");
+        let claimed = std::path::PathBuf::from("/dev/shm/vramcap-54322");
+        let other =
+            std::path::PathBuf::from(format!("/dev/shm/vramcap-test-{}", std::process::id()));
+        for p in [&theirs, &claimed, &other] {
+            std::fs::write(p, b"").unwrap();
+        }
+        // A name is no claim: vramcap-54322 belongs to whoever made it, not to uid 54322.
+        if root {
+            std::os::unix::fs::chown(&theirs, Some(54321), Some(54321)).unwrap();
+        }
+        let found = Finder::AllUsers.paths();
+        let me = std::fs::metadata(&claimed).unwrap().uid();
+        assert_eq!(found.contains(&theirs), root, "{found:?}");
+        assert_eq!(found.contains(&claimed), me == 54322, "{found:?}");
+        assert!(
+            !found.contains(&other),
+            "not a user's default name: {found:?}"
+        );
+        assert!(found
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".unloader")));
+        assert_eq!(Finder::One(other.clone()).paths(), vec![other.clone()]);
+        for p in [&theirs, &claimed, &other] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
+    fn a_slot_names_its_hooks_by_kind() {
+        use crate::shm::{VRAMCAP_UNLOAD_CMD, VRAMCAP_UNLOAD_SIGNAL, VRAMCAP_UNLOAD_URL};
+        assert_eq!(
+            Hook::of(VRAMCAP_UNLOAD_URL, "http://127.0.0.1:1/u"),
+            Hook::Url("http://127.0.0.1:1/u".into())
+        );
+        assert_eq!(
+            Hook::of(VRAMCAP_UNLOAD_SIGNAL, "USR1"),
+            Hook::Signal("USR1".into())
+        );
+        assert_eq!(
+            Hook::of(VRAMCAP_UNLOAD_CMD, "true"),
+            Hook::Cmd("true".into())
+        );
+        assert_eq!(Hook::of(77, "x"), Hook::Unknown(77));
     }
 }
