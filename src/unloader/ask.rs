@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hook {
+pub enum WorkerHook {
     Url(String),
     Signal(String),
     Cmd(String),
@@ -18,33 +18,33 @@ pub enum Hook {
     Unknown(u32),
 }
 
-impl Hook {
-    pub fn of(kind: u32, detail: &str) -> Hook {
+impl WorkerHook {
+    pub fn of(kind: u32, detail: &str) -> WorkerHook {
         match kind {
-            VRAMCAP_UNLOAD_URL => Hook::Url(detail.to_string()),
-            VRAMCAP_UNLOAD_SIGNAL => Hook::Signal(detail.to_string()),
-            VRAMCAP_UNLOAD_CMD => Hook::Cmd(detail.to_string()),
-            k => Hook::Unknown(k),
+            VRAMCAP_UNLOAD_URL => WorkerHook::Url(detail.to_string()),
+            VRAMCAP_UNLOAD_SIGNAL => WorkerHook::Signal(detail.to_string()),
+            VRAMCAP_UNLOAD_CMD => WorkerHook::Cmd(detail.to_string()),
+            k => WorkerHook::Unknown(k),
         }
     }
 }
 
-impl std::fmt::Display for Hook {
+impl std::fmt::Display for WorkerHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Hook::Url(u) => write!(f, "POST {u}"),
-            Hook::Signal(s) => write!(f, "signal {s}"),
-            Hook::Cmd(c) => write!(f, "command {c:?}"),
-            Hook::Unknown(k) => write!(f, "unknown hook kind {k}"),
+            WorkerHook::Url(u) => write!(f, "POST {u}"),
+            WorkerHook::Signal(s) => write!(f, "signal {s}"),
+            WorkerHook::Cmd(c) => write!(f, "command {c:?}"),
+            WorkerHook::Unknown(k) => write!(f, "unknown hook kind {k}"),
         }
     }
 }
 
 /// Asks worker `pid` through `hook`; `Ok` once the hook accepted (the memory falls later).
-pub fn ask(hook: &Hook, pid: u32, name: &str, opts: &Options) -> Result<(), String> {
+pub fn ask(hook: &WorkerHook, pid: u32, name: &str, opts: &Options) -> Result<(), String> {
     match hook {
-        Hook::Url(url) => post(url, opts.allow_remote, opts.hook_timeout),
-        Hook::Signal(sig) => {
+        WorkerHook::Url(url) => post(url, opts.allow_remote, opts.hook_timeout),
+        WorkerHook::Signal(sig) => {
             let n = parse_signal(sig)?;
             // SAFETY: sends a signal to a process verified by the caller (uid and start time).
             if unsafe { libc::kill(pid as i32, n) } == 0 {
@@ -53,8 +53,8 @@ pub fn ask(hook: &Hook, pid: u32, name: &str, opts: &Options) -> Result<(), Stri
                 Err(format!("kill: {}", std::io::Error::last_os_error()))
             }
         }
-        Hook::Cmd(cmd) => run(cmd, pid, name, opts.hook_timeout),
-        Hook::Unknown(k) => Err(format!("unknown hook kind {k}")),
+        WorkerHook::Cmd(cmd) => run(cmd, pid, name, opts.hook_timeout),
+        WorkerHook::Unknown(k) => Err(format!("unknown hook kind {k}")),
     }
 }
 

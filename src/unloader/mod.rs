@@ -22,7 +22,7 @@ use crate::shm::{
     live_slots, printable, text, Segment, VramcapDevice, VramcapSlot, VRAMCAP_ANSWER_CANNOT,
     VRAMCAP_ANSWER_FREED, VRAMCAP_FLAG_PROTECTED, VRAMCAP_FLAG_SUSPENDABLE, VRAMCAP_UNLOAD_NONE,
 };
-use ask::{ask, Hook};
+use ask::{ask, WorkerHook};
 use checkpoint::{host_available, Checkpoint};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,9 +118,9 @@ pub struct Seen {
     pub name: String,
     pub priority: i32,
     pub protected: bool,
-    pub hook: Option<Hook>,
+    pub hook: Option<WorkerHook>,
     /// How it is told that it may load again, after an unload.
-    pub reload: Option<Hook>,
+    pub reload: Option<WorkerHook>,
     /// (since, bytes it held) while unloaded by this or an earlier unloader.
     pub unloaded: Option<(u64, u64)>,
     /// Per device UUID: what it holds beyond its context (what unloading can free); nothing while
@@ -146,9 +146,9 @@ impl Seen {
             priority: s.priority,
             protected: s.flags & VRAMCAP_FLAG_PROTECTED != 0,
             hook: (s.unload_kind != VRAMCAP_UNLOAD_NONE)
-                .then(|| Hook::of(s.unload_kind, &text(&s.unload))),
+                .then(|| WorkerHook::of(s.unload_kind, &text(&s.unload))),
             reload: (s.reload_kind != VRAMCAP_UNLOAD_NONE)
-                .then(|| Hook::of(s.reload_kind, &text(&s.reload))),
+                .then(|| WorkerHook::of(s.reload_kind, &text(&s.reload))),
             unloaded: (s.unloaded_unix_ms != 0).then_some((s.unloaded_unix_ms, s.unloaded_bytes)),
             held: s
                 .devices
@@ -400,9 +400,9 @@ impl Unloader {
 
     /// Why `w`'s hook will not be used, if it will not: a command from a segment that the group may
     /// write could be another member's, and would run as `w`'s user.
-    fn refuse_hook(&self, w: &Seen, hook: &Hook) -> Option<String> {
+    fn refuse_hook(&self, w: &Seen, hook: &WorkerHook) -> Option<String> {
         let group_writable = self.trust(w).is_none_or(|t| t.group_writable);
-        (matches!(hook, Hook::Cmd(_)) && group_writable).then(|| {
+        (matches!(hook, WorkerHook::Cmd(_)) && group_writable).then(|| {
             "its command hook is in a segment that the group may write (VRAMCAP_SHM_MODE=0660), \
              where any member could have written it: use --unload-url or --unload-signal there"
                 .to_string()
@@ -1053,17 +1053,17 @@ mod tests {
     fn a_slot_names_its_hooks_by_kind() {
         use crate::shm::{VRAMCAP_UNLOAD_CMD, VRAMCAP_UNLOAD_SIGNAL, VRAMCAP_UNLOAD_URL};
         assert_eq!(
-            Hook::of(VRAMCAP_UNLOAD_URL, "http://127.0.0.1:1/u"),
-            Hook::Url("http://127.0.0.1:1/u".into())
+            WorkerHook::of(VRAMCAP_UNLOAD_URL, "http://127.0.0.1:1/u"),
+            WorkerHook::Url("http://127.0.0.1:1/u".into())
         );
         assert_eq!(
-            Hook::of(VRAMCAP_UNLOAD_SIGNAL, "USR1"),
-            Hook::Signal("USR1".into())
+            WorkerHook::of(VRAMCAP_UNLOAD_SIGNAL, "USR1"),
+            WorkerHook::Signal("USR1".into())
         );
         assert_eq!(
-            Hook::of(VRAMCAP_UNLOAD_CMD, "true"),
-            Hook::Cmd("true".into())
+            WorkerHook::of(VRAMCAP_UNLOAD_CMD, "true"),
+            WorkerHook::Cmd("true".into())
         );
-        assert_eq!(Hook::of(77, "x"), Hook::Unknown(77));
+        assert_eq!(WorkerHook::of(77, "x"), WorkerHook::Unknown(77));
     }
 }
