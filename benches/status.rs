@@ -1,5 +1,6 @@
 //! `vramcap status` over a full segment: 1024 live slots (all held by this process, so every owner is
-//! alive), read through the seqlock and rendered as the table, without NVML. Target: under 1 ms.
+//! alive), each found by its record lock, read with `pread` and checked, its PID checked in `/proc`, and
+//! rendered as the table, without NVML. A host has a few workers, not 1024: this is the worst case.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use vramcap_core::shm::{Identity, Segment, VramcapDevice, VRAMCAP_SLOTS};
