@@ -414,12 +414,7 @@ fn a_forged_slot_is_ignored() {
     // A slot whose PID does not have the start time it records is not even live: nobody is asked.
     assert!(!log.contains("impostor"), "{log}");
     assert!(log.contains("can be freed by asking []"), "{log}");
-    assert!(
-        bystander.try_wait().unwrap().is_none(),
-        "the forged slot's PID was not signalled"
-    );
-    bystander.kill().unwrap();
-    bystander.wait().unwrap();
+    stop_unsignalled(&mut bystander, "the forged slot's PID was not signalled");
     seg.release(slot);
 }
 

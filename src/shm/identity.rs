@@ -144,21 +144,6 @@ pub fn start_time_of(pid: u32) -> Option<u64> {
     crate::process::stat(pid).map(|(start, _)| start)
 }
 
-/// Whether a process with this PID exists (it may have been reused: see [`process_alive`]).
-pub fn pid_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    pid != 0
-        && (unsafe { libc::kill(pid as i32, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
-}
-
-/// Whether `pid` is still the process that claimed with `start_time`: it exists with that start time and
-/// has not exited (a zombie holds no memory and answers nothing).
-pub fn process_alive(pid: u32, start_time: u64) -> bool {
-    crate::process::stat(pid)
-        .is_some_and(|(start, zombie)| !zombie && (start_time == 0 || start == start_time))
-}
-
 /// The first (outermost visible) PID in `/proc/self/status`'s NSpid line.
 fn host_pid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -11,20 +11,14 @@ pub mod layout;
 pub mod segment;
 pub mod slots;
 
-pub use identity::{printable, process_alive, text, Identity};
+pub use identity::{printable, text, Identity};
 pub use layout::*;
 pub use segment::{segment_mode, segment_path, Segment, ShmError};
 pub use slots::Request;
 
-/// Every slot held by the process it names, which is still alive: not a zombie (it holds nothing), and
-/// still the process that claimed (same start time), from our PID namespace or the host's (a worker in
-/// a container records both).
+/// Every slot held by the process it names. That is the whole liveness check: the kernel drops a
+/// process's record locks when it exits (before it is a zombie) or execs, so the holder is alive and is
+/// the very process that claimed (a reused PID holds no lock of its predecessor's).
 pub fn live_slots(seg: &Segment) -> Vec<(usize, VramcapSlot)> {
     seg.live()
-        .into_iter()
-        .filter(|(_, s)| {
-            process_alive(s.pid, s.start_time)
-                || (s.host_pid != 0 && process_alive(s.host_pid, s.start_time))
-        })
-        .collect()
 }

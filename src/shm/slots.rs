@@ -202,10 +202,14 @@ impl Segment {
         }
         let mut held = self.held.lock();
         let others = self.held_by_others();
+        // One read of the whole table (its request and answer parts unused here).
         let mut table = vec![zeroed(); SLOTS];
-        for (i, s) in table.iter_mut().enumerate() {
-            self.read_at(&mut bytes_mut(s)[OWNER], offset(i));
-        }
+        // SAFETY: slots are plain integers without padding, laid out back to back as in the file, so
+        // the vector's bytes are SLOTS slots' worth and any bytes read into them make valid slots.
+        let raw = unsafe {
+            std::slice::from_raw_parts_mut(table.as_mut_ptr().cast::<u8>(), SLOTS * SLOT)
+        };
+        self.read_at(raw, offset(0));
         let own_image = |s: &VramcapSlot| {
             who.start_time != 0 && s.pid == who.pid && s.start_time == who.start_time
         };
