@@ -15,9 +15,10 @@
 //! with the calling thread in relaxed mode; the background thread is relaxed for good
 //! ([`relax_this_thread`]). Nothing of ours ever asks for a capturing stream's device.
 
+use crate::called::called_table;
 use crate::cuda::*;
-use crate::real::{self, Lib};
-use std::ffi::{c_void, CStr};
+use crate::real::Lib;
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -33,76 +34,44 @@ fn check(r: CUresult) -> Result<()> {
     }
 }
 
-macro_rules! called {
-    ($($field:ident: $name:literal fn($($ty:ty),*);)*) => {
-        /// The functions vramcap calls but does not wrap, typed by their C prototypes.
-        #[allow(non_snake_case)]
-        pub struct Called {
-            $(pub $field: Option<unsafe extern "C" fn($($ty),*) -> CUresult>,)*
-        }
-
-        fn resolve_all() -> Called {
-            Called {
-                $($field: {
-                    let p = match CStr::from_bytes_with_nul(concat!($name, "\0").as_bytes()) {
-                        Ok(name) => driver_fn(name),
-                        Err(_) => std::ptr::null_mut(),
-                    };
-                    // SAFETY: p is null or the driver's function named on this line, whose C prototype
-                    // is the one declared beside it.
-                    (!p.is_null()).then(|| unsafe {
-                        std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($ty),*) -> CUresult>(p)
-                    })
-                },)*
-            }
-        }
-    };
-}
-
-called! {
-    get_count: "cuDeviceGetCount" fn(*mut i32);
-    get_uuid: "cuDeviceGetUuid_v2" fn(*mut [u8; 16], CUdevice);
-    get_uuid_v1: "cuDeviceGetUuid" fn(*mut [u8; 16], CUdevice);
-    ctx_get_device: "cuCtxGetDevice" fn(*mut CUdevice);
-    stream_get_device: "cuStreamGetDevice" fn(CUstream, *mut CUdevice);
-    stream_is_capturing: "cuStreamIsCapturing" fn(CUstream, *mut i32);
-    stream_synchronize: "cuStreamSynchronize" fn(CUstream);
-    exchange_capture_mode: "cuThreadExchangeStreamCaptureMode" fn(*mut i32);
-    get_mem_pool: "cuDeviceGetMemPool" fn(*mut CUmemoryPool, CUdevice);
-    pool_get_attribute: "cuMemPoolGetAttribute" fn(CUmemoryPool, i32, *mut c_void);
-    array_requirements: "cuArrayGetMemoryRequirements"
-        fn(*mut CUDA_ARRAY_MEMORY_REQUIREMENTS, *mut c_void, CUdevice);
-    mipmapped_requirements: "cuMipmappedArrayGetMemoryRequirements"
-        fn(*mut CUDA_ARRAY_MEMORY_REQUIREMENTS, *mut c_void, CUdevice);
-    graph_mem_attribute: "cuDeviceGetGraphMemAttribute" fn(CUdevice, i32, *mut c_void);
-    graph_get_nodes: "cuGraphGetNodes" fn(CUgraph, *mut CUgraphNode, *mut usize);
-    graph_node_type: "cuGraphNodeGetType" fn(CUgraphNode, *mut i32);
-    graph_alloc_params: "cuGraphMemAllocNodeGetParams" fn(CUgraphNode, *mut CUDA_MEM_ALLOC_NODE_PARAMS);
-    graph_free_params: "cuGraphMemFreeNodeGetParams" fn(CUgraphNode, *mut CUdeviceptr);
-    graph_child: "cuGraphChildGraphNodeGetGraph" fn(CUgraphNode, *mut CUgraph);
-    ctx_get_limit: "cuCtxGetLimit" fn(*mut usize, i32);
-    device_attribute: "cuDeviceGetAttribute" fn(*mut i32, i32, CUdevice);
-    // Wrapped entry points that our own bookkeeping calls unwrapped: the driver's functions of these
-    // names, resolved from the same handle as the entry table's slots.
-    device_total_mem: "cuDeviceTotalMem_v2" fn(*mut usize, CUdevice);
-    mem_get_info: "cuMemGetInfo_v2" fn(*mut usize, *mut usize);
-    mem_free_async: "cuMemFreeAsync" fn(CUdeviceptr, CUstream);
-    pool_trim_to: "cuMemPoolTrimTo" fn(CUmemoryPool, usize);
-}
-
-/// The driver's function `name`, for the [`called`] table; null where the driver is not open or lacks it.
-fn driver_fn(name: &CStr) -> *mut c_void {
-    let handle = real::handle(Lib::Cuda);
-    if handle.is_null() {
-        return std::ptr::null_mut();
+called_table! {
+    /// The driver functions vramcap calls but does not wrap, typed by their C prototypes.
+    pub struct Called in Lib::Cuda => CUresult {
+        get_count: "cuDeviceGetCount" fn(*mut i32);
+        get_uuid: "cuDeviceGetUuid_v2" fn(*mut [u8; 16], CUdevice);
+        get_uuid_v1: "cuDeviceGetUuid" fn(*mut [u8; 16], CUdevice);
+        ctx_get_device: "cuCtxGetDevice" fn(*mut CUdevice);
+        stream_get_device: "cuStreamGetDevice" fn(CUstream, *mut CUdevice);
+        stream_is_capturing: "cuStreamIsCapturing" fn(CUstream, *mut i32);
+        stream_synchronize: "cuStreamSynchronize" fn(CUstream);
+        exchange_capture_mode: "cuThreadExchangeStreamCaptureMode" fn(*mut i32);
+        get_mem_pool: "cuDeviceGetMemPool" fn(*mut CUmemoryPool, CUdevice);
+        pool_get_attribute: "cuMemPoolGetAttribute" fn(CUmemoryPool, i32, *mut c_void);
+        array_requirements: "cuArrayGetMemoryRequirements"
+            fn(*mut CUDA_ARRAY_MEMORY_REQUIREMENTS, *mut c_void, CUdevice);
+        mipmapped_requirements: "cuMipmappedArrayGetMemoryRequirements"
+            fn(*mut CUDA_ARRAY_MEMORY_REQUIREMENTS, *mut c_void, CUdevice);
+        graph_mem_attribute: "cuDeviceGetGraphMemAttribute" fn(CUdevice, i32, *mut c_void);
+        graph_get_nodes: "cuGraphGetNodes" fn(CUgraph, *mut CUgraphNode, *mut usize);
+        graph_node_type: "cuGraphNodeGetType" fn(CUgraphNode, *mut i32);
+        graph_alloc_params: "cuGraphMemAllocNodeGetParams" fn(CUgraphNode, *mut CUDA_MEM_ALLOC_NODE_PARAMS);
+        graph_free_params: "cuGraphMemFreeNodeGetParams" fn(CUgraphNode, *mut CUdeviceptr);
+        graph_child: "cuGraphChildGraphNodeGetGraph" fn(CUgraphNode, *mut CUgraph);
+        ctx_get_limit: "cuCtxGetLimit" fn(*mut usize, i32);
+        device_attribute: "cuDeviceGetAttribute" fn(*mut i32, i32, CUdevice);
+        // Wrapped entry points that our own bookkeeping calls unwrapped: the driver's functions of these
+        // names, resolved from the same handle as the entry table's slots.
+        device_total_mem: "cuDeviceTotalMem_v2" fn(*mut usize, CUdevice);
+        mem_get_info: "cuMemGetInfo_v2" fn(*mut usize, *mut usize);
+        mem_free_async: "cuMemFreeAsync" fn(CUdeviceptr, CUstream);
+        pool_trim_to: "cuMemPoolTrimTo" fn(CUmemoryPool, usize);
     }
-    real::lookup(handle, name)
 }
 
 /// The [`called`] table, resolved on first use (after the driver is open).
 pub fn called() -> &'static Called {
     static CALLED: OnceLock<Called> = OnceLock::new();
-    CALLED.get_or_init(resolve_all)
+    CALLED.get_or_init(Called::resolve)
 }
 
 /// Calls `f` if the driver has it.

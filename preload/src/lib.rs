@@ -14,17 +14,20 @@
 //!    measuring the context's real footprint from NVML;
 //! 5. the registries: [`registry`] (pools, graph executables, context limits, device pointers) and
 //!    [`devices`] (the devices this process sees, with their caps);
-//! 6. the ledger and the driver: [`args`] (the caller's arguments as safe values), [`driver`] (driver calls for our own bookkeeping), [`in_flight`] (the
-//!    in-flight lock that measurements wait on), [`ledger`], [`phase`] (start-up phase and configuration),
-//!    [`guard`] (re-entry and panics), [`real`] (glibc's `dlsym` and the real driver), [`cuda`] (types).
+//! 6. the ledger and the driver: [`args`] (the caller's arguments as safe values), [`driver`] (driver calls
+//!    for our own bookkeeping), [`called`] (the typed tables of the functions we call but do not wrap, the
+//!    driver's and NVML's), [`in_flight`] (the in-flight lock that measurements wait on), [`ledger`],
+//!    [`phase`] (start-up phase and configuration), [`guard`] (re-entry and panics), [`real`] (glibc's
+//!    `dlsym` and the real driver), [`cuda`] (types).
 //!
 //! `unsafe` lives at the FFI edge: the generated shims (which turn the caller's raw arguments into safe
 //! values, [`args`], and pass the caller's call to the hook as a closure), the `dlsym` trampoline, the
-//! resolver, the driver's typed tables, the NVML loader, and the shared-memory mapping in the core. Hook
-//! bodies are safe Rust.
+//! resolver, the two typed tables (the entry table and [`called`]) and the calls through them, and the
+//! segment's file calls in the core. Hook bodies are safe Rust.
 
 pub mod args;
 pub mod background;
+pub mod called;
 pub mod cuda;
 pub mod devices;
 pub mod dlsym;

@@ -1,15 +1,40 @@
-//! NVML, for the measurement: loaded and initialised once, on first use; absent where it is not installed.
+//! NVML, for the measurement and the memory-information hooks: its functions declared once in a typed
+//! table ([`NvmlCalls`]), resolved once; NVML initialised once, on first use; absent where it is not
+//! installed.
 
+use crate::called::called_table;
 use crate::cuda::nvmlProcessInfo_t;
-use crate::real;
+use crate::real::Lib;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::OnceLock;
 use vramcap_core::vlog;
 
-type Init = unsafe extern "C" fn() -> i32;
-type HandleByUuid = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> i32;
-type Processes = unsafe extern "C" fn(*mut c_void, *mut u32, *mut nvmlProcessInfo_t) -> i32;
+/// What NVML functions return (`nvmlReturn_t`; 0 is success).
+type NvmlReturn = i32;
 
+called_table! {
+    /// The NVML functions vramcap calls, typed by their C prototypes.
+    pub struct NvmlCalls in Lib::Nvml => NvmlReturn {
+        init: "nvmlInit_v2" fn();
+        by_uuid: "nvmlDeviceGetHandleByUUID" fn(*const c_char, *mut *mut c_void);
+        processes_v3: "nvmlDeviceGetComputeRunningProcesses_v3"
+            fn(*mut c_void, *mut u32, *mut nvmlProcessInfo_t);
+        processes_v2: "nvmlDeviceGetComputeRunningProcesses_v2"
+            fn(*mut c_void, *mut u32, *mut nvmlProcessInfo_t);
+        get_uuid: "nvmlDeviceGetUUID" fn(*mut c_void, *mut c_char, u32);
+    }
+}
+
+/// The NVML table, resolved on first use (opening NVML, not initialising it).
+fn calls() -> &'static NvmlCalls {
+    static CALLS: OnceLock<NvmlCalls> = OnceLock::new();
+    CALLS.get_or_init(NvmlCalls::resolve)
+}
+
+type HandleByUuid = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> NvmlReturn;
+type Processes = unsafe extern "C" fn(*mut c_void, *mut u32, *mut nvmlProcessInfo_t) -> NvmlReturn;
+
+/// NVML, initialised, with the two functions the measurement needs.
 pub struct Nvml {
     by_uuid: HandleByUuid,
     processes: Processes,
@@ -19,7 +44,7 @@ pub struct Nvml {
 pub fn nvml() -> Option<&'static Nvml> {
     static NVML: OnceLock<Option<Nvml>> = OnceLock::new();
     NVML.get_or_init(|| {
-        let loaded = load();
+        let loaded = init(calls());
         if loaded.is_none() {
             vlog!(
                 Info,
@@ -31,30 +56,12 @@ pub fn nvml() -> Option<&'static Nvml> {
     .as_ref()
 }
 
-fn load() -> Option<Nvml> {
-    let h = real::nvml_handle();
-    if h.is_null() {
-        return None;
-    }
-    let init = real::lookup(h, c"nvmlInit_v2");
-    let by_uuid = real::lookup(h, c"nvmlDeviceGetHandleByUUID");
-    let mut processes = real::lookup(h, c"nvmlDeviceGetComputeRunningProcesses_v3");
-    if processes.is_null() {
-        processes = real::lookup(h, c"nvmlDeviceGetComputeRunningProcesses_v2");
-    }
-    if init.is_null() || by_uuid.is_null() || processes.is_null() {
-        return None;
-    }
-    // SAFETY: each pointer is the NVML function of that name, with the prototype of its type alias.
-    unsafe {
-        if std::mem::transmute::<*mut c_void, Init>(init)() != 0 {
-            return None;
-        }
-        Some(Nvml {
-            by_uuid: std::mem::transmute::<*mut c_void, HandleByUuid>(by_uuid),
-            processes: std::mem::transmute::<*mut c_void, Processes>(processes),
-        })
-    }
+fn init(calls: &NvmlCalls) -> Option<Nvml> {
+    let init = calls.init?;
+    let by_uuid = calls.by_uuid?;
+    let processes = calls.processes_v3.or(calls.processes_v2)?;
+    // SAFETY: nvmlInit_v2 takes no arguments.
+    (unsafe { init() } == 0).then_some(Nvml { by_uuid, processes })
 }
 
 impl Nvml {
@@ -80,17 +87,10 @@ impl Nvml {
     }
 }
 
-type GetUuid = unsafe extern "C" fn(*mut c_void, *mut c_char, u32) -> i32;
-
-/// The UUID NVML gives a device handle (`GPU-…`), for the memory-information hooks; looked up in NVML
-/// each time, without initialising it (the program that holds the handle has).
+/// The UUID NVML gives a device handle (`GPU-…`), for the memory-information hooks; asked without
+/// initialising NVML (the program that holds the handle has).
 pub fn device_uuid(device: usize) -> Option<String> {
-    let f = real::lookup(real::nvml_handle(), c"nvmlDeviceGetUUID");
-    if f.is_null() {
-        return None;
-    }
-    // SAFETY: nvmlDeviceGetUUID's prototype is GetUuid.
-    let get_uuid = unsafe { std::mem::transmute::<*mut c_void, GetUuid>(f) };
+    let get_uuid = calls().get_uuid?;
     let mut buf = [0 as c_char; 96];
     // SAFETY: writes a NUL-terminated string of at most buf.len() bytes; the handle is the program's.
     if unsafe { get_uuid(device as *mut c_void, buf.as_mut_ptr(), buf.len() as u32) } != 0 {
