@@ -6,6 +6,7 @@
 //! reads the segment only through `shm`'s public API and never writes it. Everything a slot says is a
 //! stranger's input: names come through [`printable`], totals saturate.
 
+use crate::accounting::figures::DeviceFigures;
 use crate::config::size::HumanBytes;
 use crate::config::{canonical_uuid, format_uuid};
 use crate::shm::{live_slots, printable, Segment, VRAMCAP_FLAG_PROTECTED};
@@ -20,23 +21,15 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The widest name the table shows; longer ones are cut, with `…` (the JSON has them whole).
 pub const NAME_WIDTH: usize = 30;
 
-/// One process's figures on one device. Sizes are bytes; `null` where there is nothing to say.
+/// One process's figures on one device, with where the device is and what NVML says of the process there.
 #[derive(Serialize, Debug, Clone)]
 pub struct DeviceView {
     pub uuid: String,
     /// NVML's index of the device (nvidia-smi's), where NVML lists it.
     pub index: Option<u32>,
-    pub charged_bytes: u64,
-    pub requested_bytes: u64,
-    /// `null`: counted, not capped.
-    pub cap_bytes: Option<u64>,
-    pub peak_bytes: u64,
-    pub context_bytes: u64,
-    pub allocations: u64,
-    pub refusals: u64,
-    /// The last refused request; `null` before any.
-    pub last_refused_bytes: Option<u64>,
-    pub last_refused_unix_ms: Option<u64>,
+    /// `charged_bytes`, `cap_bytes`, … in the JSON.
+    #[serde(flatten)]
+    pub figures: DeviceFigures,
     /// NVML's own per-process figure, where NVML is present and lists the process.
     pub nvml_used_bytes: Option<u64>,
 }
@@ -213,20 +206,11 @@ pub fn collect_from(seg: Option<&Segment>, path: &str, nvml: &NvmlSource) -> Sta
                     .filter(|d| d.uuid != [0; 16])
                     .map(|d| {
                         let uuid = format_uuid(&d.uuid);
-                        let refused = d.last_refused_bytes != 0 || d.last_refused_unix_ms != 0;
                         DeviceView {
                             nvml_used_bytes: used.get(&(uuid.clone(), pid_for_nvml)).copied(),
                             index: index_of(&uuid),
                             uuid,
-                            charged_bytes: d.charged,
-                            requested_bytes: d.requested,
-                            cap_bytes: (d.cap != u64::MAX).then_some(d.cap),
-                            peak_bytes: d.peak,
-                            context_bytes: d.context,
-                            allocations: d.allocations,
-                            refusals: d.refusals,
-                            last_refused_bytes: refused.then_some(d.last_refused_bytes),
-                            last_refused_unix_ms: refused.then_some(d.last_refused_unix_ms),
+                            figures: d.figures(),
                         }
                     })
                     .collect(),
@@ -246,8 +230,8 @@ pub fn collect_from(seg: Option<&Segment>, path: &str, nvml: &NvmlSource) -> Sta
                 uncapped_processes: 0,
             });
             // Figures come from the segment, anyone's input: they add up without ever wrapping.
-            t.charged_bytes = t.charged_bytes.saturating_add(d.charged_bytes);
-            match d.cap_bytes {
+            t.charged_bytes = t.charged_bytes.saturating_add(d.figures.charged);
+            match d.figures.cap {
                 Some(c) => t.caps_bytes = t.caps_bytes.saturating_add(c),
                 None => t.uncapped_processes = t.uncapped_processes.saturating_add(1),
             }
@@ -426,49 +410,49 @@ pub const FIELDS: &[Field] = &[
         name: "charged",
         header: "USED",
         about: "what vramcap charges it on the device, its context included",
-        get: device_field!(r, d => Value::Bytes(d.charged_bytes)),
+        get: device_field!(r, d => Value::Bytes(d.figures.charged)),
     },
     Field {
         name: "requested",
         header: "REQUESTED",
         about: "what it asked for (before the driver's rounding)",
-        get: device_field!(r, d => Value::Bytes(d.requested_bytes)),
+        get: device_field!(r, d => Value::Bytes(d.figures.requested)),
     },
     Field {
         name: "cap",
         header: "CAP",
         about: "its cap on the device (none: counted, not capped)",
-        get: device_field!(r, d => Value::bytes(d.cap_bytes)),
+        get: device_field!(r, d => Value::bytes(d.figures.cap)),
     },
     Field {
         name: "peak",
         header: "PEAK",
         about: "the most it held on the device",
-        get: device_field!(r, d => Value::Bytes(d.peak_bytes)),
+        get: device_field!(r, d => Value::Bytes(d.figures.peak)),
     },
     Field {
         name: "context",
         header: "CONTEXT",
         about: "its CUDA context's share (measured through NVML, else estimated)",
-        get: device_field!(r, d => Value::Bytes(d.context_bytes)),
+        get: device_field!(r, d => Value::Bytes(d.figures.context)),
     },
     Field {
         name: "allocations",
         header: "ALLOCS",
         about: "how many allocations it holds there",
-        get: device_field!(r, d => Value::Count(d.allocations)),
+        get: device_field!(r, d => Value::Count(d.figures.allocations)),
     },
     Field {
         name: "refusals",
         header: "REFUSED",
         about: "how many calls were refused at the cap",
-        get: device_field!(r, d => Value::Count(d.refusals)),
+        get: device_field!(r, d => Value::Count(d.figures.refusals)),
     },
     Field {
         name: "last_refused",
         header: "LAST REFUSED",
         about: "the size of the last refused request",
-        get: device_field!(r, d => Value::bytes(d.last_refused_bytes)),
+        get: device_field!(r, d => Value::bytes(d.figures.last_refused())),
     },
     Field {
         name: "nvml_used",
@@ -797,15 +781,15 @@ mod tests {
         DeviceView {
             uuid: uuid.into(),
             index,
-            charged_bytes: charged,
-            requested_bytes: charged,
-            cap_bytes: cap,
-            peak_bytes: charged,
-            context_bytes: 300 << 20,
-            allocations: 1,
-            refusals: 0,
-            last_refused_bytes: None,
-            last_refused_unix_ms: None,
+            figures: DeviceFigures {
+                charged,
+                requested: charged,
+                cap,
+                peak: charged,
+                context: 300 << 20,
+                allocations: 1,
+                ..DeviceFigures::default()
+            },
             nvml_used_bytes: None,
         }
     }

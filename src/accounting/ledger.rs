@@ -30,6 +30,7 @@
 //! since one call may try the counter more than once.
 
 use crate::accounting::charge::Charge;
+use crate::accounting::figures::DeviceFigures;
 use crate::accounting::striped::{bump, signed_sum, stripe, Padded, Stripe, STRIPES};
 use crate::log::unix_ms;
 use std::sync::atomic::{
@@ -480,7 +481,7 @@ impl DeviceLedger {
         }
     }
 
-    pub fn snapshot(&self) -> DeviceUsage {
+    pub fn snapshot(&self) -> DeviceFigures {
         let charged = match self.held() {
             Some(held) => {
                 self.peak.fetch_max(held, Relaxed);
@@ -488,7 +489,7 @@ impl DeviceLedger {
             }
             None => self.charged.load(Relaxed).saturating_sub(self.unheld()),
         };
-        DeviceUsage {
+        DeviceFigures {
             cap: self.cap(),
             charged,
             requested: signed_sum(self.shares.iter().map(|s| &s.requested)),
@@ -505,27 +506,6 @@ impl DeviceLedger {
 impl Default for DeviceLedger {
     fn default() -> Self {
         DeviceLedger::new()
-    }
-}
-
-/// A copy of one device's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DeviceUsage {
-    pub cap: Option<u64>,
-    pub charged: u64,
-    pub requested: u64,
-    pub context: u64,
-    pub peak: u64,
-    pub allocations: u64,
-    pub refusals: u64,
-    pub last_refused_bytes: u64,
-    pub last_refused_unix_ms: u64,
-}
-
-impl DeviceUsage {
-    /// What the process may still take: the cap minus what it holds.
-    pub fn headroom(&self) -> Option<u64> {
-        self.cap.map(|c| c.saturating_sub(self.charged))
     }
 }
 

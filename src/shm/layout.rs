@@ -5,6 +5,8 @@
 //! that someone truncates, grows or replaces can make a read come back short or wrong, never fault. The
 //! types here are plain so the C view stays plain; a C reader should read the same way.
 
+use crate::accounting::figures::DeviceFigures;
+
 /// "VRAMCAP1", little-endian.
 pub const VRAMCAP_MAGIC: u64 = 0x3150_4143_4d41_5256;
 pub const VRAMCAP_VERSION: u32 = 3;
@@ -73,6 +75,40 @@ pub struct VramcapDevice {
     pub last_refused_bytes: u64,
     pub last_refused_unix_ms: u64,
     pub reserved: u64,
+}
+
+impl VramcapDevice {
+    /// The entry for the device with this UUID holding these figures (no cap: `u64::MAX`).
+    pub fn new(uuid: [u8; 16], f: &DeviceFigures) -> VramcapDevice {
+        VramcapDevice {
+            uuid,
+            charged: f.charged,
+            requested: f.requested,
+            cap: f.cap.unwrap_or(u64::MAX),
+            peak: f.peak,
+            context: f.context,
+            allocations: f.allocations,
+            refusals: f.refusals,
+            last_refused_bytes: f.last_refused_bytes,
+            last_refused_unix_ms: f.last_refused_unix_ms,
+            reserved: 0,
+        }
+    }
+
+    /// The figures this entry carries.
+    pub fn figures(&self) -> DeviceFigures {
+        DeviceFigures {
+            charged: self.charged,
+            requested: self.requested,
+            cap: (self.cap != u64::MAX).then_some(self.cap),
+            peak: self.peak,
+            context: self.context,
+            allocations: self.allocations,
+            refusals: self.refusals,
+            last_refused_bytes: self.last_refused_bytes,
+            last_refused_unix_ms: self.last_refused_unix_ms,
+        }
+    }
 }
 
 /// One capped process: three parts, each with one writer, each written whole by one `pwrite` and

@@ -29,7 +29,7 @@ use crate::devices;
 use crate::in_flight;
 use crate::ledger::LEDGER;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use vramcap_core::accounting::ledger::{DeviceUsage, MAX_DEVICES};
+use vramcap_core::accounting::{figures::DeviceFigures, ledger::MAX_DEVICES};
 use vramcap_core::lock::Lock;
 use vramcap_core::log::monotonic_ns;
 use vramcap_core::vlog;
@@ -81,7 +81,7 @@ pub fn unwatch(dev: i32) {
     }
 }
 
-fn counted(u: DeviceUsage) -> u64 {
+fn counted(u: DeviceFigures) -> u64 {
     u.charged.saturating_sub(u.context)
 }
 

@@ -15,7 +15,7 @@ use crate::phase;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use vramcap_core::accounting::ledger::DeviceUsage;
+use vramcap_core::accounting::figures::DeviceFigures;
 use vramcap_core::lock::Lock;
 use vramcap_core::log::monotonic_ns;
 use vramcap_core::shm::{
@@ -42,7 +42,7 @@ struct Place {
 static PLACE: Lock<Option<Place>> = Lock::new(None);
 static LISTING: Lock<Option<Listing>> = Lock::new(None);
 /// What was last published, to skip rewriting unchanged figures.
-static LAST: Lock<Vec<DeviceUsage>> = Lock::new(Vec::new());
+static LAST: Lock<Vec<DeviceFigures>> = Lock::new(Vec::new());
 /// When the path and the slot were last checked.
 static CHECKED_NS: AtomicU64 = AtomicU64::new(0);
 /// A failure to list this process was said once; later ones are quieter.
@@ -195,7 +195,7 @@ pub fn publish() {
     let (Some((seg, slot)), Some(devices)) = (listing(), devices::get()) else {
         return;
     };
-    let usage: Vec<DeviceUsage> = (0..devices.uuids.len().min(VRAMCAP_SLOT_DEVICES))
+    let usage: Vec<DeviceFigures> = (0..devices.uuids.len().min(VRAMCAP_SLOT_DEVICES))
         .map(|d| {
             LEDGER
                 .device(d as i32)
@@ -210,19 +210,7 @@ pub fn publish() {
     let entries: Vec<VramcapDevice> = usage
         .iter()
         .zip(&devices.raw_uuids)
-        .map(|(u, uuid)| VramcapDevice {
-            uuid: *uuid,
-            charged: u.charged,
-            requested: u.requested,
-            cap: u.cap.unwrap_or(u64::MAX),
-            peak: u.peak,
-            context: u.context,
-            allocations: u.allocations,
-            refusals: u.refusals,
-            last_refused_bytes: u.last_refused_bytes,
-            last_refused_unix_ms: u.last_refused_unix_ms,
-            reserved: 0,
-        })
+        .map(|(u, uuid)| VramcapDevice::new(*uuid, u))
         .collect();
     seg.write_devices(slot, &entries);
     *last = usage;

@@ -7,10 +7,10 @@
 use crate::args::Out;
 use crate::cuda::*;
 use crate::devices;
-use vramcap_core::accounting::ledger::DeviceUsage;
+use vramcap_core::accounting::figures::DeviceFigures;
 use vramcap_core::lock::Lock;
 
-fn capped_usage(dev: CUdevice) -> Option<DeviceUsage> {
+fn capped_usage(dev: CUdevice) -> Option<DeviceFigures> {
     // Pools trim themselves at synchronisation points we do not hook: re-read them before answering.
     crate::registry::pools::refresh(dev);
     crate::registry::graphs::refresh(dev);
@@ -19,7 +19,7 @@ fn capped_usage(dev: CUdevice) -> Option<DeviceUsage> {
 }
 
 /// (free, total) as the capped process sees them.
-fn capped(usage: &DeviceUsage, real_free: u64) -> (u64, u64) {
+fn capped(usage: &DeviceFigures, real_free: u64) -> (u64, u64) {
     let cap = usage.cap.unwrap_or(u64::MAX);
     (usage.headroom().unwrap_or(real_free).min(real_free), cap)
 }
