@@ -10,6 +10,7 @@
 //! - `status` (with the `cli` feature): the view behind `vramcap status`, `watch` and the exporter;
 //! - `unloader` (with the `cli` feature): the priority unloader: requests, asking workers, suspension,
 //!   reload;
+//! - [`thread_state`]: the one per-thread state (a thread's counter stripe, its hook guard);
 //! - [`lock`]: a mutex that a forked child can repair; [`log`]: `vramcap:` lines on stderr.
 //!
 //! Nothing here talks to the driver: the hooks live in the `preload` crate, the binaries in `src/bin`.
@@ -24,5 +25,6 @@ pub mod registry;
 pub mod shm;
 #[cfg(feature = "cli")]
 pub mod status;
+pub mod thread_state;
 #[cfg(feature = "cli")]
 pub mod unloader;

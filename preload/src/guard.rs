@@ -4,28 +4,24 @@
 //! (or a library it loads) may call an exported entry point of its own through the dynamic linker, which
 //! lands in our shim again. Counting that inner call would charge memory twice, so each thread carries an
 //! "inside a hook" flag: the outer shim sets it, and a shim that finds it set calls the real function and
-//! nothing else. The flag is a `const`-initialised thread-local `Cell`, which needs no allocation and no
-//! destructor.
+//! nothing else. The flag is part of the thread's one state (`vramcap_core::thread_state`), which needs
+//! no allocation and no destructor.
 //!
 //! **Panics.** A panic must never unwind into the host program. The shim catches it, logs it, and falls
 //! back to the real call, so the program sees the driver's own behaviour.
 
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-
-thread_local! {
-    static INSIDE: Cell<bool> = const { Cell::new(false) };
-}
+use vramcap_core::thread_state;
 
 /// Runs `hook` as the outermost hook of this thread, or `real` if a hook is already running here or `hook`
 /// panicked.
 pub fn run<R>(name: &str, hook: impl FnOnce() -> R, real: impl FnOnce() -> R) -> R {
-    let outer = INSIDE.with(|f| !f.replace(true));
+    let outer = thread_state::with(|t| !t.in_hook.replace(true));
     if !outer {
         return real();
     }
     let result = catch_unwind(AssertUnwindSafe(hook));
-    INSIDE.with(|f| f.set(false));
+    thread_state::with(|t| t.in_hook.set(false));
     match result {
         Ok(r) => r,
         Err(_) => {
@@ -40,8 +36,8 @@ pub fn run<R>(name: &str, hook: impl FnOnce() -> R, real: impl FnOnce() -> R) ->
 
 /// Runs `f` with the flag set, so driver calls made from our own threads are not counted as the program's.
 pub fn quiet<R>(f: impl FnOnce() -> R) -> R {
-    let was = INSIDE.with(|flag| flag.replace(true));
+    let was = thread_state::with(|t| t.in_hook.replace(true));
     let r = f();
-    INSIDE.with(|flag| flag.set(was));
+    thread_state::with(|t| t.in_hook.set(was));
     r
 }

@@ -1,11 +1,11 @@
 //! Figures spread over cache lines, one stripe per thread, that many threads bump at once but that only
 //! readers sum.
 //!
-//! A thread owns a stripe of its own while it lives (claimed on first use, given back by a thread-local
-//! destructor), so it updates its stripe with a plain load and store: no read-modify-write, no shared
+//! A thread owns a stripe of its own while it lives (claimed on first use and kept in the thread's state,
+//! `thread_state`; given back by a thread-local destructor), so it updates its stripe with a plain load and store: no read-modify-write, no shared
 //! cache line. Threads beyond [`OWNED`] share the last few stripes and update them atomically.
 
-use std::cell::Cell;
+use crate::thread_state::{self, NO_STRIPE};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
@@ -27,12 +27,7 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
-const UNSET: usize = usize::MAX;
-
 thread_local! {
-    /// This thread's stripe; a `const` `Cell` without destructor, so it is readable at any time, even while
-    /// other thread-locals are being destroyed.
-    static STRIPE: Cell<usize> = const { Cell::new(UNSET) };
     /// Gives an owned stripe back when the thread ends.
     static OWNER: Owner = const { Owner };
 }
@@ -45,7 +40,7 @@ struct Owner;
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        let s = STRIPE.with(|c| c.replace(shared_stripe()));
+        let s = thread_state::with(|t| t.stripe.replace(shared_stripe()));
         if s < OWNED {
             TAKEN.fetch_and(!(1 << s), Release);
         }
@@ -85,12 +80,12 @@ impl Stripe {
 
 /// This thread's stripe: one it owns if any was free, else a shared one.
 pub fn stripe() -> Stripe {
-    let s = STRIPE.with(Cell::get);
-    if s != UNSET {
+    let s = thread_state::with(|t| t.stripe.get());
+    if s != NO_STRIPE {
         return Stripe::new(s);
     }
     let s = claim();
-    STRIPE.with(|c| c.set(s));
+    thread_state::with(|t| t.stripe.set(s));
     Stripe::new(s)
 }
 
@@ -114,7 +109,7 @@ fn claim() -> usize {
 /// In a forked child: the stripes of the parent's other threads are free again (those threads do not
 /// exist here); the calling thread keeps its own.
 pub fn reset_after_fork() {
-    let own = STRIPE.with(Cell::get);
+    let own = thread_state::with(|t| t.stripe.get());
     TAKEN.store(if own < OWNED { 1 << own } else { 0 }, Release);
 }
 
