@@ -6,7 +6,7 @@
 # Output: gpu-bundle/ (ignored by git); pass it to the device tool's `carry`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p vramcap -p vramcap-preload -p fake-cuda -p gpu-probe
+cargo build --release -p vramcap-core -p vramcap-preload -p fake-cuda -p gpu-probe
 out=gpu-bundle
 rm -rf "$out" && mkdir -p "$out/link"
 cp target/release/libvramcap.so target/release/libvramcap_sim.so target/release/vramcap target/release/vramcap-run \

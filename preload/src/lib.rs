@@ -3,7 +3,7 @@
 //! `CUDA_ERROR_OUT_OF_MEMORY` the allocation that would cross the cap.
 //!
 //! This crate holds the hooks only; configuration, sizes, the ledger and the charge model live in the core
-//! crate (`vramcap`). Its modules form layers, top to bottom; a module calls only those below it (the
+//! crate (`vramcap-core`). Its modules form layers, top to bottom; a module calls only those below it (the
 //! test `preload/tests/layers.rs` fails on a cycle):
 //! 1. the entry table: [`entry_points`] (the one table of wrapped functions, from which the exports, the
 //!    `dlsym` answers and the `cuGetProcAddress` answers all follow), [`dlsym`] (our `dlsym` trampoline),
