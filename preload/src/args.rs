@@ -116,3 +116,51 @@ input!(
     CUmemPoolProps,
     CUmemAllocationProp
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_out_parameter_reads_and_writes_the_callers_value() {
+        let mut slot: u64 = 0xdead_b000;
+        // SAFETY: `slot` is a valid u64 for the whole test.
+        let out = unsafe { (&mut slot as *mut u64).safe() };
+        assert_eq!(out.get(), Some(0xdead_b000));
+        out.set(64 << 20);
+        assert_eq!(out.get(), Some(64 << 20));
+        assert_eq!(slot, 64 << 20);
+    }
+
+    #[test]
+    fn a_null_out_parameter_reads_none_and_ignores_writes() {
+        // SAFETY: null is allowed: an `Out` checks it before every access.
+        let out = unsafe { std::ptr::null_mut::<usize>().safe() };
+        assert_eq!(out.get(), None);
+        out.set(1 << 30);
+        assert_eq!(out.get(), None);
+    }
+
+    #[test]
+    fn an_in_parameter_is_none_for_null_and_the_callers_struct_otherwise() {
+        let desc = CUDA_ARRAY_DESCRIPTOR {
+            Width: 1000,
+            Height: 100,
+            Format: 0x20,
+            NumChannels: 4,
+        };
+        // SAFETY: null, then a descriptor that lives for the whole test.
+        let (none, some) = unsafe {
+            (
+                std::ptr::null::<CUDA_ARRAY_DESCRIPTOR>().safe(),
+                (&desc as *const CUDA_ARRAY_DESCRIPTOR).safe(),
+            )
+        };
+        assert!(none.is_none());
+        let d = some.expect("a non-null descriptor is passed on");
+        assert_eq!(
+            (d.Width, d.Height, d.Format, d.NumChannels),
+            (1000, 100, 0x20, 4)
+        );
+    }
+}

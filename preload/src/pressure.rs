@@ -80,3 +80,48 @@ fn relieve(dev: CUdevice, bytes: u64) -> bool {
         std::thread::sleep(POLL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::{CUDA_ERROR_INVALID_VALUE, CUDA_SUCCESS};
+    use std::cell::Cell;
+
+    /// Runs `retry_once` with attempts that answer `answers` in turn; returns its answer and the
+    /// attempts made.
+    fn attempts(answers: &[Result<CUresult, CUresult>]) -> (CUresult, usize) {
+        let made = Cell::new(0);
+        let r = retry_once(0, 64 << 20, || {
+            made.set(made.get() + 1);
+            answers[made.get() - 1]
+        });
+        (r, made.get())
+    }
+
+    #[test]
+    fn a_driver_answer_other_than_out_of_memory_is_final() {
+        assert_eq!(attempts(&[Ok(CUDA_SUCCESS)]), (CUDA_SUCCESS, 1));
+        assert_eq!(
+            attempts(&[Ok(CUDA_ERROR_INVALID_VALUE)]),
+            (CUDA_ERROR_INVALID_VALUE, 1)
+        );
+    }
+
+    #[test]
+    fn a_refusal_of_our_own_is_never_retried() {
+        // The cap refused: freeing memory elsewhere cannot help.
+        assert_eq!(
+            attempts(&[Err(CUDA_ERROR_OUT_OF_MEMORY), Ok(CUDA_SUCCESS)]),
+            (CUDA_ERROR_OUT_OF_MEMORY, 1)
+        );
+    }
+
+    #[test]
+    fn a_full_device_without_an_unloader_to_ask_gets_the_drivers_refusal() {
+        // No device table here, so no slot to post a request in: the caller gets the driver's answer.
+        assert_eq!(
+            attempts(&[Ok(CUDA_ERROR_OUT_OF_MEMORY), Ok(CUDA_SUCCESS)]),
+            (CUDA_ERROR_OUT_OF_MEMORY, 1)
+        );
+    }
+}

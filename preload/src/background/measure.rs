@@ -215,3 +215,39 @@ pub unsafe fn reset_after_fork() {
         MISSED[dev].store(0, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::unused_device;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_contexts_share_is_what_nvml_shows_beyond_our_counts() {
+        let dev = unused_device();
+        assert_eq!(beside(dev, 812 * MIB, 512 * MIB), 300 * MIB);
+        assert_eq!(beside(dev, 100 * MIB, 512 * MIB), 0, "never negative");
+    }
+
+    #[test]
+    fn a_pending_heap_is_left_out_until_nvml_shows_it_taken() {
+        let dev = unused_device();
+        {
+            let mut limits = crate::registry::limits::lock();
+            let d = limits.device(dev).unwrap();
+            d.heap_charge = 1024 * MIB;
+            d.heap_pending = true;
+            d.context_floor = 300 * MIB;
+        }
+        // Counted: 512 MiB of allocations and the 1 GiB heap. Before the first launch NVML shows the
+        // context and the allocations only.
+        let counted = 1536 * MIB;
+        assert_eq!(beside(dev, 812 * MIB, counted), 300 * MIB);
+        assert!(crate::registry::limits::pending_heap(dev).is_some());
+        // The launch took 1026 MiB for the 1 GiB heap (measured on an H200).
+        assert_eq!(beside(dev, 1838 * MIB, counted), 302 * MIB);
+        assert_eq!(crate::registry::limits::pending_heap(dev), None);
+        assert_eq!(beside(dev, 1838 * MIB, counted), 302 * MIB, "and stays so");
+    }
+}

@@ -13,6 +13,7 @@ use crate::registry::pointers::{Backing, PtrRecord, PAGES, PTRS};
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, Ordering};
 use vramcap_core::accounting::charge::Charge;
+use vramcap_core::accounting::ledger::Reservation;
 use vramcap_core::vlog;
 
 /// The usual shape of an allocating hook: reserve `charge` on the current device, call the driver, commit
@@ -39,25 +40,36 @@ fn charged_alloc(
         let r = call();
         if r == CUDA_SUCCESS {
             if let Some(ptr) = dptr.get() {
-                let charge = actual();
-                // A packed allocation costs the pages it put in use, now that we know where it went.
-                let cost = match charge {
-                    Charge::Packed(bytes) => Charge::Pages(PAGES.touch(dev, ptr, bytes)),
-                    pages => pages,
-                };
-                reservation.commit_as(cost, requested);
-                PTRS.insert(
-                    ptr,
-                    PtrRecord {
-                        dev,
-                        backing: Backing::Own(charge),
-                        requested,
-                    },
-                );
+                record(dev, ptr, reservation, actual(), requested);
             }
         }
         Ok(r)
     })
+}
+
+/// The driver placed an allocation charged `charge` at `ptr`: commits what it really costs and
+/// records it.
+fn record(
+    dev: CUdevice,
+    ptr: CUdeviceptr,
+    reservation: Reservation<'static>,
+    charge: Charge,
+    requested: u64,
+) {
+    // A packed allocation costs the pages it put in use, now that we know where it went.
+    let cost = match charge {
+        Charge::Packed(bytes) => Charge::Pages(PAGES.touch(dev, ptr, bytes)),
+        pages => pages,
+    };
+    reservation.commit_as(cost, requested);
+    PTRS.insert(
+        ptr,
+        PtrRecord {
+            dev,
+            backing: Backing::Own(charge),
+            requested,
+        },
+    );
 }
 
 pub fn mem_alloc(pass: impl Fn() -> CUresult, dptr: Out<CUdeviceptr>, bytes: usize) -> CUresult {
@@ -174,4 +186,141 @@ pub fn legacy_alloc_pitch(
     _: c_uint,
 ) -> CUresult {
     refuse_legacy("cuMemAllocPitch")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Arg;
+    use crate::ledger::{unused_device, LEDGER};
+    use std::cell::Cell;
+
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+
+    /// Addresses of their own for a test's device (the pointer registry is keyed by address alone).
+    fn base(dev: CUdevice) -> CUdeviceptr {
+        (dev as u64 + 1) << 40
+    }
+
+    /// What `charged_alloc` does once the driver placed `bytes` at `ptr`.
+    fn allocate(dev: CUdevice, ptr: CUdeviceptr, bytes: u64) {
+        let charge = Charge::for_request(bytes);
+        let r = LEDGER.device(dev).unwrap().reserve(charge).unwrap();
+        record(dev, ptr, r, charge, bytes);
+    }
+
+    /// Frees `ptr` through a driver that answers `answer`; returns (the answer, the driver's calls).
+    fn free(ptr: CUdeviceptr, answer: CUresult) -> (CUresult, u32) {
+        let calls = Cell::new(0);
+        let r = charged_free(ptr, || {
+            calls.set(calls.get() + 1);
+            answer
+        });
+        (r, calls.get())
+    }
+
+    fn held(dev: CUdevice) -> (u64, u64, u64) {
+        let u = LEDGER.device(dev).unwrap().snapshot();
+        (u.charged, u.requested, u.allocations)
+    }
+
+    #[test]
+    fn small_allocations_share_a_page_until_the_last_one_is_freed() {
+        // tests/interposer.rs `charges_the_drivers_rounding`: a lone small allocation takes a page, and
+        // fragmented pages stay charged.
+        let dev = unused_device();
+        let a = base(dev);
+        allocate(dev, a, 64 * KIB);
+        allocate(dev, a + 64 * KIB, 64 * KIB);
+        assert_eq!(held(dev), (2 * MIB, 128 * KIB, 2));
+        assert_eq!(free(a, CUDA_SUCCESS), (CUDA_SUCCESS, 1));
+        assert_eq!(held(dev), (2 * MIB, 64 * KIB, 1));
+        free(a + 64 * KIB, CUDA_SUCCESS);
+        assert_eq!(held(dev), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_small_allocation_across_a_page_boundary_costs_both_pages() {
+        let dev = unused_device();
+        let ptr = base(dev) + 2 * MIB - 32 * KIB;
+        allocate(dev, ptr, 64 * KIB);
+        assert_eq!(held(dev), (4 * MIB, 64 * KIB, 1));
+        free(ptr, CUDA_SUCCESS);
+        assert_eq!(held(dev), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_failed_free_keeps_the_record_and_its_charge() {
+        let dev = unused_device();
+        let ptr = base(dev);
+        allocate(dev, ptr, 3 * MIB);
+        let record = PTRS.get(ptr).unwrap();
+        assert_eq!(record.backing, Backing::Own(Charge::Pages(4 * MIB)));
+        assert_eq!(
+            free(ptr, CUDA_ERROR_INVALID_VALUE),
+            (CUDA_ERROR_INVALID_VALUE, 1)
+        );
+        assert_eq!(PTRS.get(ptr), Some(record));
+        assert_eq!(held(dev), (4 * MIB, 3 * MIB, 1));
+        free(ptr, CUDA_SUCCESS);
+        assert_eq!(held(dev), (0, 0, 0));
+        assert_eq!(PTRS.get(ptr), None);
+    }
+
+    #[test]
+    fn a_free_of_an_unknown_pointer_gets_the_drivers_answer_and_gives_nothing_back() {
+        let dev = unused_device();
+        allocate(dev, base(dev), 4 * MIB);
+        for answer in [CUDA_SUCCESS, CUDA_ERROR_INVALID_VALUE] {
+            assert_eq!(free(base(dev) + 64 * MIB, answer), (answer, 1));
+        }
+        assert_eq!(held(dev), (4 * MIB, 4 * MIB, 1));
+        free(base(dev), CUDA_SUCCESS);
+        assert_eq!(
+            free(base(dev), CUDA_SUCCESS),
+            (CUDA_SUCCESS, 1),
+            "freed twice"
+        );
+        assert_eq!(held(dev), (0, 0, 0), "and counted once");
+    }
+
+    #[test]
+    fn a_freed_pool_allocation_leaves_the_pools_reserve_charged() {
+        let dev = unused_device();
+        let ptr = base(dev);
+        // As `hooks::pool` charges it: the pool grew 32 MiB for 1 MiB.
+        let r = LEDGER.device(dev).unwrap().reserve(Charge::Pages(32 * MIB));
+        r.unwrap().commit_as(Charge::Pages(32 * MIB), MIB);
+        let record = PtrRecord {
+            dev,
+            backing: Backing::Pool(0x5e00),
+            requested: MIB,
+        };
+        PTRS.insert(ptr, record);
+        free(ptr, CUDA_SUCCESS);
+        assert_eq!(held(dev), (32 * MIB, 0, 0));
+    }
+
+    #[test]
+    fn an_allocation_without_a_current_device_never_reaches_the_driver() {
+        // No driver: the current context's device cannot be told.
+        let calls = Cell::new(0);
+        let pass = || {
+            calls.set(calls.get() + 1);
+            CUDA_SUCCESS
+        };
+        let ptr = Cell::new(0u64);
+        // SAFETY: the cell lives for the whole test.
+        let dptr = unsafe { ptr.as_ptr().safe() };
+        assert_eq!(mem_alloc(pass, dptr, 64 << 20), CUDA_ERROR_NOT_FOUND);
+        assert_eq!(mem_alloc_managed(pass, dptr, 4096, 1), CUDA_ERROR_NOT_FOUND);
+        assert_eq!(calls.get(), 0);
+        assert_eq!(mem_alloc(pass, dptr, 0), CUDA_SUCCESS, "nothing to charge");
+        assert_eq!(calls.get(), 1);
+        // SAFETY: null: the hook never writes it.
+        let legacy = unsafe { std::ptr::null_mut::<u32>().safe() };
+        assert_eq!(legacy_alloc(pass, legacy, 4096), CUDA_ERROR_NOT_SUPPORTED);
+        assert_eq!(calls.get(), 1);
+    }
 }

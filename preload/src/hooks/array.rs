@@ -164,3 +164,133 @@ pub unsafe fn reset_after_fork() {
     // SAFETY: the caller's guarantee.
     unsafe { ARRAYS.reset_after_fork() };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Arg;
+    use crate::ledger::unused_device;
+    use std::cell::Cell;
+
+    const MIB: u64 = 1 << 20;
+    const FLOAT: i32 = 0x20;
+    const UNSIGNED_INT8: i32 = 0x01;
+    const HALF: i32 = 0x10;
+
+    fn desc3d(flags: u32) -> CUDA_ARRAY3D_DESCRIPTOR {
+        CUDA_ARRAY3D_DESCRIPTOR {
+            Width: 1024,
+            Height: 1024,
+            Depth: 4,
+            Format: FLOAT,
+            NumChannels: 4,
+            Flags: flags,
+        }
+    }
+
+    /// A driver that answers `answer` and counts its calls.
+    fn driver(calls: &Cell<u32>, answer: CUresult) -> impl Fn() -> CUresult + '_ {
+        move || {
+            calls.set(calls.get() + 1);
+            answer
+        }
+    }
+
+    #[test]
+    fn rows_are_padded_to_512_bytes_of_elements_times_channels() {
+        // 1000 floats: 4000 bytes, padded to 4096, for each of 100 rows.
+        assert_eq!(estimate(1000, 100, 1, FLOAT, 1), 409_600);
+        assert_eq!(estimate(256, 3, 2, UNSIGNED_INT8, 4), 1024 * 3 * 2);
+        assert_eq!(estimate(100, 1, 1, HALF, 2), 512);
+        assert_eq!(estimate(1024, 1024, 4, FLOAT, 4), 64 * MIB);
+    }
+
+    #[test]
+    fn missing_dimensions_count_one_and_unknown_formats_sixteen_bytes() {
+        assert_eq!(estimate(1, 0, 0, UNSIGNED_INT8, 0), 512);
+        assert_eq!(estimate(32, 1, 1, 0x7777, 1), 512);
+        assert_eq!(estimate(33, 1, 1, 0x7777, 1), 1024);
+        assert_eq!(
+            estimate(usize::MAX, usize::MAX, 2, 0x7777, 4),
+            u64::MAX,
+            "saturates"
+        );
+    }
+
+    #[test]
+    fn sparse_and_deferred_arrays_pass_uncharged() {
+        let calls = Cell::new(0);
+        let handle = Cell::new(std::ptr::null_mut::<c_void>());
+        // SAFETY: the cell lives for the whole test.
+        let out = unsafe { handle.as_ptr().safe() };
+        for flags in [CUDA_ARRAY3D_SPARSE, CUDA_ARRAY3D_DEFERRED_MAPPING] {
+            let d = desc3d(flags);
+            assert_eq!(
+                array3d_create(driver(&calls, CUDA_SUCCESS), out, Some(&d)),
+                CUDA_SUCCESS
+            );
+            let r = mipmapped_create(driver(&calls, CUDA_SUCCESS), out, Some(&d), 4);
+            assert_eq!(r, CUDA_SUCCESS);
+        }
+        assert_eq!(
+            calls.get(),
+            4,
+            "each reached the driver, with no device to charge"
+        );
+    }
+
+    #[test]
+    fn an_array_without_a_current_device_never_reaches_the_driver() {
+        // No driver: the current context's device cannot be told.
+        let calls = Cell::new(0);
+        let handle = Cell::new(std::ptr::null_mut::<c_void>());
+        // SAFETY: the cell lives for the whole test.
+        let out = unsafe { handle.as_ptr().safe() };
+        let d = desc3d(0);
+        let r = array3d_create(driver(&calls, CUDA_SUCCESS), out, Some(&d));
+        assert_eq!((r, calls.get()), (CUDA_ERROR_NOT_FOUND, 0));
+        let d2 = CUDA_ARRAY_DESCRIPTOR {
+            Width: 1000,
+            Height: 100,
+            Format: FLOAT,
+            NumChannels: 1,
+        };
+        let r = array_create(driver(&calls, CUDA_SUCCESS), out, Some(&d2));
+        assert_eq!((r, calls.get()), (CUDA_ERROR_NOT_FOUND, 0));
+        // No descriptor: the driver's own answer.
+        let r = array_create(driver(&calls, CUDA_ERROR_INVALID_VALUE), out, None);
+        assert_eq!((r, calls.get()), (CUDA_ERROR_INVALID_VALUE, 1));
+    }
+
+    #[test]
+    fn a_destroyed_array_gives_its_charge_back_once_and_a_failed_destroy_keeps_it() {
+        let dev = unused_device();
+        let ledger = LEDGER.device(dev).unwrap();
+        let array = ((dev as usize + 1) << 32) as CUarray;
+        let charge = ledger
+            .reserve(Charge::pages(409_600))
+            .unwrap()
+            .commit(409_600);
+        ARRAYS.insert(
+            array as u64,
+            ArrayRecord {
+                dev,
+                charge,
+                requested: 409_600,
+            },
+        );
+        let calls = Cell::new(0);
+        let r = array_destroy(driver(&calls, CUDA_ERROR_INVALID_HANDLE), array);
+        assert_eq!(r, CUDA_ERROR_INVALID_HANDLE);
+        assert_eq!(ledger.snapshot().charged, 2 * MIB);
+        assert!(ARRAYS.get(array as u64).is_some());
+        assert_eq!(
+            array_destroy(driver(&calls, CUDA_SUCCESS), array),
+            CUDA_SUCCESS
+        );
+        assert_eq!(ledger.snapshot().charged, 0);
+        let r = array_destroy(driver(&calls, CUDA_ERROR_INVALID_HANDLE), array);
+        assert_eq!((r, calls.get()), (CUDA_ERROR_INVALID_HANDLE, 3));
+        assert_eq!(ledger.snapshot().allocations, 0, "released once");
+    }
+}

@@ -151,3 +151,30 @@ pub fn trim(pass: impl Fn() -> CUresult, dev: CUdevice) -> CUresult {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Arg;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_graph_whose_memory_nodes_cannot_be_read_is_not_instantiated() {
+        // No driver: the graph's nodes cannot be listed, so what it would allocate is unknown.
+        let calls = Cell::new(0);
+        let pass = || {
+            calls.set(calls.get() + 1);
+            CUDA_SUCCESS
+        };
+        let made = Cell::new(std::ptr::null_mut::<std::ffi::c_void>());
+        // SAFETY: the cell lives for the whole test.
+        let exec = unsafe { made.as_ptr().safe() };
+        let graph = 0x9a00 as CUgraph;
+        for flags in [0, CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD] {
+            let r = instantiate_with_flags(pass, exec, graph, flags);
+            assert_eq!(r, CUDA_ERROR_NOT_FOUND, "flags {flags}");
+        }
+        assert_eq!(calls.get(), 0);
+        assert!(made.get().is_null());
+    }
+}

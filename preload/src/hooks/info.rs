@@ -111,3 +111,89 @@ pub unsafe fn reset_after_fork() {
     // SAFETY: the caller's guarantee.
     unsafe { KNOWN.reset_after_fork(Vec::new()) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Arg;
+    use std::cell::Cell;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn usage(cap: u64, charged: u64) -> DeviceUsage {
+        DeviceUsage {
+            cap: Some(cap),
+            charged,
+            ..DeviceUsage::default()
+        }
+    }
+
+    fn out<T>(cell: &Cell<T>) -> Out<T>
+    where
+        *mut T: for<'a> Arg<'a, Safe = Out<T>>,
+    {
+        // SAFETY: the cell lives for the whole test, and an `Out` writes through it as a `Cell` may.
+        unsafe { cell.as_ptr().safe() }
+    }
+
+    #[test]
+    fn free_is_what_the_cap_leaves_and_total_is_the_cap() {
+        // tests/interposer.rs: a 1 GiB cap holding a 300 MiB context and eleven 64 MiB blocks.
+        assert_eq!(capped(&usage(GIB, 1004 * MIB), 80 * GIB), (20 * MIB, GIB));
+    }
+
+    #[test]
+    fn free_is_never_more_than_the_device_really_has() {
+        assert_eq!(capped(&usage(8 * GIB, GIB), 2 * GIB), (2 * GIB, 8 * GIB));
+    }
+
+    #[test]
+    fn charges_past_the_cap_leave_nothing_free() {
+        // Memory charged after the fact (a pool's growth, a measured context) can pass the cap.
+        assert_eq!(capped(&usage(GIB, 1100 * MIB), 80 * GIB), (0, GIB));
+    }
+
+    #[test]
+    fn without_a_cap_every_memory_query_tells_the_drivers_truth() {
+        // No device table here: no cap applies.
+        let (free, total) = (Cell::new(0usize), Cell::new(0usize));
+        let driver = || {
+            free.set(70 << 30);
+            total.set(141 << 30);
+            CUDA_SUCCESS
+        };
+        assert_eq!(mem_get_info(driver, out(&free), out(&total)), CUDA_SUCCESS);
+        assert_eq!((free.get(), total.get()), (70 << 30, 141 << 30));
+        let bytes = Cell::new(141usize << 30);
+        assert_eq!(
+            device_total_mem(|| CUDA_SUCCESS, out(&bytes), 0),
+            CUDA_SUCCESS
+        );
+        assert_eq!(bytes.get(), 141 << 30);
+        let shown = nvmlMemory_t {
+            total: 141 << 30,
+            free: 70 << 30,
+            used: 71 << 30,
+        };
+        let memory = Cell::new(shown);
+        let device = 0x1234 as nvmlDevice_t;
+        assert_eq!(
+            nvml_memory_info(|| NVML_SUCCESS, device, out(&memory)),
+            NVML_SUCCESS
+        );
+        let m = memory.get();
+        assert_eq!(
+            (m.total, m.free, m.used),
+            (shown.total, shown.free, shown.used)
+        );
+    }
+
+    #[test]
+    fn a_failed_query_is_passed_on_untouched() {
+        let (free, total) = (Cell::new(7usize), Cell::new(9usize));
+        let r = mem_get_info(|| CUDA_ERROR_INVALID_CONTEXT, out(&free), out(&total));
+        assert_eq!(r, CUDA_ERROR_INVALID_CONTEXT);
+        assert_eq!((free.get(), total.get()), (7, 9));
+    }
+}

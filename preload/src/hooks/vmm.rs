@@ -160,3 +160,78 @@ pub unsafe fn reset_after_fork() {
         MAPPINGS.reset_after_fork(BTreeMap::new());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::unused_device;
+    use std::cell::Cell;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_handle_released_while_mapped_stays_charged_until_unmapped() {
+        // CUDA's own samples release the handle right after mapping it.
+        let dev = unused_device();
+        let ledger = LEDGER.device(dev).unwrap();
+        let (handle, va) = (dev as u64 + 0x7000, (dev as u64 + 1) << 40);
+        let charge = ledger
+            .reserve(Charge::pages(64 * MIB))
+            .unwrap()
+            .commit(64 * MIB);
+        HANDLES.insert(
+            handle,
+            HandleRecord {
+                dev,
+                charge,
+                requested: 64 * MIB,
+                refs: 1,
+                maps: 0,
+            },
+        );
+        let calls = Cell::new(0);
+        let ok = || {
+            calls.set(calls.get() + 1);
+            CUDA_SUCCESS
+        };
+        assert_eq!(mem_map(ok, va, 32 << 20, 0, handle, 0), CUDA_SUCCESS);
+        assert_eq!(
+            mem_map(ok, va + 32 * MIB, 32 << 20, 0, handle, 0),
+            CUDA_SUCCESS
+        );
+        mem_release(ok, handle);
+        assert_eq!(ledger.snapshot().charged, 64 * MIB);
+        assert_eq!(
+            mem_unmap(|| CUDA_ERROR_INVALID_VALUE, va, 64 << 20),
+            CUDA_ERROR_INVALID_VALUE
+        );
+        assert_eq!(
+            ledger.snapshot().charged,
+            64 * MIB,
+            "a failed unmap keeps it"
+        );
+        mem_unmap(ok, va, 32 << 20);
+        assert_eq!(ledger.snapshot().charged, 64 * MIB, "one mapping left");
+        mem_unmap(ok, va + 32 * MIB, 32 << 20);
+        assert_eq!(ledger.snapshot().charged, 0);
+        assert!(HANDLES.get(handle).is_none());
+        assert_eq!(calls.get(), 5);
+    }
+
+    #[test]
+    fn an_untracked_handle_is_mapped_and_released_without_a_charge() {
+        // Imported from another process: never charged here, so nothing may be given back for it.
+        let dev = unused_device();
+        let ledger = LEDGER.device(dev).unwrap();
+        ledger.force(64 * MIB);
+        let (handle, va) = (dev as u64 + 0x9000, ((dev as u64 + 1) << 40) + (1 << 36));
+        assert_eq!(
+            mem_map(|| CUDA_SUCCESS, va, 64 << 20, 0, handle, 0),
+            CUDA_SUCCESS
+        );
+        assert!(!MAPPINGS.lock().contains_key(&va));
+        mem_unmap(|| CUDA_SUCCESS, va, 64 << 20);
+        mem_release(|| CUDA_SUCCESS, handle);
+        assert_eq!(ledger.snapshot().charged, 64 * MIB);
+    }
+}

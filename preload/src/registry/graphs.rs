@@ -275,3 +275,225 @@ pub unsafe fn reset_after_fork() {
     unsafe { GRAPHS.reset_after_fork(Graphs::new()) };
     EXECS.store(0, Ordering::Release);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::unused_device;
+
+    const MIB: u64 = 1 << 20;
+
+    fn node(dev: CUdevice, mib: u64, va: CUdeviceptr) -> AllocNode {
+        AllocNode {
+            dev,
+            bytes: mib * MIB,
+            va,
+        }
+    }
+
+    fn memory(allocs: &[AllocNode], freed: &[CUdeviceptr]) -> GraphMemory {
+        GraphMemory {
+            allocs: allocs.to_vec(),
+            freed: freed.to_vec(),
+        }
+    }
+
+    fn exec(handle: usize) -> CUgraphExec {
+        handle as CUgraphExec
+    }
+
+    /// A launch (or upload) as `hooks::graph` makes it: reserve the worst case, call, settle. Returns
+    /// what was reserved.
+    fn map(g: &mut Graphs, e: CUgraphExec, launched: bool, ok: bool) -> Vec<(CUdevice, u64)> {
+        let worst = g
+            .worst_case(e)
+            .expect("an executable with allocation nodes");
+        let reservations = worst
+            .iter()
+            .map(|&(dev, bytes)| {
+                let r = LEDGER.device(dev).unwrap().reserve(Charge::Pages(bytes));
+                (dev, r.unwrap())
+            })
+            .collect();
+        g.settle(e, ok, launched, reservations);
+        worst
+    }
+
+    #[test]
+    fn a_footprint_adds_up_each_devices_allocations() {
+        let m = memory(&[node(0, 32, 1), node(1, 64, 2), node(0, 96, 3)], &[]);
+        assert_eq!(footprint(&m), vec![(0, 128 * MIB), (1, 64 * MIB)]);
+        let huge = memory(
+            &[
+                node(0, 32, 1),
+                AllocNode {
+                    dev: 0,
+                    bytes: u64::MAX,
+                    va: 2,
+                },
+            ],
+            &[],
+        );
+        assert_eq!(footprint(&huge), vec![(0, u64::MAX)], "saturates");
+    }
+
+    #[test]
+    fn a_graph_without_allocation_nodes_is_not_recorded() {
+        let mut g = Graphs::new();
+        g.register(exec(0x10), &memory(&[], &[0x1000]), false);
+        assert_eq!(g.worst_case(exec(0x10)), None);
+        assert!(g.execs.is_empty());
+    }
+
+    #[test]
+    fn a_first_launch_reserves_the_footprint_and_a_relaunch_nothing() {
+        let dev = unused_device();
+        let mut g = Graphs::new();
+        // Freed by the graph itself: nothing outlives a launch.
+        g.register(exec(0x20), &memory(&[node(dev, 512, 0xa0)], &[0xa0]), false);
+        assert_eq!(map(&mut g, exec(0x20), true, true), vec![(dev, 512 * MIB)]);
+        assert_eq!(map(&mut g, exec(0x20), true, true), vec![(dev, 0)]);
+        assert_eq!(LEDGER.device(dev).unwrap().snapshot().charged, 512 * MIB);
+    }
+
+    #[test]
+    fn a_launch_whose_graph_memory_cannot_be_read_keeps_its_reservation_charged() {
+        // No driver: CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT cannot be read after the launch.
+        let dev = unused_device();
+        let mut g = Graphs::new();
+        g.register(
+            exec(0x30),
+            &memory(&[node(dev, 32, 0xb0), node(dev, 64, 0xb1)], &[]),
+            false,
+        );
+        map(&mut g, exec(0x30), true, true);
+        let d = g.devices[dev as usize];
+        assert_eq!(d.charged, 96 * MIB);
+        assert!(d.seen);
+        assert_eq!(LEDGER.device(dev).unwrap().snapshot().charged, 96 * MIB);
+        g.trimmed(dev);
+        assert_eq!(
+            g.devices[dev as usize].charged,
+            96 * MIB,
+            "nor can a trim be read"
+        );
+    }
+
+    #[test]
+    fn a_failed_launch_leaves_the_executable_not_resident() {
+        let dev = unused_device();
+        let mut g = Graphs::new();
+        g.register(exec(0x40), &memory(&[node(dev, 256, 0xc0)], &[]), false);
+        map(&mut g, exec(0x40), true, false);
+        assert_eq!(g.worst_case(exec(0x40)), Some(vec![(dev, 256 * MIB)]));
+        assert!(g.live.is_empty(), "nothing it allocates is live");
+    }
+
+    #[test]
+    fn another_graphs_live_allocation_makes_a_relaunch_reserve_again() {
+        let dev = unused_device();
+        let mut g = Graphs::new();
+        let (a, b) = (exec(0x50), exec(0x51));
+        g.register(a, &memory(&[node(dev, 512, 0xd0)], &[0xd0]), false);
+        g.register(b, &memory(&[node(dev, 128, 0xd1)], &[]), false);
+        map(&mut g, a, true, true);
+        map(&mut g, b, true, true);
+        // B's allocation outlives B and may sit in the memory A had.
+        assert_eq!(g.worst_case(a), Some(vec![(dev, 512 * MIB)]));
+        assert_eq!(
+            g.worst_case(b),
+            Some(vec![(dev, 0)]),
+            "its own live allocation"
+        );
+    }
+
+    #[test]
+    fn a_freed_live_allocation_no_longer_costs_other_graphs_a_reservation() {
+        let dev = unused_device();
+        let (a, b) = (exec(0x60), exec(0x61));
+        {
+            let mut g = lock();
+            g.register(a, &memory(&[node(dev, 512, 0x6a0)], &[0x6a0]), false);
+            g.register(b, &memory(&[node(dev, 128, 0x6a1)], &[]), false);
+            map(&mut g, a, true, true);
+            map(&mut g, b, true, true);
+        }
+        freed(0x6a1);
+        assert_eq!(lock().worst_case(a), Some(vec![(dev, 0)]));
+    }
+
+    #[test]
+    fn an_upload_makes_an_executable_resident_without_live_allocations() {
+        let dev = unused_device();
+        let mut g = Graphs::new();
+        g.register(exec(0x70), &memory(&[node(dev, 64, 0xe0)], &[]), true);
+        map(&mut g, exec(0x70), false, true);
+        assert!(g.live.is_empty());
+        assert_eq!(g.worst_case(exec(0x70)), Some(vec![(dev, 0)]));
+        // Auto-free: each launch frees what the last one left, so one allocation stays live.
+        map(&mut g, exec(0x70), true, true);
+        map(&mut g, exec(0x70), true, true);
+        assert_eq!(g.live.len(), 1);
+    }
+
+    #[test]
+    fn a_trim_makes_every_executable_reserve_its_footprint_again() {
+        let dev = unused_device();
+        let mut g = Graphs::new();
+        g.register(exec(0x80), &memory(&[node(dev, 96, 0xf0)], &[0xf0]), false);
+        map(&mut g, exec(0x80), true, true);
+        assert_eq!(g.worst_case(exec(0x80)), Some(vec![(dev, 0)]));
+        g.trimmed(dev);
+        assert_eq!(g.worst_case(exec(0x80)), Some(vec![(dev, 96 * MIB)]));
+    }
+
+    #[test]
+    fn a_destroyed_executable_is_forgotten_and_a_new_one_replaces_its_handle() {
+        let mut g = Graphs::new();
+        g.register(exec(0x90), &memory(&[node(1, 32, 0x100)], &[]), false);
+        g.register(exec(0x90), &memory(&[node(2, 64, 0x101)], &[]), false);
+        assert_eq!(g.execs.len(), 1);
+        assert_eq!(g.worst_case(exec(0x90)), Some(vec![(2, 64 * MIB)]));
+        g.forget(exec(0x90));
+        assert_eq!(g.worst_case(exec(0x90)), None);
+    }
+
+    #[test]
+    fn forgetting_a_device_drops_the_executables_and_live_allocations_on_it() {
+        let (gone, kept) = (unused_device(), unused_device());
+        let (both, other) = (exec(0xa0), exec(0xa1));
+        {
+            let mut g = lock();
+            g.register(
+                both,
+                &memory(&[node(gone, 32, 0xa00), node(kept, 32, 0xa01)], &[]),
+                false,
+            );
+            g.register(other, &memory(&[node(kept, 64, 0xa02)], &[]), false);
+            map(&mut g, both, true, true);
+        }
+        forget_device(gone);
+        let g = lock();
+        assert_eq!(g.worst_case(both), None);
+        assert_eq!(g.worst_case(other), Some(vec![(kept, 64 * MIB)]));
+        assert!(g.live.iter().all(|l| l.dev != gone));
+        assert!(
+            g.live.iter().any(|l| l.va == 0xa01),
+            "the other device's stays"
+        );
+        assert!(!g.devices[gone as usize].seen);
+    }
+
+    #[test]
+    fn on_a_device_outside_the_ledger_an_executable_is_never_resident() {
+        let mut g = Graphs::new();
+        let far = MAX_DEVICES as CUdevice;
+        g.register(
+            exec(0xb0),
+            &memory(&[node(far, 32, 0xb00)], &[0xb00]),
+            false,
+        );
+        g.settle(exec(0xb0), true, true, Vec::new());
+        assert_eq!(g.worst_case(exec(0xb0)), Some(vec![(far, 32 * MIB)]));
+    }
+}

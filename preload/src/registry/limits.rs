@@ -95,3 +95,56 @@ pub unsafe fn reset_after_fork() {
     // SAFETY: the caller's guarantee.
     unsafe { LIMITS.reset_after_fork(Limits::new()) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::unused_device;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_set_heap_is_pending_with_its_floor_until_a_measurement_sees_it_taken() {
+        let dev = unused_device();
+        assert_eq!(pending_heap(dev), None, "nothing set yet");
+        assert_eq!(pending_heap(-1), None, "no such device");
+        {
+            let mut all = lock();
+            let d = all.device(dev).unwrap();
+            d.heap_charge = 1024 * MIB;
+            d.heap_pending = true;
+            d.context_floor = 300 * MIB;
+        }
+        assert_eq!(pending_heap(dev), Some((1024 * MIB, 300 * MIB)));
+        heap_taken(dev);
+        assert_eq!(pending_heap(dev), None);
+        assert_eq!(
+            lock().device(dev).unwrap().heap_charge,
+            1024 * MIB,
+            "taken, the heap stays charged"
+        );
+    }
+
+    #[test]
+    fn forgetting_a_device_drops_its_limits_and_what_was_learnt_of_it() {
+        let dev = unused_device();
+        {
+            let mut all = lock();
+            let d = all.device(dev).unwrap();
+            *d = DeviceLimits {
+                stack_base: Some(1024),
+                stack_charge: 3960 * MIB,
+                heap_charge: 8 * MIB,
+                heap_pending: true,
+                context_floor: 300 * MIB,
+                resident_threads: Some(132 * 2048),
+            };
+        }
+        forget_device(dev);
+        let d = *lock().device(dev).unwrap();
+        assert_eq!(d.stack_base, None);
+        assert_eq!(d.resident_threads, None, "a new context is asked again");
+        assert_eq!((d.stack_charge, d.heap_charge, d.context_floor), (0, 0, 0));
+        assert_eq!(pending_heap(dev), None);
+    }
+}

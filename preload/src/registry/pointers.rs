@@ -76,4 +76,24 @@ mod tests {
             assert_eq!(PtrRecord::unpack(r.pack()), r);
         }
     }
+
+    #[test]
+    fn every_device_and_the_largest_amounts_survive_packing() {
+        // The device and the kind share the second word with the amount: none may spill into another.
+        for dev in 0..vramcap_core::accounting::ledger::MAX_DEVICES as i32 {
+            for backing in [
+                Backing::Own(Charge::Pages(AMOUNT)),
+                Backing::Own(Charge::Packed(AMOUNT)),
+                Backing::Pool(AMOUNT as usize),
+                Backing::Own(Charge::Pages(0)),
+            ] {
+                let r = PtrRecord {
+                    dev,
+                    backing,
+                    requested: 0,
+                };
+                assert_eq!(PtrRecord::unpack(r.pack()), r, "device {dev}");
+            }
+        }
+    }
 }

@@ -120,3 +120,97 @@ pub unsafe fn reset_after_fork() {
     // SAFETY: the caller's guarantee.
     unsafe { POOLS.reset_after_fork(Pools(Vec::new())) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::unused_device;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_pool_is_recorded_once_on_the_device_it_was_first_seen_on() {
+        let mut pools = Pools(Vec::new());
+        assert_eq!(pools.device_of(0x5000), None);
+        let e = pools.entry(0x5000, 2);
+        assert_eq!((e.dev, e.charged), (2, 0), "a new pool is charged nothing");
+        e.charged = 64 * MIB;
+        let again = pools.entry(0x5000, 5);
+        assert_eq!((again.dev, again.charged), (2, 64 * MIB));
+        assert_eq!(pools.0.len(), 1);
+        assert_eq!(pools.device_of(0x5000), Some(2));
+    }
+
+    #[test]
+    fn a_destroyed_pool_gives_back_its_charge_and_an_unknown_one_nothing() {
+        let dev = unused_device();
+        let ledger = LEDGER.device(dev).unwrap();
+        let mut pools = Pools(Vec::new());
+        for (pool, bytes) in [(0x6000, 64 * MIB), (0x7000, 32 * MIB)] {
+            ledger.force(bytes);
+            pools.entry(pool, dev).charged = bytes;
+        }
+        pools.destroyed(0x8000);
+        assert_eq!(ledger.snapshot().charged, 96 * MIB);
+        pools.destroyed(0x6000);
+        assert_eq!(ledger.snapshot().charged, 32 * MIB);
+        assert_eq!(pools.device_of(0x6000), None);
+        pools.destroyed(0x6000);
+        assert_eq!(ledger.snapshot().charged, 32 * MIB, "destroyed once");
+    }
+
+    #[test]
+    fn a_pool_charged_more_than_the_ledger_holds_never_wraps_it() {
+        let dev = unused_device();
+        let ledger = LEDGER.device(dev).unwrap();
+        ledger.force(32 * MIB);
+        let mut pools = Pools(Vec::new());
+        pools.entry(0x9000, dev).charged = 64 * MIB;
+        pools.destroyed(0x9000);
+        assert_eq!(ledger.snapshot().charged, 0);
+    }
+
+    #[test]
+    fn an_unreadable_pool_keeps_its_charge() {
+        // No driver: CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT cannot be read.
+        let dev = unused_device();
+        let ledger = LEDGER.device(dev).unwrap();
+        ledger.force(96 * MIB);
+        let mut pools = Pools(Vec::new());
+        pools.entry(0xa000, dev).charged = 96 * MIB;
+        pools.resync_device(dev);
+        pools.entry(0xa000, dev).resync();
+        assert_eq!(pools.entry(0xa000, dev).charged, 96 * MIB);
+        assert_eq!(ledger.snapshot().charged, 96 * MIB);
+    }
+
+    #[test]
+    fn forgetting_a_device_forgets_only_its_pools() {
+        let (gone, kept) = (unused_device(), unused_device());
+        {
+            let mut pools = lock();
+            pools.entry(0xb000, gone);
+            pools.entry(0xc000, kept);
+        }
+        forget_device(gone);
+        let pools = lock();
+        assert_eq!(pools.device_of(0xb000), None);
+        assert_eq!(pools.device_of(0xc000), Some(kept));
+    }
+
+    #[test]
+    fn a_refresh_while_a_pool_hook_holds_the_pools_returns_at_once() {
+        // A pool hook reaches the cap check with the lock held: a refresh must not wait for it.
+        let dev = unused_device();
+        let held = lock();
+        let (done, finished) = std::sync::mpsc::channel();
+        let refresher = std::thread::spawn(move || {
+            refresh(dev);
+            done.send(()).unwrap();
+        });
+        let answer = finished.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        refresher.join().unwrap();
+        assert!(answer.is_ok(), "the refresh waited for the pools' lock");
+    }
+}
