@@ -121,11 +121,11 @@ mod tests {
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
 
-    fn usage(cap: u64, charged: u64) -> DeviceUsage {
-        DeviceUsage {
+    fn usage(cap: u64, charged: u64) -> DeviceFigures {
+        DeviceFigures {
             cap: Some(cap),
             charged,
-            ..DeviceUsage::default()
+            ..DeviceFigures::default()
         }
     }
 
