@@ -92,16 +92,27 @@ pub fn mem_alloc_pitch(
     _elem: c_uint,
 ) -> CUresult {
     let rows = height as u64;
-    let estimate = (width as u64).div_ceil(PITCH_ESTIMATE_ALIGN) * PITCH_ESTIMATE_ALIGN * rows;
+    // Sizes no device holds saturate (and are refused) rather than wrap or panic: a panic would pass the
+    // call to the driver uncounted.
+    let estimate = (width as u64)
+        .div_ceil(PITCH_ESTIMATE_ALIGN)
+        .saturating_mul(PITCH_ESTIMATE_ALIGN)
+        .saturating_mul(rows);
     if estimate == 0 {
         return pass();
     }
     charged_alloc(
         dptr,
-        width as u64 * rows,
+        (width as u64).saturating_mul(rows),
         Charge::for_request(estimate),
         &pass,
-        || Charge::for_request(pitch.get().map_or(estimate, |p| p as u64 * rows)),
+        || {
+            Charge::for_request(
+                pitch
+                    .get()
+                    .map_or(estimate, |p| (p as u64).saturating_mul(rows)),
+            )
+        },
     )
 }
 
@@ -322,5 +333,35 @@ mod tests {
         let legacy = unsafe { std::ptr::null_mut::<u32>().safe() };
         assert_eq!(legacy_alloc(pass, legacy, 4096), CUDA_ERROR_NOT_SUPPORTED);
         assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn a_pitched_allocation_no_device_holds_is_refused_without_a_panic() {
+        // width x rows overflows 64 bits: before, the estimate's multiplication panicked (in debug builds),
+        // and the guard would have passed the call to the driver uncounted.
+        let calls = Cell::new(0);
+        let pass = || {
+            calls.set(calls.get() + 1);
+            CUDA_SUCCESS
+        };
+        for (width, height) in [
+            (usize::MAX, 2),
+            (usize::MAX / 2, 1 << 20),
+            (1 << 40, 1 << 40),
+        ] {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: null out-parameters, which `Out` reads as None and never writes.
+                let (dptr, pitch) = unsafe {
+                    (
+                        std::ptr::null_mut::<CUdeviceptr>().safe(),
+                        std::ptr::null_mut::<usize>().safe(),
+                    )
+                };
+                mem_alloc_pitch(pass, dptr, pitch, width, height, 4)
+            }));
+            let r = r.unwrap_or_else(|_| panic!("{width} x {height}: the hook panicked"));
+            assert_ne!(r, CUDA_SUCCESS, "{width} x {height}");
+        }
+        assert_eq!(calls.get(), 0, "never passed to the driver");
     }
 }
