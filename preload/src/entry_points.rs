@@ -85,18 +85,17 @@ macro_rules! entry_points {
                 // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
                 return unsafe { real($($arg),*) };
             }
-            // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
-            let pass = || unsafe { real($($arg),*) };
             crate::guard::run(
                 stringify!($variant),
-                || {
+                |pass| {
                     // SAFETY: each argument is what the caller passed to this driver function, whose
                     // contract makes a pointer null or valid for the type it names during the call
                     // (see `crate::args`); the hook runs within the call.
                     let ($($arg,)*) = unsafe { ($(crate::args::Arg::safe($arg),)*) };
-                    $hook(&pass, $($arg),*)
+                    $hook(pass, $($arg),*)
                 },
-                pass,
+                // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
+                || unsafe { real($($arg),*) },
             )
         }
     };

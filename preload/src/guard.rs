@@ -7,24 +7,41 @@
 //! nothing else. The flag is part of the thread's one state (`vramcap_core::thread_state`), which needs
 //! no allocation and no destructor.
 //!
-//! **Panics.** A panic must never unwind into the host program. The shim catches it, logs it, and falls
-//! back to the real call, so the program sees the driver's own behaviour.
+//! **Panics.** A panic must never unwind into the host program. The shim catches it and logs it. If the
+//! hook had already called the driver, the driver's last answer stands (calling it again would allocate
+//! twice and leak the first); otherwise the call goes to the driver, so the program sees the driver's own
+//! behaviour.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use vramcap_core::thread_state;
 
-/// Runs `hook` as the outermost hook of this thread, or `real` if a hook is already running here or `hook`
-/// panicked.
-pub fn run<R>(name: &str, hook: impl FnOnce() -> R, real: impl FnOnce() -> R) -> R {
+/// Runs `hook` as the outermost hook of this thread, handing it `real` as the call to pass on; runs `real`
+/// alone if a hook is already running here. If `hook` panics, returns the driver's last answer to it, or
+/// runs `real` if it had not called it.
+pub fn run<R: Copy>(name: &str, hook: impl FnOnce(&dyn Fn() -> R) -> R, real: impl Fn() -> R) -> R {
     let outer = thread_state::with(|t| !t.in_hook.replace(true));
     if !outer {
         return real();
     }
-    let result = catch_unwind(AssertUnwindSafe(hook));
+    let answered = Cell::new(None);
+    let pass = || {
+        let r = real();
+        answered.set(Some(r));
+        r
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| hook(&pass)));
     thread_state::with(|t| t.in_hook.set(false));
-    match result {
-        Ok(r) => r,
-        Err(_) => {
+    match (result, answered.get()) {
+        (Ok(r), _) => r,
+        (Err(_), Some(r)) => {
+            vramcap_core::vlog!(
+                Error,
+                "internal error in the {name} hook after the driver's call; its answer stands"
+            );
+            r
+        }
+        (Err(_), None) => {
             vramcap_core::vlog!(
                 Error,
                 "internal error in the {name} hook; passing the call to the driver"
@@ -40,4 +57,57 @@ pub fn quiet<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     thread_state::with(|t| t.in_hook.set(was));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counting(calls: &Cell<u32>, answer: i32) -> impl Fn() -> i32 + '_ {
+        move || {
+            calls.set(calls.get() + 1);
+            answer
+        }
+    }
+
+    #[test]
+    fn a_hook_that_panics_after_the_driver_call_does_not_call_it_again() {
+        let calls = Cell::new(0);
+        let r = run(
+            "test",
+            |pass| {
+                pass();
+                panic!("after the call");
+            },
+            counting(&calls, 7),
+        );
+        assert_eq!((r, calls.get()), (7, 1), "one driver call, its answer");
+    }
+
+    #[test]
+    fn a_hook_that_panics_before_the_driver_call_passes_it_on() {
+        let calls = Cell::new(0);
+        let r = run("test", |_| panic!("before the call"), counting(&calls, 5));
+        assert_eq!((r, calls.get()), (5, 1));
+        assert!(!thread_state::with(|t| t.in_hook.get()), "guard released");
+    }
+
+    #[test]
+    fn a_call_inside_a_hook_goes_straight_to_the_driver() {
+        let calls = Cell::new(0);
+        let inner = Cell::new(0);
+        let r = run(
+            "outer",
+            |pass| {
+                let nested = run(
+                    "inner",
+                    |_| unreachable!("not hooked twice"),
+                    counting(&inner, 3),
+                );
+                pass() + nested
+            },
+            counting(&calls, 4),
+        );
+        assert_eq!((r, calls.get(), inner.get()), (7, 1, 1));
+    }
 }
