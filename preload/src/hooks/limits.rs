@@ -13,6 +13,15 @@ use crate::{devices, phase};
 use vramcap_core::accounting::charge::{round_up_pages, Charge};
 use vramcap_core::accounting::ledger::Reservation;
 
+/// The threads a device runs at once, whose stacks a stack limit sizes. A count that is not positive
+/// cannot be the device's (it would charge every stack nothing), so it fails closed, uncached.
+fn resident_threads(sms: i32, per_sm: i32) -> driver::Result<u64> {
+    match (u64::try_from(sms), u64::try_from(per_sm)) {
+        (Ok(s), Ok(p)) if s > 0 && p > 0 => Ok(s.saturating_mul(p)),
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
+}
+
 /// The charge a limit's new value calls for on `dev`, and the charge it has now.
 fn charges(
     d: &mut DeviceLimits,
@@ -29,8 +38,7 @@ fn charges(
             let sms = driver::device_attribute(dev, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
             let per_sm =
                 driver::device_attribute(dev, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?;
-            let t = u64::try_from(sms).unwrap_or(0) * u64::try_from(per_sm).unwrap_or(0);
-            *d.resident_threads.insert(t)
+            *d.resident_threads.insert(resident_threads(sms, per_sm)?)
         }
     };
     let base = match d.stack_base {
@@ -266,6 +274,18 @@ mod tests {
                 1 << 30,
             );
             assert_eq!((r, calls.get()), (CUDA_ERROR_NOT_FOUND, 0), "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn a_thread_count_that_is_not_positive_fails_closed() {
+        assert_eq!(resident_threads(132, 2048), Ok(H200_THREADS));
+        for (sms, per_sm) in [(0, 2048), (132, 0), (-1, 2048), (132, -5)] {
+            assert_eq!(
+                resident_threads(sms, per_sm),
+                Err(CUDA_ERROR_INVALID_VALUE),
+                "{sms} x {per_sm}"
+            );
         }
     }
 }
