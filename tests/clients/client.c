@@ -746,42 +746,52 @@ static CUstream make_stream(void) {
   return st;
 }
 
-static unsigned long long graph_reserved(void) {
+static unsigned long long graph_reserved_on(CUdevice dev) {
   cuuint64_t v = 0;
-  cu.graph_attr(0, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT, &v);
+  cu.graph_attr(dev, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT, &v);
   return v;
 }
 
-/* A graph of one allocation node of BYTES on device 0 (cuGraphAddMemAllocNode, or cuGraphAddNode with type
- * MEM_ALLOC), and with WITH_FREE a free node of it after it; its address in *VA. */
-static CUresult alloc_graph(CUgraph *g, unsigned long long bytes, int with_free, int addnode, CUdeviceptr *va) {
+static unsigned long long graph_reserved(void) { return graph_reserved_on(0); }
+
+/* A graph of one allocation node of BYTES on device DEV (cuGraphAddMemAllocNode, or cuGraphAddNode with type
+ * MEM_ALLOC), and with WITH_FREE a free node of it after it; its address in *VA. An allocation on another
+ * device is mapped for device 0 too, whose kernels use it (a peer mapping takes no memory on device 0). */
+static CUresult alloc_graph_on(CUdevice dev, CUgraph *g, unsigned long long bytes, int with_free, int addnode,
+                               CUdeviceptr *va) {
   REQ(graph_create); REQ(add_alloc_node); REQ(add_free_node);
   CUresult r = cu.graph_create(g, 0);
   if (r) return r;
   CUgraphNode a, f;
+  CUmemAccessDesc peer = {{CU_MEM_LOCATION_TYPE_DEVICE, 0}, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+  CUDA_MEM_ALLOC_NODE_PARAMS ap;
+  memset(&ap, 0, sizeof ap);
+  ap.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  ap.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  ap.poolProps.location.id = dev;
+  ap.bytesize = bytes;
+  if (dev != 0) {
+    ap.accessDescs = &peer;
+    ap.accessDescCount = 1;
+  }
   if (addnode) {
     REQ(add_node);
     CUgraphNodeParams np;
     memset(&np, 0, sizeof np);
     np.type = CU_GRAPH_NODE_TYPE_MEM_ALLOC;
-    np.alloc.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
-    np.alloc.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    np.alloc.poolProps.location.id = 0;
-    np.alloc.bytesize = bytes;
+    np.alloc = ap;
     r = cu.add_node(&a, *g, NULL, NULL, 0, &np);
     *va = np.alloc.dptr;
   } else {
-    CUDA_MEM_ALLOC_NODE_PARAMS ap;
-    memset(&ap, 0, sizeof ap);
-    ap.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
-    ap.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    ap.poolProps.location.id = 0;
-    ap.bytesize = bytes;
     r = cu.add_alloc_node(&a, *g, NULL, 0, &ap);
     *va = ap.dptr;
   }
   if (r || !with_free) return r;
   return cu.add_free_node(&f, *g, &a, 1, *va);
+}
+
+static CUresult alloc_graph(CUgraph *g, unsigned long long bytes, int with_free, int addnode, CUdeviceptr *va) {
+  return alloc_graph_on(0, g, bytes, with_free, addnode, va);
 }
 
 /* N graphs, each one allocation of MIB that outlives it, launched in order until one is refused. */
@@ -1016,14 +1026,18 @@ static unsigned long long parse_size(const char *s) {
   }
 }
 
+static int limit_named(const char *name) {
+  return !strcmp(name, "stack")     ? CU_LIMIT_STACK_SIZE
+         : !strcmp(name, "heap")    ? CU_LIMIT_MALLOC_HEAP_SIZE
+         : !strcmp(name, "printf")  ? CU_LIMIT_PRINTF_FIFO_SIZE
+         : !strcmp(name, "pending") ? CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT
+                                    : -1;
+}
+
 /* One limit set to VALUE: what it reads back, what it took, and whether the process still allocates. */
 static int scenario_limits_one(const char *name, const char *value) {
   REQ(set_limit); REQ(get_limit);
-  int limit = !strcmp(name, "stack")    ? CU_LIMIT_STACK_SIZE
-              : !strcmp(name, "heap")   ? CU_LIMIT_MALLOC_HEAP_SIZE
-              : !strcmp(name, "printf") ? CU_LIMIT_PRINTF_FIFO_SIZE
-              : !strcmp(name, "pending") ? CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT
-                                         : -1;
+  int limit = limit_named(name);
   if (limit < 0) { printf("unknown_limit=%s\n", name); return 2; }
   long long c0 = (long long)charged(), d0 = (long long)used_now();
   CUresult r = cu.set_limit(limit, parse_size(value));
@@ -1059,6 +1073,237 @@ static int scenario_local_growth(unsigned long long bytes, unsigned long long mi
   r = cu.alloc(&q, want);
   printf("alloc_after_growth=%d\n", r);
   if (!r) cu.free(q);
+  return 0;
+}
+
+/* ---- two devices: graph memory, limits and captured steps off device 0 ---- */
+
+/* The charge in context C (the capped memory-info of its device); C stays current. */
+static unsigned long long charged_in(CUcontext c) {
+  cu.set_current(c);
+  return charged();
+}
+
+/* What device DEV holds for us: the fake's own figure, or on the real driver our capped figure there. */
+static unsigned long long used_on(int dev, CUcontext c) {
+  if (device_used) return device_used(dev);
+  unsigned long long v = charged_in(c);
+  cu.set_current(ctx);
+  return v;
+}
+
+static void report_two(const char *tag) {
+  unsigned long long c0 = charged_in(ctx), c1 = charged_in(ctx1);
+  cu.set_current(ctx);
+  printf("%s_charged0=%llu\n%s_charged1=%llu\n%s_used0=%llu\n%s_used1=%llu\n", tag, c0, tag, c1, tag,
+         used_on(0, ctx), tag, used_on(1, ctx1));
+  printf("%s_reserved0=%llu\n%s_reserved1=%llu\n", tag, graph_reserved_on(0), tag, graph_reserved_on(1));
+}
+
+/* N graphs, each one allocation of MIB on device 1 that outlives it, built, instantiated and launched in
+ * order on a stream of device 0 with device 0 current, until one is refused. BUILD: explicit
+ * (cuGraphAddMemAllocNode), addnode (cuGraphAddNode), or captured (cuMemAllocFromPoolAsync from device 1's
+ * pool, captured on the device 0 stream: the node takes the pool's device). */
+static int scenario_graphs_on_1(int n, unsigned long long mib, const char *build) {
+  REQ(instantiate); REQ(launch); REQ(exec_destroy); REQ(graph_destroy); REQ(graph_trim); REQ(graph_attr);
+  if (cu.retain(&ctx1, 1)) { printf("no_device_1=1\n"); return 3; }
+  cu.set_current(ctx);
+  CUstream st = make_stream();
+  int captured = !strcmp(build, "captured");
+  CUmemoryPool pool1 = NULL;
+  if (captured) {
+    REQ(begin_capture); REQ(end_capture);
+    if (cu.get_mem_pool(&pool1, 1)) { printf("get_mem_pool_failed=1\n"); return 3; }
+  }
+  if (n < 1) n = 1;
+  CUgraph *g = calloc(n, sizeof *g);
+  CUgraphExec *e = calloc(n, sizeof *e);
+  CUdeviceptr *va = calloc(n, sizeof *va);
+  for (int i = 0; i < n; i++) {
+    CUresult r;
+    if (captured) {
+      r = cu.begin_capture(st, CU_STREAM_CAPTURE_MODE_GLOBAL);
+      CUresult ra = r ? r : cu.alloc_from_pool(&va[i], mib * MIB, pool1, st);
+      CUresult re = r ? r : cu.end_capture(st, &g[i]);
+      r = r ? r : ra ? ra : re;
+    } else {
+      r = alloc_graph_on(1, &g[i], mib * MIB, 0, !strcmp(build, "addnode"), &va[i]);
+    }
+    if (r) { printf("graph_build_failed=%d\n", r); return 3; }
+    r = cu.instantiate(&e[i], g[i], 0);
+    if (r) { printf("instantiate_failed=%d\n", r); return 3; }
+  }
+  printf("built=%s\n", build);
+  int k = 0;
+  CUresult refused = 0;
+  unsigned long long calls_before = 0, calls_on_refusal = 0;
+  for (; k < n; k++) {
+    if (fake_calls) calls_before = fake_calls("cuGraphLaunch");
+    CUresult r = cu.launch(e[k], st);
+    if (r) {
+      refused = r;
+      if (fake_calls) calls_on_refusal = fake_calls("cuGraphLaunch") - calls_before;
+      break;
+    }
+  }
+  cu.sync(st);
+  printf("launched=%d\nlaunch_refused_code=%d\n", k, refused);
+  if (fake_calls) printf("driver_called_on_refusal=%llu\n", calls_on_refusal);
+  report_two("held");
+  hold_if_asked();
+  for (int i = 0; i < k; i++) cu.free(va[i]);
+  for (int i = 0; i < n; i++) cu.exec_destroy(e[i]);
+  printf("trim1=%d\n", cu.graph_trim(1));
+  report_two("trimmed");
+  for (int i = 0; i < n; i++) cu.graph_destroy(g[i]);
+  CUdeviceptr q;
+  CUresult r = cu.alloc(&q, 64 * MIB);
+  printf("alloc0_after=%d\n", r);
+  if (!r) cu.free(q);
+  cu.set_current(ctx1);
+  r = cu.alloc(&q, 64 * MIB);
+  printf("alloc1_after=%d\n", r);
+  if (!r) cu.free(q);
+  cu.set_current(ctx);
+  return 0;
+}
+
+/* LIMIT set to VALUE with device 1's context current (device 0 has one too): what each device's limit
+ * reads and what each device took, then, for the heap, the first kernel that calls malloc on device 1;
+ * then the same value set with device 0's context current. */
+static int scenario_limit_on_1(const char *name, const char *value) {
+  REQ(set_limit); REQ(get_limit);
+  int limit = limit_named(name);
+  if (limit < 0) { printf("unknown_limit=%s\n", name); return 2; }
+  if (cu.retain(&ctx1, 1)) { printf("no_device_1=1\n"); return 3; }
+  long long c0 = (long long)charged_in(ctx), c1 = (long long)charged_in(ctx1);
+  long long u0 = (long long)used_on(0, ctx), u1 = (long long)used_on(1, ctx1);
+  size_t before0 = 0, before1 = 0, v0 = 0, v1 = 0;
+  cu.set_current(ctx);
+  cu.get_limit(&before0, limit);
+  cu.set_current(ctx1);
+  cu.get_limit(&before1, limit);
+  CUresult r = cu.set_limit(limit, parse_size(value));
+  cu.get_limit(&v1, limit);
+  cu.set_current(ctx);
+  cu.get_limit(&v0, limit);
+  printf("set1=%d\nvalue1_before=%zu\nvalue1=%zu\nvalue0_before=%zu\nvalue0=%zu\n", r, before1, v1, before0, v0);
+#define DELTAS(tag)                                                                                                \
+  printf(tag "_charged0_delta=%lld\n" tag "_charged1_delta=%lld\n", (long long)charged_in(ctx) - c0,                \
+         (long long)charged_in(ctx1) - c1);                                                                        \
+  printf(tag "_used0_delta=%lld\n" tag "_used1_delta=%lld\n", (long long)used_on(0, ctx) - u0,                      \
+         (long long)used_on(1, ctx1) - u1)
+  DELTAS("set");
+  if (limit == CU_LIMIT_MALLOC_HEAP_SIZE && fake_malloc_kernel && cu.launch_kernel) {
+    cu.set_current(ctx1);
+    printf("kernel1=%d\n", launch_fake_kernel(fake_malloc_kernel()));
+    DELTAS("kernel");
+  }
+  /* Device 0's own limit, set to the same value with its context current. */
+  c0 = (long long)charged_in(ctx);
+  r = cu.set_limit(limit, parse_size(value));
+  printf("set0=%d\nset0_charged0_delta=%lld\n", r, (long long)charged_in(ctx) - c0);
+#undef DELTAS
+  CUdeviceptr q;
+  cu.set_current(ctx1);
+  r = cu.alloc(&q, 64 * MIB);
+  printf("alloc1_after=%d\n", r);
+  if (!r) cu.free(q);
+  cu.set_current(ctx);
+  return 0;
+}
+
+/* One rank of a two-process job on its own device DEV (the process's current device): its step captured
+ * once into a graph and replayed REPLAYS times, then the device filled to its cap with 64 MiB blocks and
+ * the step replayed there. STYLE async, as under PyTorch's cudaMallocAsync backend: an eager warm-up step
+ * from the default pool, then a capture whose activations (MIB/2, freed inside the graph) and output (MIB,
+ * kept: a static output) become graph allocation nodes, instantiated with AUTO_FREE_ON_LAUNCH as PyTorch
+ * does; STYLE default, as under the caching allocator: the buffers allocated before the capture, which
+ * holds only the kernels. The kernels are the fake's plain ones (fake only). */
+static int scenario_graph_step(const char *style, unsigned long long mib, int replays, int dev) {
+  if (!fake_local_kernel) { printf("graph_step=skipped\n"); return 0; }
+  REQ(begin_capture); REQ(end_capture); REQ(get_nodes); REQ(node_type); REQ(instantiate); REQ(launch);
+  REQ(exec_destroy); REQ(graph_destroy); REQ(launch_kernel);
+  CUcontext mine = ctx;
+  if (dev != 0 && cu.retain(&mine, dev)) { printf("no_device=%d\n", dev); return 3; }
+  cu.set_current(mine);
+  int async = !strcmp(style, "async");
+  int count = 0;
+  cu.count(&count);
+  CUstream st = make_stream();
+  /* 512 bytes of local memory a thread: within the default stack, so the kernel takes nothing. */
+  CUfunction k = (CUfunction)(size_t)fake_local_kernel(512);
+#define KERNEL() cu.launch_kernel(k, 1, 1, 1, 32, 1, 1, 0, st, NULL, NULL)
+  unsigned long long half = mib * MIB / 2, whole = mib * MIB;
+  CUdeviceptr act = 0, out = 0;
+  CUresult r = 0;
+  if (async) {
+    r = cu.alloc_async(&act, half, st);
+    if (!r) r = KERNEL();
+    if (!r) r = cu.free_async(act, st);
+    if (!r) r = cu.sync(st);
+  } else {
+    r = cu.alloc(&act, half);
+    if (!r) r = cu.alloc(&out, whole);
+  }
+  printf("style=%s\nbefore_capture=%d\n", style, r);
+  if (r) return 3;
+  r = cu.begin_capture(st, CU_STREAM_CAPTURE_MODE_GLOBAL);
+  if (!r && async) r = cu.alloc_async(&act, half, st);
+  if (!r) r = KERNEL();
+  if (!r && async) r = cu.alloc_async(&out, whole, st);
+  if (!r) r = KERNEL();
+  if (!r && async) r = cu.free_async(act, st);
+  CUgraph g = NULL;
+  CUresult re = cu.end_capture(st, &g);
+  printf("capture=%d\nend_capture=%d\n", r, re);
+  if (r || re || !g) return 3;
+#undef KERNEL
+  size_t n = 0;
+  cu.get_nodes(g, NULL, &n);
+  CUgraphNode *nodes = calloc(n ? n : 1, sizeof *nodes);
+  cu.get_nodes(g, nodes, &n);
+  int allocs = 0;
+  for (size_t i = 0; i < n; i++) {
+    int t = -1;
+    cu.node_type(nodes[i], &t);
+    allocs += t == CU_GRAPH_NODE_TYPE_MEM_ALLOC;
+  }
+  free(nodes);
+  printf("alloc_nodes=%d\n", allocs);
+  CUgraphExec e = NULL;
+  r = cu.instantiate(&e, g, async ? CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH : 0);
+  if (r) { printf("instantiate_failed=%d\n", r); return 3; }
+  r = cu.launch(e, st);
+  cu.sync(st);
+  printf("first_launch=%d\ncharged_first=%llu\nused_first=%llu\n", r, charged(), used_on(dev, mine));
+  cu.set_current(mine);
+  int failures = 0;
+  for (int i = 0; i < replays; i++) failures += cu.launch(e, st) != 0;
+  cu.sync(st);
+  printf("replay_failures=%d\ncharged_after_replays=%llu\nused_after_replays=%llu\n", failures, charged(),
+         used_on(dev, mine));
+  cu.set_current(mine);
+  static CUdeviceptr fill[1024];
+  int filled = 0;
+  while (filled < 1024 && (r = cu.alloc(&fill[filled], 64 * MIB)) == 0) filled++;
+  printf("fill_count=%d\nfill_code=%d\ncharged_at_cap=%llu\nused_at_cap=%llu\n", filled, r, charged(),
+         used_on(dev, mine));
+  cu.set_current(mine);
+  r = cu.launch(e, st);
+  cu.sync(st);
+  printf("replay_at_cap=%d\ncharged_after_replay_at_cap=%llu\nused_after_replay_at_cap=%llu\n", r, charged(),
+         used_on(dev, mine));
+  if (device_used && count > 1) printf("used_other=%llu\n", device_used(1 - dev));
+  cu.set_current(mine);
+  hold_if_asked();
+  for (int i = 0; i < filled; i++) cu.free(fill[i]);
+  cu.exec_destroy(e);
+  cu.graph_destroy(g);
+  if (!async) {
+    cu.free(act);
+    cu.free(out);
+  }
   return 0;
 }
 
@@ -1203,6 +1448,16 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(s, "local_growth"))
     return scenario_local_growth(argc > 3 ? parse_size(argv[3]) : 49152, argc > 4 ? strtoull(argv[4], NULL, 10) : 64);
+  if (!strcmp(s, "graphs_on_1"))
+    return scenario_graphs_on_1(argc > 3 ? atoi(argv[3]) : 8, argc > 4 ? strtoull(argv[4], NULL, 10) : 512,
+                                argc > 5 ? argv[5] : "explicit");
+  if (!strcmp(s, "limit_on_1")) {
+    if (argc < 5) { printf("usage=limit_on_1 LIMIT VALUE\n"); return 2; }
+    return scenario_limit_on_1(argv[3], argv[4]);
+  }
+  if (!strcmp(s, "graph_step"))
+    return scenario_graph_step(argc > 3 ? argv[3] : "async", argc > 4 ? strtoull(argv[4], NULL, 10) : 256,
+                               argc > 5 ? atoi(argv[5]) : 10, argc > 6 ? atoi(argv[6]) : 0);
   if (!strcmp(s, "want_threads")) {
     /* THREADS threads allocate MIB each at once (as a framework's threads meet a full device together):
        each may wait for the unloader with VRAMCAP_WAIT. */

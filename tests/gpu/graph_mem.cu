@@ -4,11 +4,15 @@
 // waits (120 s at most) for the file named by $VRAMCAP_E2E_HOLD, so that nvidia-smi can be read from
 // outside while the memory is held, then frees it and proves the process still works (works_after=).
 //
-//   graph-mem explicit N MIB   N graphs, each an allocation node of MIB MiB (no free node: the allocation
-//                              outlives the graph) and a kernel node that writes every byte of it
-//   graph-mem captured N MIB   the same, made by stream capture: cudaMallocAsync + the fill kernel
-//   graph-mem heap MIB [KIB]   cudaDeviceSetLimit(cudaLimitMallocHeapSize, MIB MiB), then a kernel whose
-//                              256 threads each malloc KIB KiB (8 unless given), write, check and free it
+//   graph-mem explicit N MIB [DEV]  N graphs, each an allocation node of MIB MiB (no free node: the
+//                              allocation outlives the graph) and a kernel node that writes every byte of it
+//   graph-mem captured N MIB [DEV]  the same, made by stream capture: cudaMallocAsync + the fill kernel
+//                              With DEV (not 0), the allocations live on device DEV, mapped for device 0
+//                              too, while device 0 stays current and its stream and kernels do the work:
+//                              explicit nodes located on DEV, or cudaMallocFromPoolAsync from DEV's pool
+//   graph-mem heap MIB [KIB [DEV]]  cudaDeviceSetLimit(cudaLimitMallocHeapSize, MIB MiB), then a kernel
+//                              whose 256 threads each malloc KIB KiB (8 unless given), write, check and free
+//                              it; with DEV, on device DEV only (device 0 has a context too)
 //   graph-mem stack KIB        cudaDeviceSetLimit(cudaLimitStackSize, KIB KiB), then one small kernel
 //   graph-mem local KIB        what the driver grows on its own: a kernel with KIB KiB of local memory per
 //                              thread (4, 8 or 16) makes the driver grow the stack at launch; then an
@@ -54,7 +58,13 @@ template <int KB> __global__ void k_local(int *out, int n) {
   out[blockIdx.x * blockDim.x + threadIdx.x] = buf[n % sizeof(buf)];
 }
 
-static unsigned long long *bad;  // the check kernel's counter
+static unsigned long long *bads[8];  // the check kernel's counter, one a device (no peer access needed)
+
+static unsigned long long *bad_here() {
+  int d = 0;
+  cudaGetDevice(&d);
+  return bads[d & 7];
+}
 
 static void hold() {
   printf("HOLD pid=%d\n", getpid());
@@ -65,8 +75,8 @@ static void hold() {
 
 // Whether [p, p+bytes) holds fill's pattern for `seed` (checked on the device).
 static int verify(const void *p, size_t bytes, unsigned seed, cudaStream_t s) {
-  unsigned long long n = ~0ull;
-  if (cudaMemsetAsync(bad, 0, sizeof *bad, s) != cudaSuccess) return 0;
+  unsigned long long n = ~0ull, *bad = bad_here();
+  if (!bad || cudaMemsetAsync(bad, 0, sizeof *bad, s) != cudaSuccess) return 0;
   check<<<1024, 256, 0, s>>>((const unsigned *)p, bytes / 4, seed, bad);
   if (cudaMemcpyAsync(&n, bad, sizeof n, cudaMemcpyDeviceToHost, s) != cudaSuccess) return 0;
   return cudaStreamSynchronize(s) == cudaSuccess && n == 0;
@@ -89,6 +99,32 @@ static void meminfo(const char *tag) {
   printf("%s_free_mib=%zu\n%s_total_mib=%zu\n", tag, fr >> 20, tag, total >> 20);
 }
 
+// Device DEV's context and check counter, device 0 staying current; whether device 0 can map DEV's memory.
+static int use_device(int dev) {
+  if (dev == 0) return 1;
+  int count = 0, peer = 0;
+  cudaGetDeviceCount(&count);
+  if (dev < 0 || dev >= count || dev > 7) {
+    printf("no_device=%d\n", dev);
+    return 0;
+  }
+  cudaDeviceCanAccessPeer(&peer, 0, dev);
+  cudaSetDevice(dev);
+  cudaError_t r = cudaFree(0);
+  if (r == cudaSuccess) r = cudaMalloc(&bads[dev], sizeof *bads[dev]);
+  cudaSetDevice(0);
+  printf("dev=%d\ndev_init=%d\npeer_access=%d\n", dev, (int)r, peer);
+  return r == cudaSuccess;
+}
+
+// works_after, on device DEV (then device 0 is current again).
+static int works_after_on(int dev) {
+  cudaSetDevice(dev);
+  int ok = works_after();
+  cudaSetDevice(0);
+  return ok;
+}
+
 struct Graph {
   cudaGraph_t g = nullptr;
   cudaGraphExec_t e = nullptr;
@@ -103,11 +139,24 @@ static void destroy(Graph &x) {
   x.g = nullptr;
 }
 
-static int graphs(bool captured, int n, size_t mib) {
+static int graphs(bool captured, int n, size_t mib, int dev) {
   const size_t bytes = mib * MIB;
   size_t words = bytes / 4;
+  if (!use_device(dev)) return 1;
   cudaStream_t s;
   cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+  // An allocation on another device is mapped for device 0, whose kernels write and check it.
+  cudaMemAccessDesc peer = {};
+  peer.location.type = cudaMemLocationTypeDevice;
+  peer.location.id = 0;
+  peer.flags = cudaMemAccessFlagsProtReadWrite;
+  cudaMemPool_t pool = nullptr;
+  if (captured && dev != 0) {
+    cudaError_t r = cudaDeviceGetDefaultMemPool(&pool, dev);
+    // A captured allocation node records the pool's peer access at capture.
+    if (r == cudaSuccess) r = cudaMemPoolSetAccess(pool, &peer, 1);
+    printf("pool_access=%d\n", (int)r);
+  }
   meminfo("start");
   std::vector<Graph> launched;
   int capture_errors = 0;
@@ -123,8 +172,12 @@ static int graphs(bool captured, int n, size_t mib) {
       memset(&ap, 0, sizeof ap);
       ap.poolProps.allocType = cudaMemAllocationTypePinned;
       ap.poolProps.location.type = cudaMemLocationTypeDevice;
-      ap.poolProps.location.id = 0;
+      ap.poolProps.location.id = dev;
       ap.bytesize = bytes;
+      if (dev != 0) {
+        ap.accessDescs = &peer;
+        ap.accessDescCount = 1;
+      }
       cudaGraphNode_t a, k;
       r = cudaGraphAddMemAllocNode(&a, x.g, nullptr, 0, &ap);
       if (r != cudaSuccess) { err = r; where = "add_alloc_node"; destroy(x); break; }
@@ -140,7 +193,7 @@ static int graphs(bool captured, int n, size_t mib) {
     } else {
       r = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
       if (r != cudaSuccess) { err = r; where = "begin_capture"; capture_errors++; break; }
-      cudaError_t ra = cudaMallocAsync(&x.p, bytes, s);
+      cudaError_t ra = pool ? cudaMallocFromPoolAsync(&x.p, bytes, pool, s) : cudaMallocAsync(&x.p, bytes, s);
       if (ra == cudaSuccess) fill<<<1024, 256, 0, s>>>((unsigned *)x.p, words, x.seed);
       cudaError_t re = cudaStreamEndCapture(s, &x.g);
       if (re != cudaSuccess || !x.g) capture_errors++;
@@ -166,11 +219,16 @@ static int graphs(bool captured, int n, size_t mib) {
   for (Graph &x : launched) ok &= verify(x.p, bytes, x.seed, s);
   printf("data_ok=%d\n", ok);
   unsigned long long reserved = 0, used = 0;  // cudaDeviceGetGraphMemAttribute writes a uint64
-  cudaDeviceGetGraphMemAttribute(0, cudaGraphMemAttrReservedMemCurrent, &reserved);
-  cudaDeviceGetGraphMemAttribute(0, cudaGraphMemAttrUsedMemCurrent, &used);
+  cudaDeviceGetGraphMemAttribute(dev, cudaGraphMemAttrReservedMemCurrent, &reserved);
+  cudaDeviceGetGraphMemAttribute(dev, cudaGraphMemAttrUsedMemCurrent, &used);
   printf("graph_reserved_mib=%llu\ngraph_used_mib=%llu\n", (unsigned long long)reserved >> 20,
          (unsigned long long)used >> 20);
   meminfo("held");
+  if (dev != 0) {
+    cudaSetDevice(dev);
+    meminfo("held_dev");
+    cudaSetDevice(0);
+  }
   hold();
   cudaError_t freed = cudaSuccess;
   for (Graph &x : launched) {
@@ -178,15 +236,19 @@ static int graphs(bool captured, int n, size_t mib) {
     if (freed == cudaSuccess) freed = r;
     destroy(x);
   }
-  cudaError_t trim = cudaDeviceGraphMemTrim(0);
+  cudaError_t trim = cudaDeviceGraphMemTrim(dev);
   printf("freed=%d\ntrim=%d\n", (int)freed, (int)trim);
   printf("works_after=%d\n", works_after());
+  if (dev != 0) printf("works_after_dev=%d\n", works_after_on(dev));
   cudaStreamDestroy(s);
   return 0;
 }
 
-static int heap(size_t mib, size_t kib) {
-  size_t before = 0, now = 0;
+static int heap(size_t mib, size_t kib, int dev) {
+  size_t before = 0, now = 0, before0 = 0, now0 = 0;
+  if (!use_device(dev)) return 1;
+  cudaDeviceGetLimit(&before0, cudaLimitMallocHeapSize);
+  cudaSetDevice(dev);
   cudaDeviceGetLimit(&before, cudaLimitMallocHeapSize);
   meminfo("start");
   cudaError_t set = cudaDeviceSetLimit(cudaLimitMallocHeapSize, mib * MIB);
@@ -203,10 +265,18 @@ static int heap(size_t mib, size_t kib) {
   cudaMemcpy(c, counters, sizeof c, cudaMemcpyDeviceToHost);
   printf("kernel=%d\nkernel_name=%s\ndevice_malloc_failures=%u\ndevice_mismatches=%u\nper_thread_kib=%zu\n", (int)k,
          cudaGetErrorName(k), c[0], c[1], kib);
+  // Device 0's own heap, which a limit set on another device leaves alone.
+  if (dev != 0) {
+    cudaSetDevice(0);
+    cudaDeviceGetLimit(&now0, cudaLimitMallocHeapSize);
+    cudaSetDevice(dev);
+    printf("heap0_before=%zu\nheap0_now=%zu\n", before0, now0);
+  }
   meminfo("held");
   hold();
   cudaFree(counters);
   printf("works_after=%d\n", works_after());
+  if (dev != 0) printf("works_after_dev0=%d\n", works_after_on(0));
   return 0;
 }
 
@@ -299,7 +369,8 @@ static int local(int kib) {
 }
 
 static int usage() {
-  fprintf(stderr, "usage: graph-mem explicit N MIB | captured N MIB | heap MIB [KIB] | stack KIB | local KIB\n");
+  fprintf(stderr, "usage: graph-mem explicit N MIB [DEV] | captured N MIB [DEV] | heap MIB [KIB [DEV]] | stack KIB |"
+                  " local KIB\n");
   return 2;
 }
 
@@ -307,13 +378,15 @@ int main(int argc, char **argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   if (argc < 3) return usage();
   cudaError_t init = cudaFree(0);
-  if (init == cudaSuccess) init = cudaMalloc(&bad, sizeof *bad);
+  if (init == cudaSuccess) init = cudaMalloc(&bads[0], sizeof *bads[0]);
   printf("mode=%s\ninit=%d\n", argv[1], (int)init);
   if (init != cudaSuccess) return 1;
   const char *mode = argv[1];
-  if (!strcmp(mode, "explicit") && argc == 4) return graphs(false, atoi(argv[2]), strtoull(argv[3], 0, 10));
-  if (!strcmp(mode, "captured") && argc == 4) return graphs(true, atoi(argv[2]), strtoull(argv[3], 0, 10));
-  if (!strcmp(mode, "heap")) return heap(strtoull(argv[2], 0, 10), argc > 3 ? strtoull(argv[3], 0, 10) : 8);
+  const int dev = argc > 4 ? atoi(argv[4]) : 0;
+  const bool graph_args = argc == 4 || argc == 5;
+  if (!strcmp(mode, "explicit") && graph_args) return graphs(false, atoi(argv[2]), strtoull(argv[3], 0, 10), dev);
+  if (!strcmp(mode, "captured") && graph_args) return graphs(true, atoi(argv[2]), strtoull(argv[3], 0, 10), dev);
+  if (!strcmp(mode, "heap")) return heap(strtoull(argv[2], 0, 10), argc > 3 ? strtoull(argv[3], 0, 10) : 8, dev);
   if (!strcmp(mode, "stack")) return stack(strtoull(argv[2], 0, 10));
   if (!strcmp(mode, "local")) return local(atoi(argv[2]));
   return usage();

@@ -353,11 +353,23 @@ pub struct MemPoolProps {
     reserved: [u8; 54],
 }
 
+/// CUmemAccessDesc (cuda.h): a location and its protection.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AccessDesc {
+    location_type: i32,
+    location_id: i32,
+    flags: i32,
+}
+
+/// CUmemAccess_flags: PROT_NONE, PROT_READ, PROT_READWRITE.
+const ACCESS_FLAGS: [i32; 3] = [0, 1, 3];
+
 /// CUDA_MEM_ALLOC_NODE_PARAMS, v1 and v2 alike (cuda.h, 120 bytes).
 #[repr(C)]
 pub struct MemAllocNodeParams {
     pool_props: MemPoolProps,
-    access_descs: *const c_void,
+    access_descs: *const AccessDesc,
     access_desc_count: usize,
     bytesize: usize,
     dptr: u64,
@@ -380,11 +392,31 @@ struct ChildGraphNodeParams {
 }
 
 /// An allocation node's device and a fresh address for it (the address is fixed when the node is made).
-fn alloc_kind(s: &mut Fake, p: &MemAllocNodeParams) -> Result<Kind, CUresult> {
+/// Its access descriptors map it for other devices (peers), which takes no memory there; the driver takes
+/// no more of them than there are devices, each naming a device and a protection.
+///
+/// # Safety
+/// `p.access_descs` is null or an array of `p.access_desc_count` descriptors: the caller's.
+unsafe fn alloc_kind(s: &mut Fake, p: &MemAllocNodeParams) -> Result<Kind, CUresult> {
     if p.bytesize == 0 || p.pool_props.location_type != LOCATION_DEVICE {
         return Err(INVALID_VALUE);
     }
     let dev = dev_ok(s, p.pool_props.location_id).ok_or(INVALID_DEVICE)?;
+    let descs: &[AccessDesc] = match (p.access_desc_count, p.access_descs.is_null()) {
+        (0, _) => &[],
+        (_, true) => return Err(INVALID_VALUE),
+        // SAFETY: not null, and an array of `access_desc_count` (this function's contract), read
+        // before the call returns.
+        (n, false) => unsafe { std::slice::from_raw_parts(p.access_descs, n) },
+    };
+    let valid = |a: &AccessDesc| {
+        a.location_type == LOCATION_DEVICE
+            && dev_ok(s, a.location_id).is_some()
+            && ACCESS_FLAGS.contains(&a.flags)
+    };
+    if descs.len() > s.devices.len() || !descs.iter().all(valid) {
+        return Err(INVALID_VALUE);
+    }
     let bytes = p.bytesize as u64;
     Ok(Kind::Alloc {
         dev,
@@ -415,8 +447,8 @@ pub unsafe extern "C" fn cuGraphAddMemAllocNode(
             return INVALID_VALUE;
         };
         let mut dptr = 0;
-        // SAFETY: `node` is the caller's out-parameter and `deps` its array of `n` (the caller's
-        // contract).
+        // SAFETY: `node` is the caller's out-parameter, `deps` its array of `n`, and the access
+        // descriptors in `p` its array of their count (the caller's contract).
         let r = unsafe {
             add(s, node, graph as usize, deps, n, |s| {
                 let k = alloc_kind(s, p)?;
@@ -589,8 +621,9 @@ unsafe fn add_node_params(
             TYPE_EMPTY => Ok(Kind::Empty),
             TYPE_MEM_ALLOC => {
                 // SAFETY: an allocation node's member is CUDA_MEM_ALLOC_NODE_PARAMS, borrowed only
-                // for this call.
-                let k = alloc_kind(s, unsafe { &*union.cast::<MemAllocNodeParams>() })?;
+                // for this call, with its access descriptors the caller's array (this function's
+                // contract).
+                let k = unsafe { alloc_kind(s, &*union.cast::<MemAllocNodeParams>()) }?;
                 alloc_dptr = Some(dptr_of(&k));
                 Ok(k)
             }
