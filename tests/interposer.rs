@@ -236,6 +236,22 @@ fn unset_limit_counts_without_capping() {
 }
 
 #[test]
+fn a_cap_above_the_device_shows_the_device_s_total() {
+    // 8 GiB on the fake's 4 GiB device: a program that sizes itself from total must not plan for memory
+    // the device does not have.
+    for path in PATHS {
+        let r = client(path, &["info"], &[("VRAMCAP_LIMIT", "8GiB")]);
+        assert_eq!(r.get("info_total"), 4 * GIB, "{path}: {}", r.stdout);
+        assert_eq!(r.get("device_total"), 4 * GIB, "{path}: {}", r.stdout);
+        assert!(
+            r.get("info_free") <= 4 * GIB - CONTEXT,
+            "{path}: {}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
 fn percent_and_per_device_limits() {
     let r = client("link", &["info"], &[("VRAMCAP_LIMIT", "25%")]);
     assert_eq!(r.get("info_total"), GIB);

@@ -1,6 +1,7 @@
 //! Memory information shows the cap: `cuMemGetInfo_v2`, `cuDeviceTotalMem_v2`, `nvmlDeviceGetMemoryInfo`
-//! and `_v2`. Total is the cap, free is what the cap leaves (never more than the device really has free).
-//! Without a cap they tell the driver's truth.
+//! and `_v2`. Total is the cap (never more than the device really has: a program that sizes itself from
+//! total must not plan for memory that does not exist), free is what the cap leaves (never more than the
+//! device really has free). Without a cap they tell the driver's truth.
 //! <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__MEM.html>,
 //! <https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html>
 
@@ -18,17 +19,21 @@ fn capped_usage(dev: CUdevice) -> Option<DeviceFigures> {
     usage.cap.is_some().then_some(usage)
 }
 
-/// (free, total) as the capped process sees them.
-fn capped(usage: &DeviceFigures, real_free: u64) -> (u64, u64) {
+/// (free, total) as the capped process sees them, from the driver's own (free, total).
+fn capped(usage: &DeviceFigures, real_free: u64, real_total: u64) -> (u64, u64) {
     let cap = usage.cap.unwrap_or(u64::MAX);
-    (usage.headroom().unwrap_or(real_free).min(real_free), cap)
+    (
+        usage.headroom().unwrap_or(real_free).min(real_free),
+        cap.min(real_total),
+    )
 }
 
 pub fn mem_get_info(pass: impl Fn() -> CUresult, free: Out<usize>, total: Out<usize>) -> CUresult {
     let r = pass();
     if r == CUDA_SUCCESS {
         if let Some(usage) = devices::current().ok().and_then(capped_usage) {
-            let (f, t) = capped(&usage, free.get().unwrap_or(0) as u64);
+            let real_total = total.get().map_or(u64::MAX, |t| t as u64);
+            let (f, t) = capped(&usage, free.get().unwrap_or(0) as u64, real_total);
             free.set(f as usize);
             total.set(t as usize);
         }
@@ -40,7 +45,8 @@ pub fn device_total_mem(pass: impl Fn() -> CUresult, bytes: Out<usize>, dev: CUd
     let r = pass();
     if r == CUDA_SUCCESS {
         if let Some(cap) = capped_usage(dev).and_then(|u| u.cap) {
-            bytes.set(cap as usize);
+            let real = bytes.get().map_or(u64::MAX, |b| b as u64);
+            bytes.set(cap.min(real) as usize);
         }
     }
     r
@@ -70,7 +76,7 @@ pub fn nvml_memory_info(
     if r == NVML_SUCCESS {
         if let (Some(usage), Some(m)) = (nvml_ordinal(device).and_then(capped_usage), memory.get())
         {
-            let (free, total) = capped(&usage, m.free);
+            let (free, total) = capped(&usage, m.free, m.total);
             memory.set(nvmlMemory_t {
                 total,
                 free,
@@ -90,7 +96,7 @@ pub fn nvml_memory_info_v2(
     if r == NVML_SUCCESS {
         if let (Some(usage), Some(m)) = (nvml_ordinal(device).and_then(capped_usage), memory.get())
         {
-            let (free, total) = capped(&usage, m.free);
+            let (free, total) = capped(&usage, m.free, m.total);
             memory.set(nvmlMemory_v2_t {
                 total,
                 free,
@@ -140,18 +146,36 @@ mod tests {
     #[test]
     fn free_is_what_the_cap_leaves_and_total_is_the_cap() {
         // tests/interposer.rs: a 1 GiB cap holding a 300 MiB context and eleven 64 MiB blocks.
-        assert_eq!(capped(&usage(GIB, 1004 * MIB), 80 * GIB), (20 * MIB, GIB));
+        assert_eq!(
+            capped(&usage(GIB, 1004 * MIB), 80 * GIB, 141 * GIB),
+            (20 * MIB, GIB)
+        );
     }
 
     #[test]
     fn free_is_never_more_than_the_device_really_has() {
-        assert_eq!(capped(&usage(8 * GIB, GIB), 2 * GIB), (2 * GIB, 8 * GIB));
+        assert_eq!(
+            capped(&usage(8 * GIB, GIB), 2 * GIB, 141 * GIB),
+            (2 * GIB, 8 * GIB)
+        );
+    }
+
+    #[test]
+    fn total_is_never_more_than_the_device_has() {
+        // A 200 GiB cap on a 141 GiB card: the card's total, not memory that does not exist.
+        assert_eq!(
+            capped(&usage(200 * GIB, GIB), 100 * GIB, 141 * GIB),
+            (100 * GIB, 141 * GIB)
+        );
     }
 
     #[test]
     fn charges_past_the_cap_leave_nothing_free() {
         // Memory charged after the fact (a pool's growth, a measured context) can pass the cap.
-        assert_eq!(capped(&usage(GIB, 1100 * MIB), 80 * GIB), (0, GIB));
+        assert_eq!(
+            capped(&usage(GIB, 1100 * MIB), 80 * GIB, 141 * GIB),
+            (0, GIB)
+        );
     }
 
     #[test]
