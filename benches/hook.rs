@@ -10,7 +10,10 @@
 //!
 //! The capped process publishes its figures in the shared segment from a background thread, never from
 //! the hook; `VRAMCAP_BENCH_SEGMENT=off cargo bench --bench hook` runs the same with no segment, to show
-//! that publishing adds nothing to the hook.
+//! that publishing adds nothing to the hook. Build the libraries first: `cargo build --release`.
+
+#[path = "../tests/common/built.rs"]
+mod built;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use libloading::{Library, Symbol};
@@ -29,27 +32,11 @@ struct Pair {
     free: Free,
 }
 
+/// The fake driver and libvramcap.so that `cargo build --release` built (the bench builds nothing).
 fn artifacts() -> (PathBuf, PathBuf) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "vramcap-preload",
-            "-p",
-            "fake-cuda",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(ok.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
     (
-        target.join("release/libvramcap_sim.so"),
-        target.join("release/libvramcap.so"),
+        built::library("libvramcap_sim.so"),
+        built::library("libvramcap.so"),
     )
 }
 

@@ -3,11 +3,10 @@
 //! `reclaim --device` without NVML, `check-limit`, and no panic on any argument.
 
 mod common;
+use common::card::Card;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `vramcap ARGS` on segment `shm` with `vars`, stdin closed, killed after `limit`.
@@ -513,119 +512,24 @@ fn hami_limits_cap_a_process_and_vramcap_limit_wins() {
 // ---- one-shot commands on a shared fake device, workers started with vramcap-run ----
 
 /// One shared device of 2 GiB whose contexts cost 300 MiB.
-struct Card {
-    shm: ShmPath,
-    shared: PathBuf,
+fn card(name: &str) -> Card {
+    Card::new(name, "2G", "300M")
 }
 
-impl Card {
-    fn new(name: &str) -> Card {
-        let shared = env()
-            .dir
-            .join(format!("op-shared-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&shared);
-        std::fs::create_dir_all(&shared).unwrap();
-        Card {
-            shm: shm_path(&format!("op-{name}")),
-            shared,
-        }
+/// `vramcap ARGS` on `card`, with or without the fake's NVML: its exit code, stdout and stderr.
+fn one_shot(card: &Card, args: &[&str], nvml: bool) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+    cmd.args(args);
+    card.vars(&mut cmd);
+    if !nvml {
+        cmd.env_remove("LD_LIBRARY_PATH");
     }
-
-    fn vars(&self, cmd: &mut Command, nvml: bool) {
-        if nvml {
-            cmd.env("LD_LIBRARY_PATH", &env().dir);
-        } else {
-            cmd.env_remove("LD_LIBRARY_PATH");
-        }
-        cmd.env("VRAMCAP_LIB", &env().preload)
-            .env("VRAMCAP_SHM", &self.shm)
-            .env("FAKECUDA_SHARED", &self.shared)
-            .env("FAKECUDA_MEM", "2G")
-            .env("FAKECUDA_CONTEXT_BYTES", "300M")
-            .env("VRAMCAP_CONTEXT_BYTES", "300M")
-            .env_remove("VRAMCAP_LIMIT")
-            .env_remove("LD_PRELOAD");
-    }
-
-    /// A worker holding `mib` beyond its context, unloading on SIGUSR1.
-    fn worker(&self, name: &str, priority: &str, mib: u64) -> Worker {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap-run"));
-        cmd.args([
-            "--name",
-            name,
-            "--priority",
-            priority,
-            "--unload-signal",
-            "USR1",
-            "--",
-        ])
-        .arg(&env().client)
-        .args(["dlsym", "worker", &mib.to_string()]);
-        self.vars(&mut cmd, true);
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let w = Worker { child, lines: rx };
-        w.wait_for("READY", Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("{name} never got ready"));
-        std::thread::sleep(Duration::from_millis(300));
-        w
-    }
-
-    fn vramcap(&self, args: &[&str], nvml: bool) -> (Option<i32>, String, String) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
-        cmd.args(args);
-        self.vars(&mut cmd, nvml);
-        let out = cmd.output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Card {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.shared);
-    }
-}
-
-struct Worker {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Worker {
-    fn wait_for(&self, text: &str, timeout: Duration) -> Option<String> {
-        let end = Instant::now() + timeout;
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return Some(line),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// No duration printed with more than one decimal (`71.105259ms`), and no line twice.
@@ -645,11 +549,11 @@ fn plain(lines: &str) {
 
 #[test]
 fn one_shot_commands_print_one_plain_line_per_action_with_the_real_figures() {
-    let card = Card::new("lines");
-    let chat = card.worker("chat", "1", 700);
-    let _video = card.worker("video", "2", 320);
+    let card = card("lines");
+    let chat = card.signalled("chat", "1", 700);
+    let _video = card.signalled("video", "2", 320);
     // chat holds 1000 MiB: 700 of allocations and its 300 MiB context, which unloading cannot free.
-    let (code, out, err) = card.vramcap(&["unload", "chat", "--hook-timeout", "5s"], true);
+    let (code, out, err) = one_shot(&card, &["unload", "chat", "--hook-timeout", "5s"], true);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.lines().count(), 1, "one line for one worker: {out}");
     let pid = chat.child.id();
@@ -666,7 +570,8 @@ fn one_shot_commands_print_one_plain_line_per_action_with_the_real_figures() {
     plain(&out);
     // Dry run: one line per worker it would ask, then the verdict. 1128 MiB are free of 2 GiB: 1400 MiB
     // needs video's 320 (chat holds nothing beyond its context now).
-    let (code, out, err) = card.vramcap(
+    let (code, out, err) = one_shot(
+        &card,
         &[
             "reclaim",
             "--device",
@@ -690,7 +595,8 @@ fn one_shot_commands_print_one_plain_line_per_action_with_the_real_figures() {
     );
     plain(&out);
     // Without NVML nothing says what is free: the bytes asked for are freed.
-    let (code, out, err) = card.vramcap(
+    let (code, out, err) = one_shot(
+        &card,
         &["reclaim", "--device", "0", "--bytes", "300MiB", "--no-nvml"],
         true,
     );
@@ -710,10 +616,11 @@ fn one_shot_commands_print_one_plain_line_per_action_with_the_real_figures() {
 
 #[test]
 fn reclaim_by_device_index_without_nvml_says_what_is_missing_and_by_uuid_works() {
-    let card = Card::new("no-nvml");
-    let _chat = card.worker("chat", "1", 200);
+    let card = card("no-nvml");
+    let _chat = card.signalled("chat", "1", 200);
     // --no-nvml with NVML present: the index is still NVML's to tell.
-    let (code, out, err) = card.vramcap(
+    let (code, out, err) = one_shot(
+        &card,
         &[
             "reclaim",
             "--device",
@@ -727,7 +634,8 @@ fn reclaim_by_device_index_without_nvml_says_what_is_missing_and_by_uuid_works()
     );
     assert_eq!(code, Some(0), "{out}{err}");
     // No NVML at all: one line that names what is missing and what to give instead.
-    let (code, _, err) = card.vramcap(
+    let (code, _, err) = one_shot(
+        &card,
         &["reclaim", "--device", "0", "--bytes", "100MiB", "--dry-run"],
         false,
     );
@@ -742,7 +650,8 @@ fn reclaim_by_device_index_without_nvml_says_what_is_missing_and_by_uuid_works()
     );
     // The UUID, or a prefix of it that names one device, needs no NVML.
     for device in ["GPU-fa4e0000-0000-0000-0000-000000000000", "GPU-fa4e0000"] {
-        let (code, out, err) = card.vramcap(
+        let (code, out, err) = one_shot(
+            &card,
             &[
                 "reclaim",
                 "--device",

@@ -2,7 +2,6 @@
 //! built from the generated header, crash recovery, and refusal of segments that are not ours.
 
 mod common;
-mod gen_header;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -259,21 +258,6 @@ fn status_without_a_segment_says_so_and_exits_0() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no capped process has started"));
     assert!(!shm.exists(), "status made no segment");
-}
-
-#[test]
-fn c_header_matches_the_rust_layout() {
-    let header = gen_header::generate();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/vramcap.h");
-    if std::env::var_os("VRAMCAP_WRITE_HEADER").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &header).unwrap();
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(
-        committed, header,
-        "include/vramcap.h is stale: VRAMCAP_WRITE_HEADER=1 cargo test --test shm header"
-    );
 }
 
 #[test]

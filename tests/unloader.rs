@@ -3,60 +3,18 @@
 //! `vramcap unloader` daemon, and requesters whose allocation finds the device full.
 
 mod common;
+use common::card::{Card, Proc};
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// One shared device of 1 GiB; every context costs 16 MiB.
-struct Card {
-    shm: ShmPath,
-    shared: PathBuf,
+/// One shared device of 1 GiB; every context costs 16 MiB; the library logs at info.
+fn small_card(name: &str) -> Card {
+    Card::new(name, "1G", "16M").with("VRAMCAP_LOG", "info")
 }
 
 impl Card {
-    fn new(name: &str) -> Card {
-        let shared = env()
-            .dir
-            .join(format!("shared-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&shared);
-        std::fs::create_dir_all(&shared).unwrap();
-        Card {
-            shm: shm_path(name),
-            shared,
-        }
-    }
-
-    fn vars(&self, cmd: &mut Command) {
-        cmd.env("LD_LIBRARY_PATH", &env().dir)
-            .env("VRAMCAP_LIB", &env().preload)
-            .env("VRAMCAP_SHM", &self.shm)
-            .env("FAKECUDA_SHARED", &self.shared)
-            .env("FAKECUDA_MEM", "1G")
-            .env("FAKECUDA_CONTEXT_BYTES", "16M")
-            .env("VRAMCAP_CONTEXT_BYTES", "16M")
-            .env("VRAMCAP_LOG", "info")
-            .env_remove("VRAMCAP_LIMIT")
-            .env_remove("LD_PRELOAD");
-    }
-
-    /// `vramcap-run FLAGS -- client dlsym SCENARIO ARGS`, its stdout and stderr lines on a channel.
-    fn start(&self, flags: &[&str], scenario: &[&str], extra: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap-run"));
-        cmd.args(flags)
-            .arg("--")
-            .arg(&env().client)
-            .arg("dlsym")
-            .args(scenario);
-        self.vars(&mut cmd);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        Proc::spawn(cmd)
-    }
-
     /// Starts `vramcap unloader FLAGS` and waits until it watches.
     fn unloader(&self, flags: &[&str]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
@@ -83,120 +41,6 @@ impl Card {
             extra,
         )
     }
-
-    fn vramcap(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
-        cmd.args(args);
-        self.vars(&mut cmd);
-        cmd.output().unwrap()
-    }
-
-    /// A worker of `priority` holding `mib` that unloads on SIGUSR1.
-    fn signalled(&self, name: &str, priority: &str, mib: u64) -> Proc {
-        self.worker(
-            name,
-            &["--priority", priority, "--unload-signal", "USR1"],
-            mib,
-            &[],
-        )
-    }
-
-    /// Starts a worker holding `mib` and waits until it holds it and is listed.
-    fn worker(&self, name: &str, flags: &[&str], mib: u64, extra: &[(&str, &str)]) -> Proc {
-        let mut all = vec!["--name", name];
-        all.extend_from_slice(flags);
-        let mut p = self.start(&all, &["worker", &mib.to_string()], extra);
-        p.wait_for("READY", Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("{name} never got ready:\n{}", p.seen.join("\n")));
-        // The background thread publishes within a tick; NVML readings settle the context share.
-        std::thread::sleep(Duration::from_millis(300));
-        p
-    }
-}
-
-impl Drop for Card {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.shared);
-        let _ = std::fs::remove_file(&self.shm);
-        let _ = std::fs::remove_file(format!("{}.unloader", self.shm.display()));
-    }
-}
-
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let (tx, rx) = channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Proc {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `text`; returns it.
-    fn wait_for(&mut self, text: &str, timeout: Duration) -> Option<String> {
-        if let Some(l) = self.seen.iter().find(|l| l.contains(text)) {
-            return Some(l.clone());
-        }
-        let end = Instant::now() + timeout;
-        while let Some(left) = end.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return Some(line);
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        None
-    }
-
-    /// Everything printed so far (waiting `settle` for more).
-    fn drain(&mut self, settle: Duration) -> String {
-        while let Ok(line) = self.lines.recv_timeout(settle) {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
-    }
-
-    fn value(&mut self, key: &str, timeout: Duration) -> i64 {
-        let line = self
-            .wait_for(&format!("{key}="), timeout)
-            .unwrap_or_else(|| panic!("no {key}:\n{}", self.seen.join("\n")));
-        line.split_once('=').unwrap().1.trim().parse().unwrap()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn free_port() -> String {
@@ -215,7 +59,7 @@ fn position(log: &str, text: &str) -> Option<usize> {
 
 #[test]
 fn lower_priorities_unload_first_and_the_waiting_requester_succeeds() {
-    let card = Card::new("order");
+    let card = small_card("order");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/memory/unload");
     let mut image = card.worker(
@@ -274,7 +118,7 @@ fn lower_priorities_unload_first_and_the_waiting_requester_succeeds() {
 
 #[test]
 fn a_request_that_cannot_be_met_fails_fast_and_asks_nobody() {
-    let card = Card::new("cannot");
+    let card = small_card("cannot");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 600, &[]);
     let mut chat = card.signalled("chat", "1", 300);
     let mut unloader = card.unloader(&[]);
@@ -301,7 +145,7 @@ fn a_request_that_cannot_be_met_fails_fast_and_asks_nobody() {
 
 #[test]
 fn a_refusal_by_the_own_cap_asks_the_unloader_for_nothing_on_every_path() {
-    let card = Card::new("own-cap");
+    let card = small_card("own-cap");
     let mut chat = card.signalled("chat", "1", 300);
     let mut unloader = card.unloader(&[]);
     for path in ["alloc", "async", "create"] {
@@ -341,7 +185,7 @@ fn a_refusal_by_the_own_cap_asks_the_unloader_for_nothing_on_every_path() {
 
 #[test]
 fn a_hanging_hook_times_out_and_the_next_worker_is_asked() {
-    let card = Card::new("hang");
+    let card = small_card("hang");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/memory/unload");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 200, &[]);
@@ -377,7 +221,7 @@ fn a_hanging_hook_times_out_and_the_next_worker_is_asked() {
 #[test]
 fn a_forged_slot_is_ignored() {
     use vramcap_core::shm::{Identity, Segment, VramcapDevice, VRAMCAP_UNLOAD_SIGNAL};
-    let card = Card::new("forged");
+    let card = small_card("forged");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 800, &[]);
     // A process that USR1 would kill, claimed in a slot with the wrong start time.
     let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
@@ -420,7 +264,7 @@ fn a_forged_slot_is_ignored() {
 
 #[test]
 fn operator_commands_reclaim_unload_and_cleanup() {
-    let card = Card::new("operator");
+    let card = small_card("operator");
     let _image = card.worker(
         "image",
         &["--priority", "10", "--protect", "--unload-signal", "USR1"],
@@ -528,7 +372,7 @@ fn status_text(card: &Card) -> String {
 
 #[test]
 fn an_unhookable_worker_is_suspended_and_resumed_when_the_requester_leaves() {
-    let card = Card::new("suspend");
+    let card = small_card("suspend");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 150, &[]);
     let mut chat = card.signalled("chat", "1", 200);
     let mut video = card.worker(
@@ -596,7 +440,7 @@ fn an_unhookable_worker_is_suspended_and_resumed_when_the_requester_leaves() {
 
 #[test]
 fn a_hook_that_frees_nothing_in_time_falls_back_to_suspend() {
-    let card = Card::new("fallback");
+    let card = small_card("fallback");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/memory/unload");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 500, &[]);
@@ -654,7 +498,7 @@ fn a_hook_that_frees_nothing_in_time_falls_back_to_suspend() {
 #[test]
 fn suspension_is_refused_with_a_reason_and_leaves_the_worker_running() {
     use vramcap_core::shm::{Identity, Segment};
-    let card = Card::new("refuse");
+    let card = small_card("refuse");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 100, &[]);
     let mut video = card.worker(
         "video",
@@ -775,7 +619,7 @@ fn plant(card: &Card, pid: u32, name: &str) -> (vramcap_core::shm::Segment, usiz
 
 #[test]
 fn a_slot_with_a_bystanders_real_start_time_makes_no_one_act_on_it() {
-    let card = Card::new("bystander");
+    let card = small_card("bystander");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 800, &[]);
     // A process that TERM would kill and that is no worker: no libvramcap.so, no segment.
     let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
@@ -800,7 +644,7 @@ fn as_root_a_slot_for_another_users_process_is_refused() {
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "CI runs the tests as root");
-    let card = Card::new("other-user");
+    let card = small_card("other-user");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 800, &[]);
     // Another user's process that maps libvramcap.so, as a worker of theirs would.
     let mut victim = Command::new("sleep")
@@ -836,7 +680,7 @@ fn as_root_a_slot_for_another_users_process_is_refused() {
 
 #[test]
 fn a_request_from_a_forged_slot_is_not_served() {
-    let card = Card::new("forged-request");
+    let card = small_card("forged-request");
     let mut chat = card.signalled("chat", "1", 400);
     let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
     let (seg, slot) = plant(&card, bystander.id(), "requester");
@@ -861,7 +705,7 @@ fn a_request_from_a_forged_slot_is_not_served() {
 
 #[test]
 fn a_killed_unreaped_worker_is_no_longer_listed() {
-    let card = Card::new("zombie");
+    let card = small_card("zombie");
     let mut chat = card.signalled("chat", "1", 400);
     let pid = chat.child.id();
     // SAFETY: signals our own child, which stays unreaped (a zombie) until we wait for it.
@@ -898,7 +742,7 @@ fn as_root_a_command_hook_runs_as_the_workers_user() {
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "CI runs the tests as root");
-    let card = Card::new("hook-user");
+    let card = small_card("hook-user");
     let out_dir = env().dir.join(format!("hook-user-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -935,7 +779,7 @@ fn as_root_a_command_hook_runs_as_the_workers_user() {
 
 #[test]
 fn a_second_unloader_says_who_serves_the_segment_and_exits() {
-    let card = Card::new("second");
+    let card = small_card("second");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 200, &[]);
     let first = card.unloader(&[]);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
@@ -956,7 +800,7 @@ fn a_second_unloader_says_who_serves_the_segment_and_exits() {
 
 #[test]
 fn every_thread_that_meets_a_full_device_is_answered() {
-    let card = Card::new("threads");
+    let card = small_card("threads");
     // 1 GiB device: chat holds 800 MiB, so eight threads of 40 MiB meet a full device together.
     let mut chat = card.signalled("chat", "1", 800);
     let _unloader = card.unloader(&[]);
@@ -974,7 +818,7 @@ fn every_thread_that_meets_a_full_device_is_answered() {
 
 #[test]
 fn an_unloader_lock_file_of_another_user_is_refused() {
-    let card = Card::new("lock-theirs");
+    let card = small_card("lock-theirs");
     let _image = card.worker("image", &["--priority", "10", "--protect"], 200, &[]);
     let lock = PathBuf::from(format!("{}.unloader", card.shm.display()));
     std::fs::File::create(&lock).unwrap();
@@ -990,7 +834,7 @@ fn an_unloader_lock_file_of_another_user_is_refused() {
 
 #[test]
 fn an_unloader_started_before_any_worker_waits_for_the_segment_and_follows_it() {
-    let card = Card::new("first");
+    let card = small_card("first");
     assert!(!card.shm.exists());
     let mut unloader = card.unloader(&[]);
     assert!(
@@ -1026,7 +870,7 @@ fn as_root_one_unloader_serves_every_users_segment() {
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "CI runs the tests as root");
-    let card = Card::new("all-users");
+    let card = small_card("all-users");
     std::fs::set_permissions(&card.shared, std::fs::Permissions::from_mode(0o777)).unwrap();
     let theirs = PathBuf::from("/dev/shm/vramcap-65534");
     let ours = PathBuf::from("/dev/shm/vramcap-0");
@@ -1110,7 +954,7 @@ fn as_root_one_unloader_serves_every_users_segment() {
 
 #[test]
 fn a_command_hook_in_a_segment_the_group_may_write_is_not_run() {
-    let card = Card::new("group-cmd");
+    let card = small_card("group-cmd");
     let marker = card.shared.join("ran");
     let cmd_hook = format!("touch {}", marker.display());
     let group = [("VRAMCAP_SHM_MODE", "0660")];
@@ -1125,7 +969,7 @@ fn a_command_hook_in_a_segment_the_group_may_write_is_not_run() {
     assert!(err.contains("the group may write"), "{err}");
     assert!(!marker.exists(), "the command did not run");
     // The same worker in a private segment: its command runs.
-    let private = Card::new("private-cmd");
+    let private = small_card("private-cmd");
     let _chat = private.worker("chat", &["--unload-cmd", &cmd_hook], 200, &[]);
     let out = private.vramcap(&["unload", "chat", "--hook-timeout", "1s", "--no-nvml"]);
     assert!(marker.exists(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1133,7 +977,7 @@ fn a_command_hook_in_a_segment_the_group_may_write_is_not_run() {
 
 #[test]
 fn an_unloaded_worker_reloads_once_its_memory_fits_again_and_not_before() {
-    let card = Card::new("reload");
+    let card = small_card("reload");
     // The unloader first, as systemd would start it.
     let mut unloader = card.unloader(&[]);
     let _image = card.worker("image", &["--priority", "10", "--protect"], 100, &[]);

@@ -1,6 +1,10 @@
-//! Shared set-up for the integration tests: builds libvramcap.so and the fake driver, lays the fake out as
-//! `libcuda.so.1` / `libnvidia-ml.so.1`, compiles the C clients, and runs them under `LD_PRELOAD`.
+//! Shared set-up for the integration tests: finds libvramcap.so and the fake driver that `cargo build`
+//! built (built.rs), lays the fake out as `libcuda.so.1` / `libnvidia-ml.so.1`, compiles the C clients,
+//! and runs them under `LD_PRELOAD`.
 #![allow(dead_code)]
+
+mod built;
+pub mod card;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,12 +25,6 @@ pub struct Env {
     pub table: PathBuf,
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn check(cmd: &mut Command) {
     let out = cmd
         .output()
@@ -42,22 +40,19 @@ fn check(cmd: &mut Command) {
 pub fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        check(Command::new(cargo).args([
-            "build",
-            "-q",
-            "-p",
-            "vramcap-preload",
-            "-p",
-            "fake-cuda",
-        ]));
-        let out = target_dir().join("debug");
-        let dir = target_dir().join("vramcap-tests");
+        // VRAMCAP_TEST_PRELOAD runs the suite against another build of the library (an older one, to
+        // show that a test fails there): that one is not checked against the sources.
+        let preload = std::env::var_os("VRAMCAP_TEST_PRELOAD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| built::library("libvramcap.so"));
+        let sim = built::library("libvramcap_sim.so");
+        let bin = built::profile_dir();
+        let dir = bin.parent().unwrap().join("vramcap-tests");
         std::fs::create_dir_all(&dir).unwrap();
         for name in ["libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"] {
             let link = dir.join(name);
             let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(out.join("libvramcap_sim.so"), &link).unwrap();
+            std::os::unix::fs::symlink(&sim, &link).unwrap();
         }
         let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
         let client = dir.join("client");
@@ -93,15 +88,8 @@ pub fn env() -> &'static Env {
                 .arg("-ldl"),
         );
         Env {
-            // VRAMCAP_TEST_PRELOAD runs the suite against another build of the library (an older one,
-            // to show that a test fails there).
-            preload: std::env::var_os("VRAMCAP_TEST_PRELOAD")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| out.join("libvramcap.so")),
-            bin: PathBuf::from(env!("CARGO_BIN_EXE_vramcap-run"))
-                .parent()
-                .unwrap()
-                .to_path_buf(),
+            preload,
+            bin,
             table: Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fake-driver/proc-address-table.txt"),
             client,
