@@ -11,9 +11,12 @@
 //! It serves one segment, or as root with `--all-users` every user's default segment at once, with one
 //! priority order across them. Segments that appear, vanish or are replaced are followed: the daemon
 //! looks again every second, so it may start before any worker.
+//!
+//! [`commands`] holds the one-off commands (`vramcap reclaim`, `unload`, `suspend`…) built on it.
 
 pub mod ask;
 pub mod checkpoint;
+pub mod commands;
 
 use crate::config::size::HumanBytes;
 use crate::config::{canonical_uuid, format_uuid};

@@ -1,7 +1,7 @@
 //! Takes the clap definitions out of the two binaries' sources, so the pages and completions are made
 //! from the very structs the binaries parse with, without the binaries exporting anything.
 //!
-//! From `src/bin/vramcap/main.rs` and `src/bin/vramcap-run.rs` it keeps the items that derive a clap trait
+//! From `src/bin/vramcap/cli.rs` and `src/bin/vramcap-run.rs` it keeps the items that derive a clap trait
 //! (`Parser`, `Subcommand`, `Args`, `ValueEnum`), the functions, constants and types they name in their
 //! attributes and field types (value parsers, defaults, parsed values), transitively, and the `use` lines
 //! of `std`, `clap` and the `vramcap` library; it drops the rest (`main`, the modules of the binary,
@@ -166,7 +166,7 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     for (shown, name) in [
-        ("src/bin/vramcap/main.rs", "vramcap_cli.rs"),
+        ("src/bin/vramcap/cli.rs", "vramcap_cli.rs"),
         ("src/bin/vramcap-run.rs", "vramcap_run_cli.rs"),
     ] {
         let source = root.join(shown);
