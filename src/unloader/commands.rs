@@ -96,7 +96,8 @@ fn resolve_device_in(
 ) -> Result<Device, CommandError> {
     // `vramcap status` cuts long UUIDs with an ellipsis: a copied one still works.
     let d = device.trim().trim_end_matches('…');
-    let uuid = if d.len() > 4 && d[..4].eq_ignore_ascii_case("gpu-") {
+    // `get`: a byte slice through a character of a non-ASCII argument would panic.
+    let uuid = if d.len() > 4 && d.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("gpu-")) {
         let wanted = canonical_uuid(d);
         if wanted.len() == 40 {
             wanted
@@ -782,7 +783,17 @@ mod tests {
             ),
             "{e}"
         );
-        for bad in ["", "gpu-", "-1", "1.5", "zero", "4294967296"] {
+        for bad in [
+            "",
+            "gpu-",
+            "-1",
+            "1.5",
+            "zero",
+            "4294967296",
+            "ab€x",
+            "€€",
+            "gp€-1",
+        ] {
             asked.set(None);
             assert_eq!(
                 resolve_device_in(bad, no_prefix, nvml),
