@@ -109,9 +109,9 @@ elif mode == "ddp_graph":
     after_replays = charged()
     trained = checksum()
     # Both ranks applied the same averaged gradients: their parameters agree.
-    sums = [torch.zeros(1, dtype=torch.float64, device=dev) for _ in range(2)]
+    sums = [torch.zeros(1, dtype=torch.float64, device=dev) for _ in range(dist.get_world_size())]
     dist.all_gather(sums, trained.reshape(1))
-    same = int(bool(torch.equal(sums[0], sums[1])))
+    same = int(all(bool(torch.equal(sums[0], s)) for s in sums))
     say(rank=rank, replays=replays, loss_finite=int(bool(torch.isfinite(loss).item())),
         params_moved=int(bool((trained != before).item())), params_agree=same,
         charged_first_mib=first, charged_replays_mib=after_replays)
