@@ -21,6 +21,8 @@ for s in $E2E_ONLY; do
   esac
 done
 B=${VRAMCAP_BUNDLE:-$PWD/gpu-bundle}
+# shellcheck source=scripts/gpu-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
 LOG=$(mktemp -d /tmp/vramcap-e2e.XXXX)
 mkdir -p "${OUT:-/tmp/vramcap-e2e}"
 LIB=$B/libvramcap.so
@@ -35,15 +37,7 @@ row() { # check, figures, ok(0/1)
   ROWS+=("$(printf '%-34s %-72s %s' "$1" "$2" "$verdict")")
   echo "ROW $1 | $2 | $verdict"
 }
-val() { grep -m1 -o "$1=[^ ]*" "$2" | cut -d= -f2; }  # key file -> value
-kv() { sed -n "s/^$1=\([^ ]*\).*/\1/p" "$2" | head -n 1; }  # key file -> value of a line starting key=
 smi_mib() { nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits | awk -F', *' -v p="$1" '$1==p{print $2}'; }
-int() { [[ ${1:-} =~ ^-?[0-9]+$ ]]; }
-le() { int "${1:-}" && int "${2:-}" && [ "$1" -le "$2" ]; }
-lt() { int "${1:-}" && int "${2:-}" && [ "$1" -lt "$2" ]; }
-ge() { int "${1:-}" && int "${2:-}" && [ "$1" -ge "$2" ]; }
-gt() { int "${1:-}" && int "${2:-}" && [ "$1" -gt "$2" ]; }
-mib() { if int "${1:-}"; then echo $(($1 >> 20)); else echo "?"; fi; }  # bytes -> MiB, for figures
 
 # run_held NAME CAP_MIB|bare CMD...: runs CMD (under vramcap-run --limit CAP_MIB MiB, or bare: without
 # vramcap), waits for its HOLD line, reads nvidia-smi's figure for the process from outside (and, with

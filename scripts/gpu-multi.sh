@@ -21,19 +21,13 @@ for s in $MULTI_ONLY; do
   esac
 done
 B=${VRAMCAP_BUNDLE:-$PWD/gpu-bundle}
+# shellcheck source=scripts/gpu-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
 LOG=$(mktemp -d /tmp/vramcap-multi.XXXX)
 RUN=$B/vramcap-run
 export PYTHONUNBUFFERED=1 PYTHONPATH=$B/py VRAMCAP_LOG=${VRAMCAP_LOG:-warn} NCCL_NVLS_ENABLE=0
 ROWS=(); TIMES=(); FAILED=0
 row() { local v=FAIL; [ "$3" = 1 ] && v=PASS || FAILED=1; ROWS+=("$(printf '%-34s %-96s %s' "$1" "$2" "$v")"); echo "ROW $1 | $2 | $v"; }
-val() { grep -m1 -o "$1=[^ ]*" "$2" | cut -d= -f2; }
-kv() { sed -n "s/^$1=\([^ ]*\).*/\1/p" "$2" | head -n 1; }  # key file -> value of a line starting key=
-int() { [[ ${1:-} =~ ^-?[0-9]+$ ]]; }
-le() { int "${1:-}" && int "${2:-}" && [ "$1" -le "$2" ]; }
-lt() { int "${1:-}" && int "${2:-}" && [ "$1" -lt "$2" ]; }
-ge() { int "${1:-}" && int "${2:-}" && [ "$1" -ge "$2" ]; }
-gt() { int "${1:-}" && int "${2:-}" && [ "$1" -gt "$2" ]; }
-mib() { if int "${1:-}"; then echo $(($1 >> 20)); else echo "?"; fi; }  # bytes -> MiB, for figures
 uuid_of() { nvidia-smi --query-gpu=index,uuid --format=csv,noheader | awk -F', *' -v i="$1" '$1==i{print $2}'; }
 # MiB nvidia-smi shows for PID on the GPU with UUID (0 if none).
 smi() { nvidia-smi --query-compute-apps=pid,gpu_uuid,used_memory --format=csv,noheader,nounits | awk -F', *' -v p="$1" -v u="$2" '$1==p && $2==u{s+=$3} END{print s+0}'; }

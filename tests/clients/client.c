@@ -795,19 +795,10 @@ static CUresult alloc_graph(CUgraph *g, unsigned long long bytes, int with_free,
 }
 
 /* N graphs, each one allocation of MIB that outlives it, launched in order until one is refused. */
-static int scenario_graphs(int n, unsigned long long mib, int addnode) {
-  REQ(instantiate); REQ(launch); REQ(exec_destroy); REQ(graph_destroy); REQ(graph_trim); REQ(graph_attr);
-  CUstream st = make_stream();
-  if (n < 1) n = 1;
-  CUgraph *g = calloc(n, sizeof *g);
-  CUgraphExec *e = calloc(n, sizeof *e);
-  CUdeviceptr *va = calloc(n, sizeof *va);
-  for (int i = 0; i < n; i++) {
-    CUresult r = alloc_graph(&g[i], mib * MIB, 0, addnode, &va[i]);
-    if (r) { printf("graph_build_failed=%d\n", r); return 3; }
-    r = cu.instantiate(&e[i], g[i], 0);
-    if (r) { printf("instantiate_failed=%d\n", r); return 3; }
-  }
+
+/* Launches e[0..n) on st until the driver (or vramcap) refuses one; prints how many ran, the refusal's
+ * code and, on the fake, whether the refused launch reached the driver. Returns how many ran. */
+static int launch_until_refused(CUgraphExec *e, int n, CUstream st) {
   int k = 0;
   CUresult refused = 0;
   unsigned long long calls_before = 0, calls_on_refusal = 0;
@@ -823,6 +814,22 @@ static int scenario_graphs(int n, unsigned long long mib, int addnode) {
   cu.sync(st);
   printf("launched=%d\nlaunch_refused_code=%d\n", k, refused);
   if (fake_calls) printf("driver_called_on_refusal=%llu\n", calls_on_refusal);
+  return k;
+}
+static int scenario_graphs(int n, unsigned long long mib, int addnode) {
+  REQ(instantiate); REQ(launch); REQ(exec_destroy); REQ(graph_destroy); REQ(graph_trim); REQ(graph_attr);
+  CUstream st = make_stream();
+  if (n < 1) n = 1;
+  CUgraph *g = calloc(n, sizeof *g);
+  CUgraphExec *e = calloc(n, sizeof *e);
+  CUdeviceptr *va = calloc(n, sizeof *va);
+  for (int i = 0; i < n; i++) {
+    CUresult r = alloc_graph(&g[i], mib * MIB, 0, addnode, &va[i]);
+    if (r) { printf("graph_build_failed=%d\n", r); return 3; }
+    r = cu.instantiate(&e[i], g[i], 0);
+    if (r) { printf("instantiate_failed=%d\n", r); return 3; }
+  }
+  int k = launch_until_refused(e, n, st);
   printf("charged_graphs=%llu\ndevice_used=%llu\ngraph_reserved=%llu\n", charged(), used_now(), graph_reserved());
   hold_if_asked();
   for (int i = 0; i < k; i++) cu.free(va[i]);
@@ -1134,21 +1141,7 @@ static int scenario_graphs_on_1(int n, unsigned long long mib, const char *build
     if (r) { printf("instantiate_failed=%d\n", r); return 3; }
   }
   printf("built=%s\n", build);
-  int k = 0;
-  CUresult refused = 0;
-  unsigned long long calls_before = 0, calls_on_refusal = 0;
-  for (; k < n; k++) {
-    if (fake_calls) calls_before = fake_calls("cuGraphLaunch");
-    CUresult r = cu.launch(e[k], st);
-    if (r) {
-      refused = r;
-      if (fake_calls) calls_on_refusal = fake_calls("cuGraphLaunch") - calls_before;
-      break;
-    }
-  }
-  cu.sync(st);
-  printf("launched=%d\nlaunch_refused_code=%d\n", k, refused);
-  if (fake_calls) printf("driver_called_on_refusal=%llu\n", calls_on_refusal);
+  int k = launch_until_refused(e, n, st);
   report_two("held");
   hold_if_asked();
   for (int i = 0; i < k; i++) cu.free(va[i]);

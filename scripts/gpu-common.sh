@@ -1,0 +1,11 @@
+# Helpers the GPU scripts (gpu-e2e.sh, gpu-multi.sh) share: reading key=value output and comparing
+# integers that may be missing (a missing figure compares false, so its row fails).
+# shellcheck shell=bash
+val() { grep -m1 -o "$1=[^ ]*" "$2" | cut -d= -f2; }  # key file -> value
+kv() { sed -n "s/^$1=\([^ ]*\).*/\1/p" "$2" | head -n 1; }  # key file -> value of a line starting key=
+int() { [[ ${1:-} =~ ^-?[0-9]+$ ]]; }
+le() { int "${1:-}" && int "${2:-}" && [ "$1" -le "$2" ]; }
+lt() { int "${1:-}" && int "${2:-}" && [ "$1" -lt "$2" ]; }
+ge() { int "${1:-}" && int "${2:-}" && [ "$1" -ge "$2" ]; }
+gt() { int "${1:-}" && int "${2:-}" && [ "$1" -gt "$2" ]; }
+mib() { if int "${1:-}"; then echo $(($1 >> 20)); else echo "?"; fi; }  # bytes -> MiB, for figures
