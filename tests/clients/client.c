@@ -796,6 +796,15 @@ static CUresult alloc_graph(CUgraph *g, unsigned long long bytes, int with_free,
 
 /* N graphs, each one allocation of MIB that outlives it, launched in order until one is refused. */
 
+/* Whether 64 MiB can still be allocated in context C (it is left current): prints TAG=the answer. */
+static void alloc_after(const char *tag, CUcontext c) {
+  CUdeviceptr q;
+  cu.set_current(c);
+  CUresult r = cu.alloc(&q, 64 * MIB);
+  printf("%s=%d\n", tag, r);
+  if (!r) cu.free(q);
+}
+
 /* Launches e[0..n) on st until the driver (or vramcap) refuses one; prints how many ran, the refusal's
  * code and, on the fake, whether the refused launch reached the driver. Returns how many ran. */
 static int launch_until_refused(CUgraphExec *e, int n, CUstream st) {
@@ -1149,14 +1158,8 @@ static int scenario_graphs_on_1(int n, unsigned long long mib, const char *build
   printf("trim1=%d\n", cu.graph_trim(1));
   report_two("trimmed");
   for (int i = 0; i < n; i++) cu.graph_destroy(g[i]);
-  CUdeviceptr q;
-  CUresult r = cu.alloc(&q, 64 * MIB);
-  printf("alloc0_after=%d\n", r);
-  if (!r) cu.free(q);
-  cu.set_current(ctx1);
-  r = cu.alloc(&q, 64 * MIB);
-  printf("alloc1_after=%d\n", r);
-  if (!r) cu.free(q);
+  alloc_after("alloc0_after", ctx);
+  alloc_after("alloc1_after", ctx1);
   cu.set_current(ctx);
   return 0;
 }
@@ -1197,11 +1200,7 @@ static int scenario_limit_on_1(const char *name, const char *value) {
   r = cu.set_limit(limit, parse_size(value));
   printf("set0=%d\nset0_charged0_delta=%lld\n", r, (long long)charged_in(ctx) - c0);
 #undef DELTAS
-  CUdeviceptr q;
-  cu.set_current(ctx1);
-  r = cu.alloc(&q, 64 * MIB);
-  printf("alloc1_after=%d\n", r);
-  if (!r) cu.free(q);
+  alloc_after("alloc1_after", ctx1);
   cu.set_current(ctx);
   return 0;
 }
