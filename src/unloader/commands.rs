@@ -997,6 +997,30 @@ mod tests {
     }
 
     #[test]
+    fn a_reclaim_that_cannot_free_enough_asks_and_names_nobody() {
+        // Before, the workers of the plan were listed (and shown as having freed 0 B) though none was
+        // asked, and the unloader's answer line said the plan's figure was freed.
+        let f = Fixture::new("reclaim-short");
+        let hook = UnloadHook::Cmd(format!("touch '{}'", f.marker().display()));
+        f.worker(with_hook("low", 1, hook), 350 * MIB, 50 * MIB);
+        let device = Device {
+            uuid: format_uuid(&A),
+            shown: "GPU 0".into(),
+        };
+        let r = reclaim(&f.u, &device, 2000 * MIB, None, false).unwrap();
+        assert!(!r.enough);
+        assert_eq!(r.work, Work::Asked(vec![]));
+        assert_eq!(r.freed(), 0);
+        assert!(
+            r.to_string()
+                .starts_with("not enough: freed 0 B on GPU 0 in "),
+            "{r}"
+        );
+        assert!(!f.marker().exists(), "the hook did not run");
+        assert!(f.u.workers().iter().all(|w| w.unloaded.is_none()));
+    }
+
+    #[test]
     fn a_reclaim_asks_and_counts_what_was_given_back() {
         let f = Fixture::new("reclaim");
         let hook = UnloadHook::Cmd(format!("touch '{}'", f.marker().display()));

@@ -508,10 +508,16 @@ impl Unloader {
             names.join(", ")
         ));
         let mut outcome = Outcome::default();
-        if !plan.enough || dry_run {
+        if dry_run {
+            // What would be asked and freed, as the plan says.
             outcome.enough = plan.enough;
             outcome.freed = plan.freed;
             outcome.asked = names;
+            return outcome;
+        }
+        if !plan.enough {
+            // Nobody is asked, so nobody is named and nothing was freed (the log line above says what
+            // could have been).
             return outcome;
         }
         for i in order {
