@@ -9,9 +9,11 @@
 //!   pointer the driver hands out, so the variant is always the one the driver chose).
 //!
 //! Anything not listed here is never wrapped: `dlsym` and `cuGetProcAddress` return the driver's own
-//! pointer, so launches and copies cost nothing extra. A line may end in `unless CONDITION`: while the
-//! condition holds, the shim calls the driver at once, before the re-entry guard (for the hot graph
-//! launch, whose hook has nothing to do for graphs without allocation nodes).
+//! pointer, so launches and copies cost nothing extra. A line may end in `takes` (the function takes device
+//! memory: if its hook fails inside before calling the driver, the call is refused with out-of-memory
+//! rather than let through uncounted) and in `unless CONDITION`: while the condition holds, the shim calls
+//! the driver at once, before the re-entry guard (for the hot graph launch, whose hook has nothing to do
+//! for graphs without allocation nodes).
 
 use crate::args::Out;
 use crate::cuda::*;
@@ -42,13 +44,17 @@ macro_rules! entry_points {
     // The condition of a line's `unless`: none is `false`.
     (@cond ()) => { false };
     (@cond ($($cond:tt)+)) => { $($cond)+ };
+    // The answer of a line's shim when its hook panics before calling the driver: `takes` lines (they
+    // take device memory) refuse with out-of-memory, others go to the driver.
+    (@fail ()) => { None };
+    (@fail (takes)) => { Some(CUDA_ERROR_OUT_OF_MEMORY) };
     // One line: a shim for each of its variants.
-    (@line $lib:ident $params:tt $ret:ty => $hook:path, [$($variant:ident),+] $cond:tt) => {
+    (@line $lib:ident $params:tt $ret:ty => $hook:path, [$($variant:ident),+] $fail:tt $cond:tt) => {
         $(
-            entry_points!(@shim $lib $variant $params $ret => $hook, $cond);
+            entry_points!(@shim $lib $variant $params $ret => $hook, $fail $cond);
         )+
     };
-    (@shim $lib:ident $variant:ident ($($arg:ident: $ty:ty),*) $ret:ty => $hook:path, $cond:tt) => {
+    (@shim $lib:ident $variant:ident ($($arg:ident: $ty:ty),*) $ret:ty => $hook:path, $fail:tt $cond:tt) => {
         #[allow(non_snake_case)]
         pub mod $variant {
             #[allow(unused_imports)]
@@ -87,6 +93,7 @@ macro_rules! entry_points {
             }
             crate::guard::run(
                 stringify!($variant),
+                entry_points!(@fail $fail),
                 |pass| {
                     // SAFETY: each argument is what the caller passed to this driver function, whose
                     // contract makes a pointer null or valid for the type it names during the call
@@ -100,10 +107,10 @@ macro_rules! entry_points {
         }
     };
     ($(
-        $lib:ident fn $params:tt -> $ret:ty => $hook:path, [$($variant:ident),+ $(,)?] $(unless $pass:expr)?;
+        $lib:ident fn $params:tt -> $ret:ty => $hook:path, [$($variant:ident),+ $(,)?] $($takes:ident)? $(unless $pass:expr)?;
     )*) => {
         $(
-            entry_points!(@line $lib $params $ret => $hook, [$($variant),+] ($($pass)?));
+            entry_points!(@line $lib $params $ret => $hook, [$($variant),+] ($($takes)?) ($($pass)?));
         )*
 
         /// Every wrapped variant, in declaration order.
@@ -130,25 +137,25 @@ entry_points! {
 
     // Contexts: their own memory counts against the cap.
     Cuda fn (ctx: *mut CUcontext, dev: CUdevice) -> CUresult
-        => hooks::context::primary_retain, [cuDevicePrimaryCtxRetain];
+        => hooks::context::primary_retain, [cuDevicePrimaryCtxRetain] takes;
     Cuda fn (dev: CUdevice) -> CUresult
         => hooks::context::primary_release, [cuDevicePrimaryCtxRelease_v2, cuDevicePrimaryCtxRelease];
     Cuda fn (dev: CUdevice) -> CUresult
         => hooks::context::primary_reset, [cuDevicePrimaryCtxReset_v2, cuDevicePrimaryCtxReset];
     Cuda fn (ctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult
-        => hooks::context::ctx_create, [cuCtxCreate_v2, cuCtxCreate];
+        => hooks::context::ctx_create, [cuCtxCreate_v2, cuCtxCreate] takes;
     Cuda fn (ctx: *mut CUcontext, params: *mut c_void, nparams: i32, flags: c_uint, dev: CUdevice) -> CUresult
-        => hooks::context::ctx_create_v3, [cuCtxCreate_v3];
+        => hooks::context::ctx_create_v3, [cuCtxCreate_v3] takes;
     Cuda fn (ctx: *mut CUcontext, params: *mut c_void, flags: c_uint, dev: CUdevice) -> CUresult
-        => hooks::context::ctx_create_v4, [cuCtxCreate_v4];
+        => hooks::context::ctx_create_v4, [cuCtxCreate_v4] takes;
     Cuda fn (ctx: CUcontext) -> CUresult => hooks::context::ctx_destroy, [cuCtxDestroy_v2, cuCtxDestroy];
 
     // Linear device memory.
-    Cuda fn (dptr: *mut CUdeviceptr, bytes: usize) -> CUresult => hooks::alloc::mem_alloc, [cuMemAlloc_v2];
+    Cuda fn (dptr: *mut CUdeviceptr, bytes: usize) -> CUresult => hooks::alloc::mem_alloc, [cuMemAlloc_v2] takes;
     Cuda fn (dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, elem: c_uint) -> CUresult
-        => hooks::alloc::mem_alloc_pitch, [cuMemAllocPitch_v2];
+        => hooks::alloc::mem_alloc_pitch, [cuMemAllocPitch_v2] takes;
     Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> CUresult
-        => hooks::alloc::mem_alloc_managed, [cuMemAllocManaged];
+        => hooks::alloc::mem_alloc_managed, [cuMemAllocManaged] takes;
     Cuda fn (dptr: CUdeviceptr) -> CUresult => hooks::alloc::mem_free, [cuMemFree_v2];
     // The 32-bit ABI of CUDA 3.1 and before cannot be counted safely; it is refused, never let through.
     Cuda fn (dptr: *mut u32, bytes: c_uint) -> CUresult => hooks::alloc::legacy_alloc, [cuMemAlloc];
@@ -158,13 +165,13 @@ entry_points! {
     // Stream-ordered allocation and pools. The `_ptsz` variants have hooks of their own: there the null
     // stream is the thread's per-thread stream, which can capture.
     Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult
-        => hooks::pool::alloc_async, [cuMemAllocAsync];
+        => hooks::pool::alloc_async, [cuMemAllocAsync] takes;
     Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult
-        => hooks::pool::alloc_async_ptsz, [cuMemAllocAsync_ptsz];
+        => hooks::pool::alloc_async_ptsz, [cuMemAllocAsync_ptsz] takes;
     Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult
-        => hooks::pool::alloc_from_pool_async, [cuMemAllocFromPoolAsync];
+        => hooks::pool::alloc_from_pool_async, [cuMemAllocFromPoolAsync] takes;
     Cuda fn (dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult
-        => hooks::pool::alloc_from_pool_async_ptsz, [cuMemAllocFromPoolAsync_ptsz];
+        => hooks::pool::alloc_from_pool_async_ptsz, [cuMemAllocFromPoolAsync_ptsz] takes;
     Cuda fn (dptr: CUdeviceptr, stream: CUstream) -> CUresult
         => hooks::pool::free_async, [cuMemFreeAsync];
     Cuda fn (dptr: CUdeviceptr, stream: CUstream) -> CUresult
@@ -177,7 +184,7 @@ entry_points! {
     // Virtual memory management: physical memory is charged at cuMemCreate and given back when the last
     // reference and the last mapping are gone.
     Cuda fn (handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) -> CUresult
-        => hooks::vmm::mem_create, [cuMemCreate];
+        => hooks::vmm::mem_create, [cuMemCreate] takes;
     Cuda fn (handle: CUmemGenericAllocationHandle) -> CUresult => hooks::vmm::mem_release, [cuMemRelease];
     Cuda fn (ptr: CUdeviceptr, size: usize, offset: usize, handle: CUmemGenericAllocationHandle, flags: u64) -> CUresult
         => hooks::vmm::mem_map, [cuMemMap];
@@ -187,11 +194,11 @@ entry_points! {
 
     // Arrays, at the size the driver reports for them.
     Cuda fn (array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult
-        => hooks::array::array_create, [cuArrayCreate_v2];
+        => hooks::array::array_create, [cuArrayCreate_v2] takes;
     Cuda fn (array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult
-        => hooks::array::array3d_create, [cuArray3DCreate_v2];
+        => hooks::array::array3d_create, [cuArray3DCreate_v2] takes;
     Cuda fn (array: *mut CUmipmappedArray, desc: *const CUDA_ARRAY3D_DESCRIPTOR, levels: c_uint) -> CUresult
-        => hooks::array::mipmapped_create, [cuMipmappedArrayCreate];
+        => hooks::array::mipmapped_create, [cuMipmappedArrayCreate] takes;
     Cuda fn (array: CUarray) -> CUresult => hooks::array::array_destroy, [cuArrayDestroy];
     Cuda fn (array: CUmipmappedArray) -> CUresult => hooks::array::mipmapped_destroy, [cuMipmappedArrayDestroy];
 
@@ -215,14 +222,14 @@ entry_points! {
     Cuda fn (exec: *mut CUgraphExec, graph: CUgraph, params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS) -> CUresult
         => hooks::graph::instantiate_with_params, [cuGraphInstantiateWithParams, cuGraphInstantiateWithParams_ptsz];
     Cuda fn (exec: CUgraphExec, stream: CUstream) -> CUresult
-        => hooks::graph::launch, [cuGraphLaunch, cuGraphLaunch_ptsz] unless !crate::registry::graphs::any();
+        => hooks::graph::launch, [cuGraphLaunch, cuGraphLaunch_ptsz] takes unless !crate::registry::graphs::any();
     Cuda fn (exec: CUgraphExec, stream: CUstream) -> CUresult
-        => hooks::graph::upload, [cuGraphUpload, cuGraphUpload_ptsz];
+        => hooks::graph::upload, [cuGraphUpload, cuGraphUpload_ptsz] takes;
     Cuda fn (exec: CUgraphExec) -> CUresult => hooks::graph::exec_destroy, [cuGraphExecDestroy];
     Cuda fn (dev: CUdevice) -> CUresult => hooks::graph::trim, [cuDeviceGraphMemTrim];
 
     // Context limits that reserve device memory.
-    Cuda fn (limit: i32, value: usize) -> CUresult => hooks::limits::set_limit, [cuCtxSetLimit];
+    Cuda fn (limit: i32, value: usize) -> CUresult => hooks::limits::set_limit, [cuCtxSetLimit] takes;
 
     // Memory information shows the cap.
     Cuda fn (free: *mut usize, total: *mut usize) -> CUresult => hooks::info::mem_get_info, [cuMemGetInfo_v2];

@@ -9,7 +9,8 @@
 //!
 //! **Panics.** A panic must never unwind into the host program. The shim catches it and logs it. If the
 //! hook had already called the driver, the driver's last answer stands (calling it again would allocate
-//! twice and leak the first); otherwise the call goes to the driver, so the program sees the driver's own
+//! twice and leak the first). Otherwise a call that takes device memory is refused (`fail`: passing it on
+//! would let it through uncounted) and any other goes to the driver, so the program sees the driver's own
 //! behaviour.
 
 use std::cell::Cell;
@@ -17,9 +18,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use vramcap_core::thread_state;
 
 /// Runs `hook` as the outermost hook of this thread, handing it `real` as the call to pass on; runs `real`
-/// alone if a hook is already running here. If `hook` panics, returns the driver's last answer to it, or
-/// runs `real` if it had not called it.
-pub fn run<R: Copy>(name: &str, hook: impl FnOnce(&dyn Fn() -> R) -> R, real: impl Fn() -> R) -> R {
+/// alone if a hook is already running here. If `hook` panics, returns the driver's last answer to it, or,
+/// if it had not called it, `fail` where given, else what `real` answers.
+pub fn run<R: Copy>(
+    name: &str,
+    fail: Option<R>,
+    hook: impl FnOnce(&dyn Fn() -> R) -> R,
+    real: impl Fn() -> R,
+) -> R {
     let outer = thread_state::with(|t| !t.in_hook.replace(true));
     if !outer {
         return real();
@@ -41,13 +47,23 @@ pub fn run<R: Copy>(name: &str, hook: impl FnOnce(&dyn Fn() -> R) -> R, real: im
             );
             r
         }
-        (Err(_), None) => {
-            vramcap_core::vlog!(
-                Error,
-                "internal error in the {name} hook; passing the call to the driver"
-            );
-            real()
-        }
+        (Err(_), None) => match fail {
+            Some(refusal) => {
+                vramcap_core::vlog!(
+                    Error,
+                    "internal error in the {name} hook; refusing the call rather than letting it \
+                     through uncounted"
+                );
+                refusal
+            }
+            None => {
+                vramcap_core::vlog!(
+                    Error,
+                    "internal error in the {name} hook; passing the call to the driver"
+                );
+                real()
+            }
+        },
     }
 }
 
@@ -75,6 +91,7 @@ mod tests {
         let calls = Cell::new(0);
         let r = run(
             "test",
+            Some(2),
             |pass| {
                 pass();
                 panic!("after the call");
@@ -87,8 +104,30 @@ mod tests {
     #[test]
     fn a_hook_that_panics_before_the_driver_call_passes_it_on() {
         let calls = Cell::new(0);
-        let r = run("test", |_| panic!("before the call"), counting(&calls, 5));
+        let r = run(
+            "test",
+            None,
+            |_| panic!("before the call"),
+            counting(&calls, 5),
+        );
         assert_eq!((r, calls.get()), (5, 1));
+        assert!(!thread_state::with(|t| t.in_hook.get()), "guard released");
+    }
+
+    #[test]
+    fn a_call_that_takes_memory_is_refused_when_its_hook_panics_before_the_driver_call() {
+        let calls = Cell::new(0);
+        let r = run(
+            "test",
+            Some(2),
+            |_| panic!("before the call"),
+            counting(&calls, 0),
+        );
+        assert_eq!(
+            (r, calls.get()),
+            (2, 0),
+            "refused, never let through uncounted"
+        );
         assert!(!thread_state::with(|t| t.in_hook.get()), "guard released");
     }
 
@@ -98,9 +137,11 @@ mod tests {
         let inner = Cell::new(0);
         let r = run(
             "outer",
+            Some(2),
             |pass| {
                 let nested = run(
                     "inner",
+                    Some(2),
                     |_| unreachable!("not hooked twice"),
                     counting(&inner, 3),
                 );

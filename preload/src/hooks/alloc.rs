@@ -92,8 +92,8 @@ pub fn mem_alloc_pitch(
     _elem: c_uint,
 ) -> CUresult {
     let rows = height as u64;
-    // Sizes no device holds saturate (and are refused) rather than wrap or panic: a panic would pass the
-    // call to the driver uncounted.
+    // Sizes no device holds saturate and are refused as too large, rather than wrap to a small charge or
+    // panic (an internal error).
     let estimate = (width as u64)
         .div_ceil(PITCH_ESTIMATE_ALIGN)
         .saturating_mul(PITCH_ESTIMATE_ALIGN)
