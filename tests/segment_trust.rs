@@ -554,3 +554,99 @@ fn no_state_of_the_segment_file_faults_a_worker_or_a_reader() {
     let _ = std::fs::remove_file(&hold);
     clear(&shm);
 }
+
+#[test]
+fn a_command_a_group_member_writes_into_another_users_slot_is_never_run() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use vramcap_core::shm::{
+        vramcap_check, VramcapHeader, VramcapSlot, VRAMCAP_REQUEST_PART, VRAMCAP_UNLOAD_CMD,
+        VRAMCAP_UNLOAD_LEN,
+    };
+    // Root's worker, with a signal hook, in a segment its group (nogroup) may write: a member of that
+    // group (uid 65534) rewrites the worker's hook into a command, with a matching check sum, as the
+    // file's mode lets it. The unloader, run as root, must not run it as root.
+    let shm = shm_path("forged-cmd");
+    let holder = hold(
+        "dlsym",
+        &[
+            ("VRAMCAP_LIMIT", "1GiB"),
+            ("VRAMCAP_SHM", shm.to_str().unwrap()),
+            ("VRAMCAP_SHM_MODE", "0660"),
+            ("VRAMCAP_NAME", "chat"),
+            ("VRAMCAP_UNLOAD_SIGNAL", "USR1"),
+        ],
+    );
+    let c = std::ffi::CString::new(shm.to_str().unwrap()).unwrap();
+    assert_eq!(
+        // SAFETY: a NUL-terminated path; chown touches no memory of ours. The tests run as root.
+        unsafe { libc::chown(c.as_ptr(), 0, 65534) },
+        0,
+        "the tests run as root"
+    );
+    // The worker's slot, found by its PID, and its owner part as the member would forge it.
+    let bytes = std::fs::read(&*shm).unwrap();
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    let header_size = u32_at(std::mem::offset_of!(VramcapHeader, header_size)) as usize;
+    let slot_size = u32_at(std::mem::offset_of!(VramcapHeader, slot_size)) as usize;
+    let slot = (header_size..bytes.len())
+        .step_by(slot_size)
+        .find(|&o| u32_at(o + std::mem::offset_of!(VramcapSlot, pid)) == holder.pid())
+        .expect("the worker's slot");
+    let mut part = bytes[slot..slot + VRAMCAP_REQUEST_PART].to_vec();
+    let marker = env().dir.join(format!("forged-ran-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let kind = std::mem::offset_of!(VramcapSlot, unload_kind);
+    part[kind..kind + 4].copy_from_slice(&VRAMCAP_UNLOAD_CMD.to_le_bytes());
+    let hook = std::mem::offset_of!(VramcapSlot, unload);
+    let cmd = format!("touch {}", marker.display());
+    part[hook..hook + VRAMCAP_UNLOAD_LEN].fill(0);
+    part[hook..hook + cmd.len()].copy_from_slice(cmd.as_bytes());
+    let check = vramcap_check(&part);
+    part[..8].copy_from_slice(&check.to_le_bytes());
+    // The member writes it in place (dd as uid 65534, gid 65534): the mode allows it.
+    let mut dd = Command::new("dd")
+        .arg(format!("of={}", shm.display()))
+        .args([
+            "bs=1",
+            &format!("seek={slot}"),
+            "conv=notrunc",
+            "status=none",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    dd.stdin.take().unwrap().write_all(&part).unwrap();
+    assert!(
+        dd.wait().unwrap().success(),
+        "a group member may write the segment"
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_vramcap"))
+        .args(["status", "--json", "--no-nvml"])
+        .env("VRAMCAP_SHM", &*shm)
+        .env("VRAMCAP_SHM_MODE", "0660")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("\"chat\""),
+        "the forged slot still checks out and is the worker's: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_vramcap"))
+        .args(["unload", "chat", "--hook-timeout", "1s", "--no-nvml"])
+        .env("VRAMCAP_SHM", &*shm)
+        .env("VRAMCAP_SHM_MODE", "0660")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the group may write"),
+        "the forged command was seen and refused: {err}"
+    );
+    assert!(!marker.exists(), "the forged command never ran");
+    holder.release();
+    let _ = std::fs::remove_file(&shm);
+}
