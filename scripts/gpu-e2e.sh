@@ -74,7 +74,7 @@ echo "$GPU"
 # card (81559 MiB), scaled to this one and rounded to whole GiB.
 TOTAL_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1 | tr -d ' ')
 int "$TOTAL_MIB" || TOTAL_MIB=81559
-gib() { awk -v g="$1" -v t="$TOTAL_MIB" 'BEGIN {printf "%d", g * t / 81559 + 0.5}'; }
+gib() { scaled "$1" "$TOTAL_MIB" 81559; }
 
 # 1. Synthetic patterns through cudarc (dlopen + dlsym): every byte written and verified on the device.
 sec_patterns() {
