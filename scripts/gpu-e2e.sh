@@ -14,15 +14,10 @@
 set -u
 SECTIONS="patterns torch frameworks cudart status demo unloader reload suspend concurrency graphs limits overhead"
 E2E_ONLY=${E2E_ONLY:-}
-for s in $E2E_ONLY; do
-  case " $SECTIONS " in
-    *" $s "*) ;;
-    *) echo "gpu-e2e: unknown section '$s' (sections: $SECTIONS)" >&2; exit 2 ;;
-  esac
-done
-B=${VRAMCAP_BUNDLE:-$PWD/gpu-bundle}
 # shellcheck source=scripts/gpu-common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
+check_sections gpu-e2e "$E2E_ONLY"
+B=${VRAMCAP_BUNDLE:-$PWD/gpu-bundle}
 LOG=$(mktemp -d /tmp/vramcap-e2e.XXXX)
 mkdir -p "${OUT:-/tmp/vramcap-e2e}"
 LIB=$B/libvramcap.so
@@ -539,14 +534,7 @@ sec_overhead() {
   row "overhead: start to first tensor" "13 pairs, medians: $prefig (+${pre}), $cudfig (+${cud}): +${sum}ms (target <= +50ms); $imp; whole ${WITH} vs ${WITHOUT}ms (info, median difference ${MEDDIFF})" "$ok"
 }
 
-for s in $SECTIONS; do
-  [ -z "$E2E_ONLY" ] || [[ " $E2E_ONLY " == *" $s "* ]] || continue
-  t0=$SECONDS
-  echo "=== section $s" >&2
-  "sec_$s"
-  TIMES+=("$s $((SECONDS - t0))s")
-  echo "section $s took $((SECONDS - t0))s" | tee -a "$LOG/sections.txt" >&2
-done
+run_sections "$E2E_ONLY" "$LOG/sections.txt"
 
 # Logs come back as one file (the device tool returns few files).
 for f in "$LOG"/*.log "$LOG"/*.txt "$LOG"/*.json; do echo "=== $f"; head -n 30 "$f"; echo "..."; tail -n 12 "$f"; done >"${OUT:-/tmp/vramcap-e2e}/e2e-logs.txt" 2>/dev/null

@@ -14,15 +14,10 @@
 set -u
 SECTIONS="ddp percap visible graphs limits ddpgraph"
 MULTI_ONLY=${MULTI_ONLY:-}
-for s in $MULTI_ONLY; do
-  case " $SECTIONS " in
-    *" $s "*) ;;
-    *) echo "gpu-multi: unknown section '$s' (sections: $SECTIONS)" >&2; exit 2 ;;
-  esac
-done
-B=${VRAMCAP_BUNDLE:-$PWD/gpu-bundle}
 # shellcheck source=scripts/gpu-common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/gpu-common.sh"
+check_sections gpu-multi "$MULTI_ONLY"
+B=${VRAMCAP_BUNDLE:-$PWD/gpu-bundle}
 LOG=$(mktemp -d /tmp/vramcap-multi.XXXX)
 RUN=$B/vramcap-run
 export PYTHONUNBUFFERED=1 PYTHONPATH=$B/py VRAMCAP_LOG=${VRAMCAP_LOG:-warn} NCCL_NVLS_ENABLE=0
@@ -223,13 +218,7 @@ sec_ddpgraph() {
   ddp_graph_row "DDP+graphs, default allocator" "" default 29535
 }
 
-for s in $SECTIONS; do
-  [ -z "$MULTI_ONLY" ] || [[ " $MULTI_ONLY " == *" $s "* ]] || continue
-  t0=$SECONDS
-  echo "=== section $s" >&2
-  "sec_$s"
-  TIMES+=("$s $((SECONDS - t0))s")
-done
+run_sections "$MULTI_ONLY"
 
 for f in "$LOG"/*.log; do echo "=== $f"; head -n 40 "$f"; echo "..."; tail -n 25 "$f"; done >"${OUT:-/tmp}/multi-logs.txt" 2>/dev/null
 rm -rf "$LOG"
