@@ -69,24 +69,22 @@ macro_rules! entry_points {
                 };
             /// The driver's function, typed.
             pub type Real = unsafe extern "C" fn($($ty),*) -> $ret;
-            /// The driver's function, once resolved.
+            /// The driver's function, typed (see [`real_pointer`]); `None` if the driver lacks it.
+            #[inline(always)]
             pub fn real() -> Option<Real> {
-                let p = REAL.load(std::sync::atomic::Ordering::Acquire);
-                // SAFETY: the slot holds null or the driver's function of this name, whose C prototype
+                let p = real_pointer(&REAL, Lib::$lib, NAME)?;
+                // SAFETY: p was returned by the driver's dlsym for exactly this symbol, whose C prototype
                 // is the signature declared on this line of the table.
-                (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut std::ffi::c_void, Real>(p) })
+                Some(unsafe { std::mem::transmute::<*mut std::ffi::c_void, Real>(p) })
             }
         }
 
         #[allow(non_snake_case, clippy::missing_safety_doc)]
         #[cfg_attr(not(test), no_mangle)]
         pub unsafe extern "C" fn $variant($($arg: $ty),*) -> $ret {
-            let Some(p) = real_pointer(&$variant::REAL, Lib::$lib, $variant::NAME) else {
+            let Some(real) = $variant::real() else {
                 return missing(Lib::$lib);
             };
-            // SAFETY: p was returned by the driver's dlsym for exactly this symbol, whose C prototype is
-            // the signature declared on this line.
-            let real = unsafe { std::mem::transmute::<*mut c_void, $variant::Real>(p) };
             if entry_points!(@cond $cond) {
                 // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
                 return unsafe { real($($arg),*) };
