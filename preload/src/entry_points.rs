@@ -288,7 +288,14 @@ pub fn wrapper_for_real(real: *mut c_void) -> Option<*mut c_void> {
 // and the driver's own pointer for anything we do not wrap. Their hooks live here, beside the table they
 // answer from. <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__DRIVER__ENTRY__POINT.html>
 
-fn swap_in_wrapper(r: CUresult, pfn: Out<*mut c_void>) -> CUresult {
+fn get_proc_address(
+    pass: impl Fn() -> CUresult,
+    _symbol: *const c_char,
+    pfn: Out<*mut c_void>,
+    _version: i32,
+    _flags: u64,
+) -> CUresult {
+    let r = pass();
     if r == CUDA_SUCCESS {
         if let Some(wrapper) = pfn.get().and_then(wrapper_for_real) {
             pfn.set(wrapper);
@@ -297,23 +304,14 @@ fn swap_in_wrapper(r: CUresult, pfn: Out<*mut c_void>) -> CUresult {
     r
 }
 
-fn get_proc_address(
-    pass: impl Fn() -> CUresult,
-    _symbol: *const c_char,
-    pfn: Out<*mut c_void>,
-    _version: i32,
-    _flags: u64,
-) -> CUresult {
-    swap_in_wrapper(pass(), pfn)
-}
-
+/// As [`get_proc_address`]: the status the driver writes is left as it is.
 fn get_proc_address_v2(
     pass: impl Fn() -> CUresult,
-    _symbol: *const c_char,
+    symbol: *const c_char,
     pfn: Out<*mut c_void>,
-    _version: i32,
-    _flags: u64,
+    version: i32,
+    flags: u64,
     _status: Out<i32>,
 ) -> CUresult {
-    swap_in_wrapper(pass(), pfn)
+    get_proc_address(pass, symbol, pfn, version, flags)
 }
