@@ -235,7 +235,7 @@ entry_points! {
     Nvml fn (device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t
         => hooks::info::nvml_memory_info, [nvmlDeviceGetMemoryInfo];
     Nvml fn (device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t
-        => hooks::info::nvml_memory_info_v2, [nvmlDeviceGetMemoryInfo_v2];
+        => hooks::info::nvml_memory_info, [nvmlDeviceGetMemoryInfo_v2];
 }
 
 /// The real function behind a slot, once the library has started (see [`crate::startup`]); NVML's
