@@ -164,6 +164,7 @@ pub unsafe fn reset_after_fork() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::counting;
     use crate::ledger::unused_device;
     use std::cell::Cell;
 
@@ -190,10 +191,7 @@ mod tests {
             },
         );
         let calls = Cell::new(0);
-        let ok = || {
-            calls.set(calls.get() + 1);
-            CUDA_SUCCESS
-        };
+        let ok = counting(&calls, CUDA_SUCCESS);
         assert_eq!(mem_map(ok, va, 32 << 20, 0, handle, 0), CUDA_SUCCESS);
         assert_eq!(
             mem_map(ok, va + 32 * MIB, 32 << 20, 0, handle, 0),
