@@ -122,12 +122,8 @@ pub fn mem_alloc_managed(
     bytes: usize,
     _flags: c_uint,
 ) -> CUresult {
-    if bytes == 0 {
-        return pass();
-    }
-    // All of it can become resident on the device, so all of it is charged.
-    let charge = Charge::for_request(bytes as u64);
-    charged_alloc(dptr, bytes as u64, charge, &pass, || charge)
+    // All of it can become resident on the device, so it is charged as device memory.
+    mem_alloc(pass, dptr, bytes)
 }
 
 /// Gives back what a freed pointer was charged.
