@@ -69,24 +69,22 @@ macro_rules! entry_points {
                 };
             /// The driver's function, typed.
             pub type Real = unsafe extern "C" fn($($ty),*) -> $ret;
-            /// The driver's function, once resolved.
+            /// The driver's function, typed (see [`real_pointer`]); `None` if the driver lacks it.
+            #[inline(always)]
             pub fn real() -> Option<Real> {
-                let p = REAL.load(std::sync::atomic::Ordering::Acquire);
-                // SAFETY: the slot holds null or the driver's function of this name, whose C prototype
+                let p = real_pointer(&REAL, Lib::$lib, NAME)?;
+                // SAFETY: p was returned by the driver's dlsym for exactly this symbol, whose C prototype
                 // is the signature declared on this line of the table.
-                (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut std::ffi::c_void, Real>(p) })
+                Some(unsafe { std::mem::transmute::<*mut std::ffi::c_void, Real>(p) })
             }
         }
 
         #[allow(non_snake_case, clippy::missing_safety_doc)]
         #[cfg_attr(not(test), no_mangle)]
         pub unsafe extern "C" fn $variant($($arg: $ty),*) -> $ret {
-            let Some(p) = real_pointer(&$variant::REAL, Lib::$lib, $variant::NAME) else {
+            let Some(real) = $variant::real() else {
                 return missing(Lib::$lib);
             };
-            // SAFETY: p was returned by the driver's dlsym for exactly this symbol, whose C prototype is
-            // the signature declared on this line.
-            let real = unsafe { std::mem::transmute::<*mut c_void, $variant::Real>(p) };
             if entry_points!(@cond $cond) {
                 // SAFETY: the caller's arguments, passed on unchanged to the function they meant to call.
                 return unsafe { real($($arg),*) };
@@ -237,7 +235,7 @@ entry_points! {
     Nvml fn (device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t
         => hooks::info::nvml_memory_info, [nvmlDeviceGetMemoryInfo];
     Nvml fn (device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t
-        => hooks::info::nvml_memory_info_v2, [nvmlDeviceGetMemoryInfo_v2];
+        => hooks::info::nvml_memory_info, [nvmlDeviceGetMemoryInfo_v2];
 }
 
 /// The real function behind a slot, once the library has started (see [`crate::startup`]); NVML's
@@ -290,7 +288,14 @@ pub fn wrapper_for_real(real: *mut c_void) -> Option<*mut c_void> {
 // and the driver's own pointer for anything we do not wrap. Their hooks live here, beside the table they
 // answer from. <https://docs.nvidia.com/cuda/cuda-driver-api/group__CUDA__DRIVER__ENTRY__POINT.html>
 
-fn swap_in_wrapper(r: CUresult, pfn: Out<*mut c_void>) -> CUresult {
+fn get_proc_address(
+    pass: impl Fn() -> CUresult,
+    _symbol: *const c_char,
+    pfn: Out<*mut c_void>,
+    _version: i32,
+    _flags: u64,
+) -> CUresult {
+    let r = pass();
     if r == CUDA_SUCCESS {
         if let Some(wrapper) = pfn.get().and_then(wrapper_for_real) {
             pfn.set(wrapper);
@@ -299,23 +304,14 @@ fn swap_in_wrapper(r: CUresult, pfn: Out<*mut c_void>) -> CUresult {
     r
 }
 
-fn get_proc_address(
-    pass: impl Fn() -> CUresult,
-    _symbol: *const c_char,
-    pfn: Out<*mut c_void>,
-    _version: i32,
-    _flags: u64,
-) -> CUresult {
-    swap_in_wrapper(pass(), pfn)
-}
-
+/// As [`get_proc_address`]: the status the driver writes is left as it is.
 fn get_proc_address_v2(
     pass: impl Fn() -> CUresult,
-    _symbol: *const c_char,
+    symbol: *const c_char,
     pfn: Out<*mut c_void>,
-    _version: i32,
-    _flags: u64,
+    version: i32,
+    flags: u64,
     _status: Out<i32>,
 ) -> CUresult {
-    swap_in_wrapper(pass(), pfn)
+    get_proc_address(pass, symbol, pfn, version, flags)
 }

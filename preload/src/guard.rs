@@ -75,16 +75,18 @@ pub fn quiet<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// For unit tests: a driver call that answers `answer` and counts its calls in `calls`.
+#[cfg(test)]
+pub(crate) fn counting(calls: &Cell<u32>, answer: i32) -> impl Fn() -> i32 + Copy + '_ {
+    move || {
+        calls.set(calls.get() + 1);
+        answer
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn counting(calls: &Cell<u32>, answer: i32) -> impl Fn() -> i32 + '_ {
-        move || {
-            calls.set(calls.get() + 1);
-            answer
-        }
-    }
 
     #[test]
     fn a_hook_that_panics_after_the_driver_call_does_not_call_it_again() {

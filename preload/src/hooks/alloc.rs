@@ -122,12 +122,8 @@ pub fn mem_alloc_managed(
     bytes: usize,
     _flags: c_uint,
 ) -> CUresult {
-    if bytes == 0 {
-        return pass();
-    }
-    // All of it can become resident on the device, so all of it is charged.
-    let charge = Charge::for_request(bytes as u64);
-    charged_alloc(dptr, bytes as u64, charge, &pass, || charge)
+    // All of it can become resident on the device, so it is charged as device memory.
+    mem_alloc(pass, dptr, bytes)
 }
 
 /// Gives back what a freed pointer was charged.
@@ -203,6 +199,7 @@ pub fn legacy_alloc_pitch(
 mod tests {
     use super::*;
     use crate::args::Arg;
+    use crate::guard::counting;
     use crate::ledger::{unused_device, LEDGER};
     use std::cell::Cell;
 
@@ -224,10 +221,7 @@ mod tests {
     /// Frees `ptr` through a driver that answers `answer`; returns (the answer, the driver's calls).
     fn free(ptr: CUdeviceptr, answer: CUresult) -> (CUresult, u32) {
         let calls = Cell::new(0);
-        let r = charged_free(ptr, || {
-            calls.set(calls.get() + 1);
-            answer
-        });
+        let r = charged_free(ptr, counting(&calls, answer));
         (r, calls.get())
     }
 
@@ -317,10 +311,7 @@ mod tests {
     fn an_allocation_without_a_current_device_never_reaches_the_driver() {
         // No driver: the current context's device cannot be told.
         let calls = Cell::new(0);
-        let pass = || {
-            calls.set(calls.get() + 1);
-            CUDA_SUCCESS
-        };
+        let pass = counting(&calls, CUDA_SUCCESS);
         let ptr = Cell::new(0u64);
         // SAFETY: the cell lives for the whole test.
         let dptr = unsafe { ptr.as_ptr().safe() };
@@ -340,10 +331,7 @@ mod tests {
         // width x rows overflows 64 bits: before, the estimate's multiplication panicked (in debug builds),
         // and the guard would have passed the call to the driver uncounted.
         let calls = Cell::new(0);
-        let pass = || {
-            calls.set(calls.get() + 1);
-            CUDA_SUCCESS
-        };
+        let pass = counting(&calls, CUDA_SUCCESS);
         for (width, height) in [
             (usize::MAX, 2),
             (usize::MAX / 2, 1 << 20),

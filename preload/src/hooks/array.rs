@@ -169,6 +169,7 @@ pub unsafe fn reset_after_fork() {
 mod tests {
     use super::*;
     use crate::args::Arg;
+    use crate::guard::counting;
     use crate::ledger::unused_device;
     use std::cell::Cell;
 
@@ -185,14 +186,6 @@ mod tests {
             Format: FLOAT,
             NumChannels: 4,
             Flags: flags,
-        }
-    }
-
-    /// A driver that answers `answer` and counts its calls.
-    fn driver(calls: &Cell<u32>, answer: CUresult) -> impl Fn() -> CUresult + '_ {
-        move || {
-            calls.set(calls.get() + 1);
-            answer
         }
     }
 
@@ -226,10 +219,10 @@ mod tests {
         for flags in [CUDA_ARRAY3D_SPARSE, CUDA_ARRAY3D_DEFERRED_MAPPING] {
             let d = desc3d(flags);
             assert_eq!(
-                array3d_create(driver(&calls, CUDA_SUCCESS), out, Some(&d)),
+                array3d_create(counting(&calls, CUDA_SUCCESS), out, Some(&d)),
                 CUDA_SUCCESS
             );
-            let r = mipmapped_create(driver(&calls, CUDA_SUCCESS), out, Some(&d), 4);
+            let r = mipmapped_create(counting(&calls, CUDA_SUCCESS), out, Some(&d), 4);
             assert_eq!(r, CUDA_SUCCESS);
         }
         assert_eq!(
@@ -247,7 +240,7 @@ mod tests {
         // SAFETY: the cell lives for the whole test.
         let out = unsafe { handle.as_ptr().safe() };
         let d = desc3d(0);
-        let r = array3d_create(driver(&calls, CUDA_SUCCESS), out, Some(&d));
+        let r = array3d_create(counting(&calls, CUDA_SUCCESS), out, Some(&d));
         assert_eq!((r, calls.get()), (CUDA_ERROR_NOT_FOUND, 0));
         let d2 = CUDA_ARRAY_DESCRIPTOR {
             Width: 1000,
@@ -255,10 +248,10 @@ mod tests {
             Format: FLOAT,
             NumChannels: 1,
         };
-        let r = array_create(driver(&calls, CUDA_SUCCESS), out, Some(&d2));
+        let r = array_create(counting(&calls, CUDA_SUCCESS), out, Some(&d2));
         assert_eq!((r, calls.get()), (CUDA_ERROR_NOT_FOUND, 0));
         // No descriptor: the driver's own answer.
-        let r = array_create(driver(&calls, CUDA_ERROR_INVALID_VALUE), out, None);
+        let r = array_create(counting(&calls, CUDA_ERROR_INVALID_VALUE), out, None);
         assert_eq!((r, calls.get()), (CUDA_ERROR_INVALID_VALUE, 1));
     }
 
@@ -280,16 +273,16 @@ mod tests {
             },
         );
         let calls = Cell::new(0);
-        let r = array_destroy(driver(&calls, CUDA_ERROR_INVALID_HANDLE), array);
+        let r = array_destroy(counting(&calls, CUDA_ERROR_INVALID_HANDLE), array);
         assert_eq!(r, CUDA_ERROR_INVALID_HANDLE);
         assert_eq!(ledger.snapshot().charged, 2 * MIB);
         assert!(ARRAYS.get(array as u64).is_some());
         assert_eq!(
-            array_destroy(driver(&calls, CUDA_SUCCESS), array),
+            array_destroy(counting(&calls, CUDA_SUCCESS), array),
             CUDA_SUCCESS
         );
         assert_eq!(ledger.snapshot().charged, 0);
-        let r = array_destroy(driver(&calls, CUDA_ERROR_INVALID_HANDLE), array);
+        let r = array_destroy(counting(&calls, CUDA_ERROR_INVALID_HANDLE), array);
         assert_eq!((r, calls.get()), (CUDA_ERROR_INVALID_HANDLE, 3));
         assert_eq!(ledger.snapshot().allocations, 0, "released once");
     }

@@ -67,43 +67,51 @@ fn nvml_ordinal(device: nvmlDevice_t) -> Option<CUdevice> {
     Some(ordinal)
 }
 
-pub fn nvml_memory_info(
-    pass: impl Fn() -> nvmlReturn_t,
-    device: nvmlDevice_t,
-    memory: Out<nvmlMemory_t>,
-) -> nvmlReturn_t {
-    let r = pass();
-    if r == NVML_SUCCESS {
-        if let (Some(usage), Some(m)) = (nvml_ordinal(device).and_then(capped_usage), memory.get())
-        {
-            let (free, total) = capped(&usage, m.free, m.total);
-            memory.set(nvmlMemory_t {
-                total,
-                free,
-                used: usage.charged,
-            });
-        }
-    }
-    r
+/// The two layouts NVML reports device memory in: `nvmlMemory_t` and `nvmlMemory_v2_t`.
+pub trait NvmlMemory: Copy {
+    /// The driver's (free, total).
+    fn free_total(&self) -> (u64, u64);
+    /// This report with the capped figures; `used` is what is charged.
+    fn capped(self, free: u64, total: u64, used: u64) -> Self;
 }
 
-pub fn nvml_memory_info_v2(
+impl NvmlMemory for nvmlMemory_t {
+    fn free_total(&self) -> (u64, u64) {
+        (self.free, self.total)
+    }
+    fn capped(self, free: u64, total: u64, used: u64) -> Self {
+        nvmlMemory_t { total, free, used }
+    }
+}
+
+impl NvmlMemory for nvmlMemory_v2_t {
+    fn free_total(&self) -> (u64, u64) {
+        (self.free, self.total)
+    }
+    fn capped(self, free: u64, total: u64, used: u64) -> Self {
+        nvmlMemory_v2_t {
+            total,
+            free,
+            used,
+            reserved: 0,
+            ..self
+        }
+    }
+}
+
+/// `nvmlDeviceGetMemoryInfo` and `_v2`.
+pub fn nvml_memory_info<M: NvmlMemory>(
     pass: impl Fn() -> nvmlReturn_t,
     device: nvmlDevice_t,
-    memory: Out<nvmlMemory_v2_t>,
+    memory: Out<M>,
 ) -> nvmlReturn_t {
     let r = pass();
     if r == NVML_SUCCESS {
         if let (Some(usage), Some(m)) = (nvml_ordinal(device).and_then(capped_usage), memory.get())
         {
-            let (free, total) = capped(&usage, m.free, m.total);
-            memory.set(nvmlMemory_v2_t {
-                total,
-                free,
-                used: usage.charged,
-                reserved: 0,
-                ..m
-            });
+            let (real_free, real_total) = m.free_total();
+            let (free, total) = capped(&usage, real_free, real_total);
+            memory.set(m.capped(free, total, usage.charged));
         }
     }
     r

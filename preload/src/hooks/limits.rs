@@ -128,6 +128,7 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::counting;
     use crate::ledger::unused_device;
 
     const KIB: u64 = 1 << 10;
@@ -249,14 +250,7 @@ mod tests {
     fn limits_that_take_no_memory_pass_straight_to_the_driver() {
         let calls = std::cell::Cell::new(0);
         // CU_LIMIT_PRINTF_FIFO_SIZE (1): measured to take nothing.
-        let r = set_limit(
-            || {
-                calls.set(calls.get() + 1);
-                CUDA_ERROR_INVALID_VALUE
-            },
-            1,
-            256 << 20,
-        );
+        let r = set_limit(counting(&calls, CUDA_ERROR_INVALID_VALUE), 1, 256 << 20);
         assert_eq!((r, calls.get()), (CUDA_ERROR_INVALID_VALUE, 1));
     }
 
@@ -265,14 +259,7 @@ mod tests {
         // No driver: the current device cannot be told, and that query's error is the answer.
         for limit in [CU_LIMIT_STACK_SIZE, CU_LIMIT_MALLOC_HEAP_SIZE] {
             let calls = std::cell::Cell::new(0);
-            let r = set_limit(
-                || {
-                    calls.set(calls.get() + 1);
-                    CUDA_SUCCESS
-                },
-                limit,
-                1 << 30,
-            );
+            let r = set_limit(counting(&calls, CUDA_SUCCESS), limit, 1 << 30);
             assert_eq!((r, calls.get()), (CUDA_ERROR_NOT_FOUND, 0), "limit {limit}");
         }
     }

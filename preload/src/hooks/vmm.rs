@@ -112,15 +112,15 @@ pub fn mem_unmap(pass: impl Fn() -> CUresult, ptr: CUdeviceptr, size: usize) -> 
     let r = pass();
     if r == CUDA_SUCCESS {
         let end = ptr.saturating_add(size as u64);
-        let unmapped: Vec<(u64, u64)> = {
+        let unmapped: Vec<u64> = {
             let mut maps = MAPPINGS.lock();
             let starts: Vec<u64> = maps.range(ptr..end).map(|(&start, _)| start).collect();
             starts
                 .into_iter()
-                .filter_map(|s| maps.remove(&s).map(|(_, h)| (s, h)))
+                .filter_map(|s| maps.remove(&s).map(|(_, h)| h))
                 .collect()
         };
-        for (_, handle) in unmapped {
+        for handle in unmapped {
             adjust(handle, |h| h.maps = h.maps.saturating_sub(1));
         }
     }
@@ -164,6 +164,7 @@ pub unsafe fn reset_after_fork() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::counting;
     use crate::ledger::unused_device;
     use std::cell::Cell;
 
@@ -190,10 +191,7 @@ mod tests {
             },
         );
         let calls = Cell::new(0);
-        let ok = || {
-            calls.set(calls.get() + 1);
-            CUDA_SUCCESS
-        };
+        let ok = counting(&calls, CUDA_SUCCESS);
         assert_eq!(mem_map(ok, va, 32 << 20, 0, handle, 0), CUDA_SUCCESS);
         assert_eq!(
             mem_map(ok, va + 32 * MIB, 32 << 20, 0, handle, 0),
