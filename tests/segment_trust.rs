@@ -650,3 +650,52 @@ fn a_command_a_group_member_writes_into_another_users_slot_is_never_run() {
     holder.release();
     let _ = std::fs::remove_file(&shm);
 }
+
+#[test]
+fn a_slot_whose_lock_was_lost_is_not_written_over_its_new_holder() {
+    use vramcap_core::shm::{live_slots, text, Identity, Segment, VramcapDevice};
+    // This process claims a slot, then loses its lock as POSIX lets it: closing any descriptor of the
+    // file drops every lock the process holds on it. A worker claims the freed slot. A later write of
+    // this process to the slot it still thinks its own must take the lock again, and so write nothing.
+    let shm = shm_path("relock");
+    drop(Segment::open_or_create(&shm, 0o600).unwrap());
+    let seg = Segment::open_existing_rw(&shm).unwrap();
+    let slot = seg
+        .claim(&Identity::of_this_process(Some("stale"), 0))
+        .unwrap();
+    drop(std::fs::File::open(&*shm).unwrap());
+    let holder = hold(
+        "dlsym",
+        &[
+            ("VRAMCAP_LIMIT", "1GiB"),
+            ("VRAMCAP_SHM", shm.to_str().unwrap()),
+            ("VRAMCAP_NAME", "chat"),
+        ],
+    );
+    // Read through a segment of its own: this one still counts the lost slot among its own.
+    let reader = Segment::open_existing(&shm).unwrap();
+    let theirs = || {
+        live_slots(&reader)
+            .into_iter()
+            .find(|(_, s)| s.pid == holder.pid())
+            .map(|(i, s)| (i, text(&s.name)))
+    };
+    assert_eq!(
+        theirs(),
+        Some((slot, "chat".to_string())),
+        "the worker took the slot this process lost"
+    );
+    seg.write_devices(
+        slot,
+        &[VramcapDevice {
+            charged: 1,
+            ..VramcapDevice::default()
+        }],
+    );
+    assert_eq!(
+        theirs(),
+        Some((slot, "chat".to_string())),
+        "the stale write left the worker's slot alone"
+    );
+    holder.release();
+}

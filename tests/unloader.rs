@@ -976,6 +976,65 @@ fn a_command_hook_in_a_segment_the_group_may_write_is_not_run() {
 }
 
 #[test]
+fn as_root_another_users_worker_in_a_segment_the_group_may_write_is_not_asked() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "CI runs the tests as root");
+    // Root's segment, which its group (nogroup) may write: a worker of user 65534 joins it and holds a
+    // slot of its own (its lock, its PID), so only the uid check keeps root from acting on that user's
+    // process, whose hook any member of the group could have rewritten.
+    let card = small_card("group-other-user");
+    std::fs::set_permissions(&card.shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let group = [("VRAMCAP_SHM_MODE", "0660")];
+    let _image = card.worker("image", &["--protect"], 100, &group);
+    std::os::unix::fs::chown(&*card.shm, Some(0), Some(65534)).unwrap();
+    let mut theirs = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap-run"));
+        cmd.args(["--name", "theirs", "--unload-signal", "USR1", "--"])
+            .arg(&env().client)
+            .args(["dlsym", "worker", "100"]);
+        card.vars(&mut cmd);
+        cmd.env("VRAMCAP_SHM_MODE", "0660");
+        cmd.uid(65534).gid(65534);
+        Proc::spawn(cmd)
+    };
+    theirs
+        .wait_for("READY", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("theirs never got ready:\n{}", theirs.seen.join("\n")));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+        cmd.args(["status", "--json", "--no-nvml"]);
+        card.vars(&mut cmd);
+        cmd.env("VRAMCAP_SHM_MODE", "0660");
+        cmd.output().unwrap()
+    };
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("\"theirs\""),
+        "user 65534's worker holds a live slot in root's segment: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+    cmd.args(["unload", "theirs", "--hook-timeout", "1s", "--no-nvml"]);
+    card.vars(&mut cmd);
+    cmd.env("VRAMCAP_SHM_MODE", "0660");
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("belongs to uid 65534, not to uid 0"),
+        "root served its own segment as its owner, uid 0: {err}"
+    );
+    assert!(
+        unloaded_at(&mut theirs, Duration::from_millis(300)).is_none(),
+        "user 65534's worker was not signalled: {err}"
+    );
+    let _ = theirs.child.kill();
+    let _ = theirs.child.wait();
+}
+
+#[test]
 fn an_unloaded_worker_reloads_once_its_memory_fits_again_and_not_before() {
     let card = small_card("reload");
     // The unloader first, as systemd would start it.

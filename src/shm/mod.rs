@@ -22,3 +22,15 @@ pub use slots::Request;
 pub fn live_slots(seg: &Segment) -> Vec<(usize, VramcapSlot)> {
     seg.live()
 }
+
+/// A fresh path in `/dev/shm` for a unit test's segment (any file left there by an earlier run removed),
+/// named for this process so that concurrent test runs never share one.
+#[cfg(test)]
+pub(crate) fn test_path(name: &str) -> std::path::PathBuf {
+    let p = std::path::PathBuf::from(format!(
+        "/dev/shm/vramcap-unit-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&p);
+    p
+}

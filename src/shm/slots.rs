@@ -361,17 +361,7 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::text;
-    use std::path::PathBuf;
-
-    fn temp(name: &str) -> PathBuf {
-        let p = PathBuf::from(format!(
-            "/dev/shm/vramcap-unit-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&p);
-        p
-    }
+    use crate::shm::{test_path as temp, text};
 
     fn device(n: u64) -> VramcapDevice {
         VramcapDevice {

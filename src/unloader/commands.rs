@@ -579,11 +579,7 @@ mod tests {
 
     impl Fixture {
         fn new(name: &str) -> Fixture {
-            let path = PathBuf::from(format!(
-                "/dev/shm/vramcap-unit-{}-commands-{name}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_file(&path);
+            let path = crate::shm::test_path(&format!("commands-{name}"));
             // Opened again by its name: the creator's descriptor names the temporary file it was made
             // as, and the unloader recognises a worker by a descriptor of the segment's path.
             drop(Segment::open_or_create(&path, 0o600).unwrap());
