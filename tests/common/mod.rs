@@ -21,7 +21,6 @@ pub struct Env {
     pub preload: PathBuf,
     pub client: PathBuf,
     pub nextlib: PathBuf,
-    pub bin: PathBuf,
     pub table: PathBuf,
 }
 
@@ -46,8 +45,7 @@ pub fn env() -> &'static Env {
             .map(PathBuf::from)
             .unwrap_or_else(|| built::library("libvramcap.so"));
         let sim = built::library("libvramcap_sim.so");
-        let bin = built::profile_dir();
-        let dir = bin.parent().unwrap().join("vramcap-tests");
+        let dir = built::profile_dir().parent().unwrap().join("vramcap-tests");
         std::fs::create_dir_all(&dir).unwrap();
         for name in ["libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"] {
             let link = dir.join(name);
@@ -89,7 +87,6 @@ pub fn env() -> &'static Env {
         );
         Env {
             preload,
-            bin,
             table: Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fake-driver/proc-address-table.txt"),
             client,
