@@ -179,33 +179,7 @@ fn main() -> ExitCode {
             hooks,
             poll,
             all_users,
-        } => {
-            let opts = match hooks.options(&poll) {
-                Ok(o) => o,
-                Err(code) => return code,
-            };
-            // SAFETY: geteuid has no preconditions.
-            if all_users && unsafe { libc::geteuid() } != 0 {
-                eprintln!(
-                    "vramcap unloader: --all-users needs root (it reads every user's segment)"
-                );
-                return ExitCode::from(2);
-            }
-            let mut u = if all_users {
-                Unloader::daemon(unloader::Finder::AllUsers, opts)
-            } else {
-                let path = segment_path();
-                let mut u = Unloader::daemon(unloader::Finder::One(path.clone()), opts);
-                // One unloader per segment: a second one says who serves it and exits.
-                if let Err(e) = u.serve(&path) {
-                    eprintln!("vramcap unloader: {e}");
-                    return ExitCode::from(1);
-                }
-                u
-            };
-            u.run();
-            ExitCode::SUCCESS
-        }
+        } => unloader_daemon(&hooks, &poll, all_users).unwrap_or_else(|c| c),
         Cmd::Reclaim {
             device,
             bytes,
@@ -224,6 +198,31 @@ fn main() -> ExitCode {
         Cmd::Demo { simulated } => demo::run(simulated),
         Cmd::CheckLimit { spec, force } => check_limit::check_limit(spec.as_deref(), force),
     }
+}
+
+/// `vramcap unloader`: the daemon, on this user's segment or, as root with --all-users, on every
+/// user's; it serves requests until SIGTERM or SIGINT.
+fn unloader_daemon(hooks: &HookArgs, poll: &str, all_users: bool) -> Result<ExitCode, ExitCode> {
+    let opts = hooks.options(poll)?;
+    // SAFETY: geteuid has no preconditions.
+    if all_users && unsafe { libc::geteuid() } != 0 {
+        eprintln!("vramcap unloader: --all-users needs root (it reads every user's segment)");
+        return Err(ExitCode::from(2));
+    }
+    let mut u = if all_users {
+        Unloader::daemon(unloader::Finder::AllUsers, opts)
+    } else {
+        let path = segment_path();
+        let mut u = Unloader::daemon(unloader::Finder::One(path.clone()), opts);
+        // One unloader per segment: a second one says who serves it and exits.
+        if let Err(e) = u.serve(&path) {
+            eprintln!("vramcap unloader: {e}");
+            return Err(ExitCode::from(1));
+        }
+        u
+    };
+    u.run();
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Says why a command did not act, on stderr: bad input, exit 2.
