@@ -19,6 +19,7 @@ mod check_limit;
 mod cli;
 mod demo;
 mod exporter;
+mod library;
 mod watch;
 
 use clap::Parser;
