@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use vramcap_core::shm::{segment_path, Segment, ShmError};
+use vramcap_core::shm::segment_path;
 use vramcap_core::status::{self, NvmlSource, Status};
 
 /// Connections served at once; more are closed at once.
@@ -160,11 +160,7 @@ fn respond(
 /// The page: the segment's figures and NVML's, now.
 pub fn metrics(nvml: &NvmlSource) -> Result<String, String> {
     let path = segment_path();
-    let seg = match Segment::open_existing(&path) {
-        Ok(s) => Some(s),
-        Err(ShmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.to_string()),
-    };
+    let seg = crate::open_if_any(&path, false).map_err(|e| e.to_string())?;
     let s = status::collect_from(seg.as_ref(), &path.display().to_string(), nvml);
     Ok(render(&s))
 }

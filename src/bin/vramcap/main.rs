@@ -31,20 +31,28 @@ use vramcap_core::status::{self, NvmlSource};
 use vramcap_core::unloader::commands::{self, Move, Unloading};
 use vramcap_core::unloader::{self, Unloader};
 
+/// The segment at `path`, `None` where none exists yet.
+fn open_if_any(path: &std::path::Path, writable: bool) -> Result<Option<Segment>, ShmError> {
+    let opened = if writable {
+        Segment::open_existing_rw(path)
+    } else {
+        Segment::open_existing(path)
+    };
+    match opened {
+        Ok(seg) => Ok(Some(seg)),
+        Err(ShmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The segment, `None` where none exists yet; a segment that is refused is an error (exit 2).
 fn segment_if_any(writable: bool) -> Result<(Option<Segment>, String), ExitCode> {
     let path = segment_path();
-    let opened = if writable {
-        Segment::open_existing_rw(&path)
-    } else {
-        Segment::open_existing(&path)
-    };
     let shown = path.display().to_string();
-    match opened {
-        Ok(seg) => Ok((Some(seg), shown)),
-        Err(ShmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok((None, shown))
-        }
+    match open_if_any(&path, writable) {
+        Ok(seg) => Ok((seg, shown)),
         Err(e) => {
             eprintln!("vramcap: {e}");
             Err(ExitCode::from(2))
@@ -151,10 +159,8 @@ fn main() -> ExitCode {
             let frame = || {
                 if seg.is_none() {
                     // A worker may start while we watch.
-                    match Segment::open_existing(std::path::Path::new(&path)) {
-                        Ok(s) => seg = Some(s),
-                        Err(ShmError::Io { source, .. })
-                            if source.kind() == std::io::ErrorKind::NotFound => {}
+                    match open_if_any(std::path::Path::new(&path), false) {
+                        Ok(s) => seg = s,
                         Err(e) => problem = Some(e.to_string()),
                     }
                 }
