@@ -50,14 +50,8 @@ fn open_if_any(path: &std::path::Path, writable: bool) -> Result<Option<Segment>
 /// The segment, `None` where none exists yet; a segment that is refused is an error (exit 2).
 fn segment_if_any(writable: bool) -> Result<(Option<Segment>, String), ExitCode> {
     let path = segment_path();
-    let shown = path.display().to_string();
-    match open_if_any(&path, writable) {
-        Ok(seg) => Ok((seg, shown)),
-        Err(e) => {
-            eprintln!("vramcap: {e}");
-            Err(ExitCode::from(2))
-        }
-    }
+    let seg = open_if_any(&path, writable).map_err(bad_input)?;
+    Ok((seg, path.display().to_string()))
 }
 
 fn no_segment_yet(path: &str) -> String {
@@ -139,10 +133,7 @@ fn main() -> ExitCode {
                     print(&text);
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("vramcap: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => bad_input(e),
             }
         }
         Cmd::Watch { interval, view } => {
@@ -152,8 +143,7 @@ fn main() -> ExitCode {
             };
             let nvml = NvmlSource::open(!view.no_nvml);
             if let Err(e) = show(&view, &status::collect_from(None, &path, &nvml)) {
-                eprintln!("vramcap: {e}");
-                return ExitCode::from(2);
+                return bad_input(e);
             }
             let mut problem = None;
             let frame = || {
