@@ -16,31 +16,8 @@ fn vramcap_with(
     vars: &[(&str, &str)],
     limit: Duration,
 ) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
-    cmd.args(args)
-        .env("VRAMCAP_SHM", shm)
-        .env_remove("VRAMCAP_SHM_MODE")
-        .env_remove("VRAMCAP_CONTEXT_BYTES")
-        .env_remove("VRAMCAP_LIMIT")
-        .env_remove("CUDA_DEVICE_MEMORY_LIMIT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() && start.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, out, err, _) = vramcap_within(shm, args, vars, limit);
+    (code, out, err)
 }
 
 fn json_of(shm: &Path) -> serde_json::Value {

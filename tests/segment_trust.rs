@@ -6,39 +6,6 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `vramcap ARGS` with the segment at `shm`, killed after `limit` (a hang fails the test, not the suite).
-fn vramcap_within(
-    shm: &std::path::Path,
-    args: &[&str],
-    vars: &[(&str, &str)],
-    limit: Duration,
-) -> (Option<i32>, String, String, Duration) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
-    cmd.args(args)
-        .env("VRAMCAP_SHM", shm)
-        .env_remove("VRAMCAP_SHM_MODE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let start = Instant::now();
-    let mut child = cmd.spawn().unwrap();
-    while child.try_wait().unwrap().is_none() && start.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let took = start.elapsed();
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        took,
-    )
-}
-
 #[test]
 fn a_fifo_at_the_segment_path_hangs_no_reader() {
     let shm = shm_path("fifo");

@@ -8,11 +8,14 @@
 //! libvramcap.so in front of `LD_PRELOAD`, sets the variables and execs the command, so its signals and
 //! exit code are the command's own.
 
+// Shared with `vramcap demo`, which finds the library as this binary does.
+#[path = "vramcap/library.rs"]
+mod library;
+
 use clap::Parser;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use vramcap_core::config;
 
@@ -78,35 +81,6 @@ struct Args {
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("vramcap-run: {message}");
     ExitCode::from(code)
-}
-
-/// libvramcap.so: `VRAMCAP_LIB`, else beside this executable (`target/release/`), else in `../lib/`
-/// from it (`PREFIX/bin/vramcap-run` and `PREFIX/lib/libvramcap.so`: `scripts/install.sh`, the wheel).
-/// The executable's path is the kernel's (`/proc/self/exe`), links resolved, so a link to it on `PATH`
-/// finds the library of the real install.
-fn find_library() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("VRAMCAP_LIB") {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("VRAMCAP_LIB={:?} is not a file", path))
-        };
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
-    let dir = exe.parent().unwrap_or(std::path::Path::new("/"));
-    let places = [dir.to_path_buf(), dir.parent().unwrap_or(dir).join("lib")];
-    places
-        .iter()
-        .map(|place| place.join("libvramcap.so"))
-        .find(|path| path.is_file())
-        .ok_or_else(|| {
-            format!(
-                "libvramcap.so is neither beside {} nor in {} (set VRAMCAP_LIB to its path)",
-                exe.display(),
-                places[1].display()
-            )
-        })
 }
 
 /// The machine's GPU UUIDs, from NVML, where it answers.
@@ -285,7 +259,7 @@ fn main() -> ExitCode {
     if let Err(line) = env.validate() {
         return fail(2, line);
     }
-    let library = match find_library() {
+    let library = match library::find() {
         Ok(p) => p,
         Err(e) => return fail(2, e),
     };

@@ -8,7 +8,7 @@ pub mod card;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 pub const MIB: u64 = 1 << 20;
@@ -21,7 +21,6 @@ pub struct Env {
     pub preload: PathBuf,
     pub client: PathBuf,
     pub nextlib: PathBuf,
-    pub bin: PathBuf,
     pub table: PathBuf,
 }
 
@@ -46,8 +45,7 @@ pub fn env() -> &'static Env {
             .map(PathBuf::from)
             .unwrap_or_else(|| built::library("libvramcap.so"));
         let sim = built::library("libvramcap_sim.so");
-        let bin = built::profile_dir();
-        let dir = bin.parent().unwrap().join("vramcap-tests");
+        let dir = built::profile_dir().parent().unwrap().join("vramcap-tests");
         std::fs::create_dir_all(&dir).unwrap();
         for name in ["libcuda.so.1", "libcuda.so", "libnvidia-ml.so.1"] {
             let link = dir.join(name);
@@ -89,7 +87,6 @@ pub fn env() -> &'static Env {
         );
         Env {
             preload,
-            bin,
             table: Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fake-driver/proc-address-table.txt"),
             client,
@@ -282,6 +279,44 @@ pub fn vramcap(shm: &Path, args: &[&str]) -> std::process::Output {
         .env("VRAMCAP_SHM", shm)
         .output()
         .expect("run vramcap")
+}
+
+/// `vramcap ARGS` with the segment at `shm`, `vars` added to an environment without the caller's
+/// `VRAMCAP_*` settings, stdin closed, killed after `limit` (a hang fails the test, not the suite): the
+/// exit code (`None` when killed), stdout, stderr and how long it ran.
+pub fn vramcap_within(
+    shm: &Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+    limit: std::time::Duration,
+) -> (Option<i32>, String, String, std::time::Duration) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vramcap"));
+    cmd.args(args)
+        .env("VRAMCAP_SHM", shm)
+        .env_remove("VRAMCAP_SHM_MODE")
+        .env_remove("VRAMCAP_CONTEXT_BYTES")
+        .env_remove("VRAMCAP_LIMIT")
+        .env_remove("CUDA_DEVICE_MEMORY_LIMIT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let start = std::time::Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let took = start.elapsed();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        took,
+    )
 }
 
 /// A segment path of one test's own, removed (with the unloader's lock file beside it) when the guard

@@ -126,29 +126,7 @@ impl Tools {
                 vramcap.display()
             ));
         }
-        let library = match std::env::var_os("VRAMCAP_LIB") {
-            Some(path) => {
-                let path = PathBuf::from(path);
-                if !path.is_file() {
-                    return Err(format!("VRAMCAP_LIB={:?} is not a file", path));
-                }
-                path
-            }
-            None => {
-                let places = [dir.clone(), dir.parent().unwrap_or(&dir).join("lib")];
-                places
-                    .iter()
-                    .map(|p| p.join("libvramcap.so"))
-                    .find(|p| p.is_file())
-                    .ok_or_else(|| {
-                        format!(
-                            "libvramcap.so is neither beside {} nor in {} (set VRAMCAP_LIB to its path)",
-                            vramcap.display(),
-                            places[1].display()
-                        )
-                    })?
-            }
-        };
+        let library = super::library::find()?;
         Ok(Tools {
             vramcap,
             run,

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use vramcap_core::shm::{segment_path, Segment, ShmError};
+use vramcap_core::shm::segment_path;
 use vramcap_core::status::{self, NvmlSource, Status};
 
 /// Connections served at once; more are closed at once.
@@ -160,11 +160,7 @@ fn respond(
 /// The page: the segment's figures and NVML's, now.
 pub fn metrics(nvml: &NvmlSource) -> Result<String, String> {
     let path = segment_path();
-    let seg = match Segment::open_existing(&path) {
-        Ok(s) => Some(s),
-        Err(ShmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.to_string()),
-    };
+    let seg = crate::open_if_any(&path, false).map_err(|e| e.to_string())?;
     let s = status::collect_from(seg.as_ref(), &path.display().to_string(), nvml);
     Ok(render(&s))
 }
@@ -345,74 +341,69 @@ pub fn render(s: &Status) -> String {
         let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
         labels(&pairs)
     };
+    let per_device = |f: &mut Family, name: &str, help: &str, rows: Vec<(&str, u64)>| {
+        f.start(name, "gauge", help);
+        for (uuid, v) in rows {
+            f.sample(name, &device_labels(uuid), v);
+        }
+    };
+    let nvml = |get: fn(&status::PhysicalDevice) -> u64| {
+        s.devices
+            .iter()
+            .map(|d| (d.uuid.as_str(), get(d)))
+            .collect()
+    };
+    let totals = |get: fn(&status::Totals) -> u64| {
+        s.totals.iter().map(|t| (t.uuid.as_str(), get(t))).collect()
+    };
     if !s.devices.is_empty() {
-        f.start(
+        per_device(
+            &mut f,
             "vramcap_device_total_bytes",
-            "gauge",
             "The device's memory, from NVML.",
+            nvml(|d| d.total_bytes),
         );
-        for d in &s.devices {
-            f.sample(
-                "vramcap_device_total_bytes",
-                &device_labels(&d.uuid),
-                d.total_bytes,
-            );
-        }
-        f.start(
+        per_device(
+            &mut f,
             "vramcap_device_free_bytes",
-            "gauge",
             "The device's free memory, from NVML.",
+            nvml(|d| d.free_bytes),
         );
-        for d in &s.devices {
-            f.sample(
-                "vramcap_device_free_bytes",
-                &device_labels(&d.uuid),
-                d.free_bytes,
-            );
-        }
     }
-    f.start(
+    per_device(
+        &mut f,
         "vramcap_device_charged_bytes",
-        "gauge",
         "What the running capped workers hold on the device together.",
+        totals(|t| t.charged_bytes),
     );
-    for t in &s.totals {
-        f.sample(
-            "vramcap_device_charged_bytes",
-            &device_labels(&t.uuid),
-            t.charged_bytes,
-        );
-    }
-    f.start(
+    per_device(
+        &mut f,
         "vramcap_device_workers",
-        "gauge",
         "Running capped workers on the device.",
+        totals(|t| t.processes as u64),
     );
-    for t in &s.totals {
-        f.sample(
-            "vramcap_device_workers",
-            &device_labels(&t.uuid),
-            t.processes as u64,
-        );
+    // Whole-segment figures.
+    let whole: [(&str, &str, u64); 3] = [
+        (
+            "vramcap_workers",
+            "Capped workers in the segment.",
+            s.processes.len() as u64,
+        ),
+        (
+            "vramcap_segment_present",
+            "1 once a capped process has made the segment.",
+            u64::from(s.segment_exists),
+        ),
+        (
+            "vramcap_nvml_available",
+            "1 when NVML answered (device figures present).",
+            u64::from(s.nvml_error.is_none()),
+        ),
+    ];
+    for (name, help, v) in whole {
+        f.start(name, "gauge", help);
+        f.sample(name, "", v);
     }
-    f.start("vramcap_workers", "gauge", "Capped workers in the segment.");
-    f.sample("vramcap_workers", "", s.processes.len() as u64);
-    f.start(
-        "vramcap_segment_present",
-        "gauge",
-        "1 once a capped process has made the segment.",
-    );
-    f.sample("vramcap_segment_present", "", u64::from(s.segment_exists));
-    f.start(
-        "vramcap_nvml_available",
-        "gauge",
-        "1 when NVML answered (device figures present).",
-    );
-    f.sample(
-        "vramcap_nvml_available",
-        "",
-        u64::from(s.nvml_error.is_none()),
-    );
     out
 }
 

@@ -19,6 +19,7 @@ mod check_limit;
 mod cli;
 mod demo;
 mod exporter;
+mod library;
 mod watch;
 
 use clap::Parser;
@@ -30,25 +31,27 @@ use vramcap_core::status::{self, NvmlSource};
 use vramcap_core::unloader::commands::{self, Move, Unloading};
 use vramcap_core::unloader::{self, Unloader};
 
+/// The segment at `path`, `None` where none exists yet.
+fn open_if_any(path: &std::path::Path, writable: bool) -> Result<Option<Segment>, ShmError> {
+    let opened = if writable {
+        Segment::open_existing_rw(path)
+    } else {
+        Segment::open_existing(path)
+    };
+    match opened {
+        Ok(seg) => Ok(Some(seg)),
+        Err(ShmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The segment, `None` where none exists yet; a segment that is refused is an error (exit 2).
 fn segment_if_any(writable: bool) -> Result<(Option<Segment>, String), ExitCode> {
     let path = segment_path();
-    let opened = if writable {
-        Segment::open_existing_rw(&path)
-    } else {
-        Segment::open_existing(&path)
-    };
-    let shown = path.display().to_string();
-    match opened {
-        Ok(seg) => Ok((Some(seg), shown)),
-        Err(ShmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok((None, shown))
-        }
-        Err(e) => {
-            eprintln!("vramcap: {e}");
-            Err(ExitCode::from(2))
-        }
-    }
+    let seg = open_if_any(&path, writable).map_err(bad_input)?;
+    Ok((seg, path.display().to_string()))
 }
 
 fn no_segment_yet(path: &str) -> String {
@@ -130,10 +133,7 @@ fn main() -> ExitCode {
                     print(&text);
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("vramcap: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => bad_input(e),
             }
         }
         Cmd::Watch { interval, view } => {
@@ -143,17 +143,14 @@ fn main() -> ExitCode {
             };
             let nvml = NvmlSource::open(!view.no_nvml);
             if let Err(e) = show(&view, &status::collect_from(None, &path, &nvml)) {
-                eprintln!("vramcap: {e}");
-                return ExitCode::from(2);
+                return bad_input(e);
             }
             let mut problem = None;
             let frame = || {
                 if seg.is_none() {
                     // A worker may start while we watch.
-                    match Segment::open_existing(std::path::Path::new(&path)) {
-                        Ok(s) => seg = Some(s),
-                        Err(ShmError::Io { source, .. })
-                            if source.kind() == std::io::ErrorKind::NotFound => {}
+                    match open_if_any(std::path::Path::new(&path), false) {
+                        Ok(s) => seg = s,
                         Err(e) => problem = Some(e.to_string()),
                     }
                 }
@@ -179,33 +176,7 @@ fn main() -> ExitCode {
             hooks,
             poll,
             all_users,
-        } => {
-            let opts = match hooks.options(&poll) {
-                Ok(o) => o,
-                Err(code) => return code,
-            };
-            // SAFETY: geteuid has no preconditions.
-            if all_users && unsafe { libc::geteuid() } != 0 {
-                eprintln!(
-                    "vramcap unloader: --all-users needs root (it reads every user's segment)"
-                );
-                return ExitCode::from(2);
-            }
-            let mut u = if all_users {
-                Unloader::daemon(unloader::Finder::AllUsers, opts)
-            } else {
-                let path = segment_path();
-                let mut u = Unloader::daemon(unloader::Finder::One(path.clone()), opts);
-                // One unloader per segment: a second one says who serves it and exits.
-                if let Err(e) = u.serve(&path) {
-                    eprintln!("vramcap unloader: {e}");
-                    return ExitCode::from(1);
-                }
-                u
-            };
-            u.run();
-            ExitCode::SUCCESS
-        }
+        } => unloader_daemon(&hooks, &poll, all_users).unwrap_or_else(|c| c),
         Cmd::Reclaim {
             device,
             bytes,
@@ -224,6 +195,31 @@ fn main() -> ExitCode {
         Cmd::Demo { simulated } => demo::run(simulated),
         Cmd::CheckLimit { spec, force } => check_limit::check_limit(spec.as_deref(), force),
     }
+}
+
+/// `vramcap unloader`: the daemon, on this user's segment or, as root with --all-users, on every
+/// user's; it serves requests until SIGTERM or SIGINT.
+fn unloader_daemon(hooks: &HookArgs, poll: &str, all_users: bool) -> Result<ExitCode, ExitCode> {
+    let opts = hooks.options(poll)?;
+    // SAFETY: geteuid has no preconditions.
+    if all_users && unsafe { libc::geteuid() } != 0 {
+        eprintln!("vramcap unloader: --all-users needs root (it reads every user's segment)");
+        return Err(ExitCode::from(2));
+    }
+    let mut u = if all_users {
+        Unloader::daemon(unloader::Finder::AllUsers, opts)
+    } else {
+        let path = segment_path();
+        let mut u = Unloader::daemon(unloader::Finder::One(path.clone()), opts);
+        // One unloader per segment: a second one says who serves it and exits.
+        if let Err(e) = u.serve(&path) {
+            eprintln!("vramcap unloader: {e}");
+            return Err(ExitCode::from(1));
+        }
+        u
+    };
+    u.run();
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Says why a command did not act, on stderr: bad input, exit 2.
